@@ -219,7 +219,12 @@ class FeedSubscription:
             self._buffered_bytes -= buffer.popleft().size
         if not buffer or buffer[0].seq != self._position + 1:
             return []
-        batch: list[StoredEvent] = []
+        if len(buffer) <= limit:  # all of it, the usual case: no loop
+            batch = list(buffer)
+            buffer.clear()
+            self._buffered_bytes = 0
+            return batch
+        batch = []
         taken = 0
         for _ in range(min(limit, len(buffer))):  # one pass, no comprehension's frame
             event = buffer.popleft()

@@ -104,7 +104,7 @@ class SessionActor:
         self.finished = False
         self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
-        self._wakeup = Wakeup()  # while the task waits for work (_wait_for_work)
+        self._wakeup = Wakeup()  # while the task waits for work (_run)
         self.timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
 
     @classmethod
@@ -195,7 +195,9 @@ class SessionActor:
                 elif len(self.inbox):
                     await self._handle_taken()
                 elif self.room.outboxes:
-                    await self._wait_for_work()
+                    # Connections attached: the task waits here, not ending (no task
+                    # per command); awaited in place, no coroutine made per wait.
+                    await self._wakeup.wait()
                 else:
                     self.inbox.release()
                     self.task = None  # nothing to run until the next command
@@ -211,10 +213,6 @@ class SessionActor:
         finally:
             if not self.accepting and not self.finished:
                 await self._finish()
-
-    async def _wait_for_work(self) -> None:
-        """Connections attached: the task waits here, not ending (no task per command)."""
-        await self._wakeup.wait()
 
     async def _finish(self) -> None:
         self._retire()
@@ -303,7 +301,7 @@ class SessionActor:
         metrics.group_commit_events.observe(len(items))
         metrics.group_commit_seconds.observe(now - started)
         observe_ack = metrics.append_ack_seconds.observe
-        if self.state == SessionState.IDLE and self.room.outboxes:
+        if self.status.state == SessionState.IDLE and self.room.outboxes:
             # Before the acks: a peer that sees its ack sees the session active again.
             with contextlib.suppress(StorageError):  # the next append tries again
                 await self.status.become(SessionState.ACTIVE)

@@ -38,13 +38,19 @@ _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode
 
 
+# The two-byte headers of payloads under 126 bytes (an ack, a short token), made once:
+# every frame the server sends is framed here.
+_SHORT_TEXT = tuple(bytes((_TEXT, length)) for length in range(126))
+_SHORT_BINARY = tuple(bytes((_BINARY, length)) for length in range(126))
+
+
 def websocket_frame(payload: bytes, text: bool) -> bytes:
     """``payload`` as one unmasked, unfragmented WebSocket frame (RFC 6455 5.2)."""
-    first = _TEXT if text else _BINARY
     length = len(payload)
     if length < 126:
-        header = bytes((first, length))
-    elif length < 65536:
+        return (_SHORT_TEXT if text else _SHORT_BINARY)[length] + payload
+    first = _TEXT if text else _BINARY
+    if length < 65536:
         header = bytes((first, 126)) + length.to_bytes(2, "big")
     else:
         header = bytes((first, 127)) + length.to_bytes(8, "big")

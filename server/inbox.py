@@ -127,7 +127,11 @@ class Inbox:
         items = self._items
         if items is None:
             return []
-        taken = [items.popleft() for _ in range(min(max_items, len(items)))]
+        if len(items) <= max_items:  # all of them: no batch frame is split
+            taken = list(items)
+            items.clear()
+            return taken
+        taken = [items.popleft() for _ in range(max_items)]
         last = taken[-1] if taken else None
         if type(last) is Append and last.batch is not None:
             reply = last.batch
@@ -137,6 +141,11 @@ class Inbox:
 
     def finished(self, batch: list[Command]) -> None:
         """A batch from :meth:`take_batch` was handled: its bytes are free again."""
-        self._released(batch)
+        size = 0
+        for command in batch:  # _released's, inline: once per batch an actor handles
+            if type(command) is Append:
+                size += command.size
+        self.bytes -= size
+        self.budget.used -= size
         if self._waiters:
             self._notify()
