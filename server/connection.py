@@ -277,13 +277,12 @@ class Connection:
     async def _submit(actor: SessionActor, outbox: Outbox, command: Append | SetState) -> None:
         """Posts a request whose reply the actor sends, once this connection may have
         one more in flight; waits (and so stops reading) only when it may not."""
-        weight = command.size if type(command) is Append else 0
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
-            await actor.inbox.budget.charged_while(weight, outbox.reserve())
+            await actor.inbox.budget.charged_while(_weight(command), outbox.reserve())
         if not actor.inbox.may_post():
-            await actor.inbox.budget.charged_while(weight, actor.inbox.wait_for_room())
+            await actor.inbox.budget.charged_while(_weight(command), actor.inbox.wait_for_room())
         actor.post(command)
 
     async def _batch(
@@ -392,3 +391,8 @@ class Connection:
         await close_within(
             self.ws, request.code, request.reason, self.services.config.close_timeout
         )
+
+
+def _weight(command: Append | SetState) -> int:
+    """What a request waiting for room holds of the memory budget meanwhile."""
+    return command.size if type(command) is Append else 0

@@ -81,8 +81,8 @@ class Outbound(msgspec.Struct):
             # What it keeps, counted by the ring that keeps it, if one does.
             size = len(data) + BYTES_HEADER
             self.held += size
-            keeper = self.ring() if self.ring is not None else None
-            if keeper is not None:
+            ring = self.ring
+            if ring is not None and (keeper := ring()) is not None:
                 keeper.frame_kept(size)
         return data
 

@@ -175,7 +175,7 @@ class WriterLife(SentEvents):
         if self.closing is not None:
             self._flush_checked(sink)  # the close may go behind the frames
         else:
-            text, sent, gaps_expected = self.codec.text, self.sent_seq, self.expects_gaps
+            text, sent = self.codec.text, self.sent_seq
             chunks: list[bytes] = []
             end = min(queued, head + FLUSH_FRAMES)
             index, size, held = head, 0, False
@@ -185,7 +185,7 @@ class WriterLife(SentEvents):
                     break  # a replay: the writer's
                 seq = out.seq
                 if seq:  # an event, checked as to_socket checks it
-                    if seq - sent != 1 and (seq <= sent or not gaps_expected):
+                    if seq - sent != 1 and (seq <= sent or not self.expects_gaps):
                         held = True  # to_socket holds it back, or closes at a gap
                         break
                     sent = seq
@@ -210,8 +210,8 @@ class WriterLife(SentEvents):
                     self._head = 0
                     self.bytes -= size
                     self.budget.used -= size
-                else:
-                    self._taken(index, size)
+                    return  # nothing left for the writer
+                self._taken(index, size)
         if len(self._items) != self._head:
             self._rouse_writer()
 
