@@ -279,6 +279,27 @@ def test_the_inbox_never_splits_a_batch() -> None:
     assert len(inbox) == 0 and inbox.has_room(1000)  # an empty inbox takes any batch
 
 
+def test_an_inbox_that_fits_in_one_batch_is_taken_whole_and_counted_until_handled() -> None:
+    """A lone event's case: everything queued is taken in one list, which is not the
+    queue itself (what comes next waits for the next batch), and its bytes stay
+    counted until it is handled."""
+    budget = MemoryBudget(1000)
+    inbox = Inbox(limit=10, max_bytes=1000, budget=budget)
+    queued = [Append(AgentEvent.token(str(i)), size=10) for i in range(3)]
+    for append in queued:
+        inbox.append(append)
+    taken = inbox.take_batch(512)
+    assert taken == queued and len(inbox) == 0
+    assert (inbox.bytes, budget.used) == (30, 30)
+    later = Append(AgentEvent.token("later"), size=5)
+    inbox.append(later)
+    assert taken == queued and inbox.take_batch(512) == [later]
+    inbox.finished(taken)
+    assert (inbox.bytes, budget.used) == (5, 5)
+    inbox.finished([later])
+    assert (len(inbox), inbox.bytes, budget.used) == (0, 0, 0)
+
+
 def test_a_batch_weighs_in_the_inbox_and_the_budget_what_its_items_do() -> None:
     budget = MemoryBudget(1000)
     inbox = Inbox(limit=10, max_bytes=111, budget=budget)

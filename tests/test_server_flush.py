@@ -12,7 +12,10 @@ import socket
 import struct
 
 from structlog.testing import capture_logs
+from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN
+
+from bamboo_session.server.flush import unframe, websocket_frame
 
 from tests.replay_support import (
     bytes_until_close,
@@ -180,3 +183,14 @@ async def closed_without_events(peer: Peer) -> int | None:
     code, frames = await peer.closed()
     assert [frame for frame in frames if frame["type"] == "event"] == []
     return code
+
+
+def test_every_frame_the_server_makes_is_the_one_websockets_would_send() -> None:
+    """websocket_frame's headers, short ones from its table, against websockets' own
+    serializer at each boundary of the length's encoding."""
+    for length in (0, 1, 125, 126, 127, 65535, 65536):
+        payload = b"x" * length
+        for text, opcode in ((True, Opcode.TEXT), (False, Opcode.BINARY)):
+            framed = websocket_frame(payload, text)
+            assert framed == Frame(opcode, payload).serialize(mask=False, extensions=[])
+            assert unframe(framed) == (payload, text)
