@@ -16,7 +16,6 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN
 
 from bamboo_session.server.flush import unframe, websocket_frame
-
 from tests.replay_support import (
     bytes_until_close,
     events_and_close,
