@@ -65,15 +65,19 @@ def held_directory_sync(
     return started, release
 
 
-def held_log_sync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+def held_log_sync(
+    monkeypatch: pytest.MonkeyPatch, fails: bool = False
+) -> tuple[threading.Event, threading.Event]:
     """The next sync of an event log: says it started (the first event), waits for the
-    second, then syncs."""
+    second, then syncs, or fails with EIO if ``fails``."""
     real, started, release = logfiles.datasync, threading.Event(), threading.Event()
 
     def datasync(fd: int) -> None:
         if not started.is_set():
             started.set()
             release.wait(30)
+            if fails:
+                raise OSError(errno.EIO, "injected EIO")
         real(fd)
 
     monkeypatch.setattr(logfiles, "datasync", datasync)

@@ -30,7 +30,7 @@ import bisect
 from datetime import timedelta
 from typing import Final
 
-from bamboo_session.protocol.models import Message, SessionMetadata
+from bamboo_session.protocol.models import Message, SessionMetadata, SessionState
 
 from ..errors import AppendsSuspended
 from ..events import UserBytes
@@ -135,6 +135,13 @@ class SessionRecord:
         """Whether the checkpoint misses metadata or log lines (pending index entries
         aside: derived data, which the next open finds from the log)."""
         return self.meta_dirty or self.meta.last_seq > self.checkpoint_seq
+
+    def renewal_pending(self) -> bool:
+        """Whether appends to the session are being written, which may yet renew it: one
+        taken before its TTL ran out records its activity once written (``appends.py``),
+        so until then an expiry is not final, and the session is neither deleted nor
+        replaced. Never for the state ``expired``, which nothing renews."""
+        return self.next_seq != self.meta.last_seq and self.meta.state != SessionState.EXPIRED
 
     def checkpoint_lock(self) -> asyncio.Lock:
         if self.lock is None:

@@ -212,7 +212,7 @@ class JsonlStorage(JsonlUpkeep):
     async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
         self._require_writable()
         session_id = check_session_id(session.metadata.id)
-        await self._files.wait_deleted(session_id)
+        await self._settled_for_create(session_id, replace_expired)
         if session_id in self._files.blocked:
             raise StorageError(
                 f"session {session_id!r}: a failed replacement could not be undone; "
@@ -238,6 +238,23 @@ class JsonlStorage(JsonlUpkeep):
         if session.messages:  # what the session is made with: not held to the cap
             items = [(MessageEvent(message), None) for message in session.messages]
             await self._appends.append(self._appendable(session_id), items, None, capped=False)
+
+    async def _settled_for_create(self, session_id: str, replace_expired: bool) -> None:
+        """Returns once no delete of the session is under way and, for a replacement,
+        no append to it taken before it expired is being written, with no await
+        between this and the create's look at the session. Stored, such an append was
+        acknowledged and renewed the session: it stays (SessionExists), with that
+        event, rather than be replaced with it. Refused (as its caller is told), the
+        session is expired still, and replaced. No append is taken once it expired, so
+        one wait for what is queued settles it."""
+        while True:
+            await self._files.wait_deleted(session_id)
+            old = self._records.get(session_id)
+            if not replace_expired or old is None or not old.renewal_pending():
+                return
+            if not old.meta.is_expired(self.now()):
+                return  # (not replaced either way)
+            await self._writer.flush()
 
     async def _create(self, meta: SessionMetadata) -> None:
         self._members.admit(await self._files.create(meta), new_log=True)

@@ -13,8 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.protocol.models import SessionState
-
 from ..base import StorageError
 from ..parking import attached_left_indexed, park_indexed
 from .appends import WalKeptFull
@@ -72,13 +70,11 @@ class JsonlUpkeep(JsonlImports):
                 record = self._records.get(session_id)
                 if record is None or not record.meta.is_expired(now):
                     continue
-                in_flight = record.next_seq != record.meta.last_seq
-                if in_flight and record.meta.state != SessionState.EXPIRED:
+                if record.renewal_pending():
                     # An append taken before the TTL ran out is being written:
-                    # acknowledged, it renews the session (its activity is recorded as
-                    # it is written), so deleting it now would lose an acknowledged
-                    # event. The next round finds it renewed, or expired still if that
-                    # append failed. (The state ``expired`` is final: nothing renews it.)
+                    # acknowledged, it renews the session, so deleting it now would
+                    # lose an acknowledged event. The next round finds it renewed, or
+                    # expired still if that append failed.
                     continue
                 try:
                     await self._remove(session_id)
