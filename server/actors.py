@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import structlog
 
+from bamboo_session.persistence.base import SessionExists
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id
@@ -28,6 +29,7 @@ from .failures import ServerBusy, ServerStopping, is_expected
 from .holds import DeleteHolds, Hold
 from .outbox import Outbox
 from .pages import PageReads
+from .renewals import renewed_meanwhile
 from .room import HeldConnections
 
 log = structlog.get_logger("bamboo_session.manager")
@@ -217,12 +219,14 @@ class ActorRegistry:
         """The live actor of ``expired`` (parked, or with peers it has not closed yet)
         ends as at its expiry (``closed`` and 4404, ``session expired``), and has
         finished, before a new session replaces it: the new one is then the one in
-        memory. An actor of another epoch (the session a concurrent creation made) is
-        left alone. Within the read deadline (StoreTimeout, nothing created): the
-        actor ends once what it stores meanwhile is stored."""
+        memory. An actor of another epoch (a concurrent creation's session), or whose
+        appends under way renewed the session (SessionExists), is left alone. Within
+        the read deadline (StoreTimeout, nothing created)."""
         deadline = self._reads.deadline()
         actor = self._actors.get(expired.id)
         if actor is not None and actor.room.epoch == expired.epoch:
+            if await renewed_meanwhile(actor, expired, self._reads, deadline):
+                raise SessionExists(f"session {expired.id!r} was renewed by an append")
             await self.stop(actor, CloseCode.NOT_FOUND, "session expired", deadline)
         await self.await_retired(expired.id, deadline)
 

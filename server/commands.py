@@ -271,7 +271,15 @@ class RegisteredAgain:
     """The presence heartbeat registered again connections the store had lost."""
 
 
-Command = Append | Attach | Detach | SetState | Stop | Tick | Announce | RegisteredAgain
+@dataclass(slots=True)
+class Settle:
+    """Answered once the commands queued before it are carried out: the appends among
+    them stored or refused (server/renewals.py)."""
+
+    future: asyncio.Future[None]
+
+
+Command = Append | Attach | Detach | SetState | Stop | Tick | Announce | RegisteredAgain | Settle
 Request = Append | SetState  # commands whose requester waits for a reply
 
 
@@ -309,4 +317,6 @@ def answer_late(command: Command, closed: bool, session_id: str) -> str | None:
         command.future.set_exception(ActorRetired(session_id))
     elif isinstance(command, Stop) and command.future is not None and not command.future.done():
         command.future.set_result(None)  # done: its stopper gave up waiting
+    elif isinstance(command, Settle) and not command.future.done():
+        command.future.set_result(None)  # the actor has nothing left to store
     return None

@@ -39,6 +39,7 @@ from .commands import (
     Detach,
     RegisteredAgain,
     SetState,
+    Settle,
     Stop,
     Tick,
     attach_refusal,
@@ -81,6 +82,9 @@ async def handle(actor: SessionActor, command: Command) -> None:
             actor.room.announce(connection_id, role, joined, connections)
         case RegisteredAgain():
             await registered_again(actor)
+        case Settle(future):
+            if not future.done():  # (its waiter may have given up)
+                future.set_result(None)
         case _:  # pragma: no cover - Append is batched by the caller
             raise AssertionError(command)
 

@@ -276,7 +276,10 @@ class SessionStatus:
         else how it ended: :data:`EXPIRED`, :data:`CLOSED` (by another process), or
         :data:`DELETED` when the store holds no session of this epoch (deleted, or
         replaced under its id). Those two are another process's, whose notice is
-        late, or was lost with the pub/sub connection."""
+        late, or was lost with the pub/sub connection. The actor looks between its
+        appends (one command at a time), so an append of its own taken before the
+        expiry has been stored, and renewed the session, or refused, by the time this
+        reads it: no peer is closed 4404 for a session its last append renews."""
         if traffic:
             await self.touch()
         metadata = await self.storage.get_metadata(self.session_id)

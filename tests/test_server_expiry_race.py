@@ -1,0 +1,93 @@
+"""The server on a JSONL store, a peer's append taken a moment before the session's TTL
+ran out and still being written (its log sync held) after it ran out: the append is
+acknowledged and renews the session, so its peers are not closed 4404 ``session
+expired``, neither by the actor's periodic look at the session (it looks between its
+appends) nor by a ``hello`` with ``create`` that would replace it, which is welcomed to
+the session the append renewed instead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorageConfig
+from bamboo_session.server.app import BambooServer
+from tests.held_delete_support import embedded, held_log_sync
+from tests.instances import eventually
+from tests.support import Peer, attach, token
+
+# Long enough for the append, taken a second before the expiry, to renew the session
+# well past the moment its held write is let go; the server looks at a connected
+# session every third of it.
+TTL = 3
+
+
+@contextlib.asynccontextmanager
+async def server_on_jsonl(tmp_path: Path) -> AsyncIterator[BambooServer]:
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync", default_ttl=TTL)
+    async with embedded(config.with_wal(enabled=False), store_read_timeout=30) as server:
+        yield server
+
+
+async def publish_held_past_expiry(
+    server: BambooServer, agent: Peer, monkeypatch: pytest.MonkeyPatch
+) -> threading.Event:
+    """The agent's event, sent a second before session ``s`` expires, its write held
+    until the expiry has passed (let go by the event returned)."""
+    storage = server.manager.storage
+    metadata = await storage.get_metadata("s")
+    assert metadata is not None and metadata.expires_at is not None
+    expiry = metadata.expires_at
+    await eventually(lambda: storage.now() > expiry - timedelta(seconds=1), timeout=60)
+    started, release = held_log_sync(monkeypatch)
+    await agent.send({"type": "event", "id": 1, "event": token("late")})
+    assert await asyncio.to_thread(started.wait, 30)  # taken before the expiry, held
+    await eventually(lambda: storage.now() > expiry, timeout=60)
+    return release
+
+
+async def still_open(peer: Peer) -> None:
+    assert await peer.request({"type": "ping", "id": "p"}, "pong") == {"type": "pong", "id": "p"}
+
+
+async def test_the_periodic_look_leaves_a_session_whose_append_is_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server_on_jsonl(tmp_path) as server:
+        async with attach(server, "s", create=True, role="agent") as (agent, welcome):
+            release = await publish_held_past_expiry(server, agent, monkeypatch)
+            await asyncio.sleep(TTL / 3 + 0.5)  # a look came due meanwhile
+            release.set()
+            ack = await agent.recv_type("ack")
+            assert (ack["id"], ack["seq"]) == (1, 1)
+            await still_open(agent)
+            metadata = await server.manager.storage.get_metadata("s")
+            assert metadata is not None and metadata.epoch == welcome["epoch"]
+            assert not metadata.is_expired(server.manager.storage.now())
+
+
+async def test_a_create_leaves_a_session_whose_append_is_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server_on_jsonl(tmp_path) as server:
+        async with attach(server, "s", create=True, role="agent") as (agent, welcome):
+            release = await publish_held_past_expiry(server, agent, monkeypatch)
+
+            async def hello_with_create() -> dict[str, object]:
+                async with attach(server, "s", create=True, user_id="other") as (_, theirs):
+                    return theirs
+
+            creating = asyncio.create_task(hello_with_create())
+            await eventually(lambda: "s" in server.manager.creations, timeout=30)
+            release.set()
+            ack = await agent.recv_type("ack")
+            assert (ack["id"], ack["seq"]) == (1, 1)
+            theirs = await creating
+            assert (theirs["epoch"], theirs["last_seq"]) == (welcome["epoch"], 1)
+            await still_open(agent)
