@@ -12,7 +12,8 @@ among the store's file threads (:func:`delete_in_shares`): under load the unlink
 the syncs, were most of a round, and one thread doing them all took three times as
 long as the 16 deletes at once before batches (bench/RESULTS.md, "Cleanup, second
 pass"). A session whose rename fails fails alone; a failed sync of the sessions
-directory is each renamed session's, handled as alone.
+directory is each renamed session's, handled as alone. A job the store's threads
+refuse fails only deletes not renamed yet: a renamed session is deleted, and told so.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ async def delete_in_shares(
     """:func:`delete_sessions_files`, each step's file work shared among up to
     ``threads`` jobs run by ``run`` (a job each), the syncs one job each between the
     steps: one thread unlinking a batch's files took three times as long as 16 deletes
-    on the store's threads under load (bench/RESULTS.md, "Cleanup, second pass")."""
+    on the store's threads under load (bench/RESULTS.md, "Cleanup, second pass"). A
+    job that ``run`` refuses (the store takes no more work) fails the deletes of its
+    step that had not taken effect: those whose rename it was; a renamed session is
+    deleted whatever comes after (its tombstone stays for the next open to finish)."""
     shares = _shares(session_ids, threads)
     renames = await asyncio.gather(
         *(run(rename_to_tombstones, layout, ids) for ids in shares), return_exceptions=True
@@ -111,22 +115,70 @@ async def delete_in_shares(
         failed, done = result
         outcomes.update(failed)
         renamed += done
-    settled, finishing = await run(settle_renames, layout, renamed, sync_decides_delete)
+    try:
+        settled, finishing = await run(settle_renames, layout, renamed, sync_decides_delete)
+    except Exception as exc:  # no sync, and no undoing: as a failed sync that stays
+        outcomes.update(unsettled_renames(layout, renamed, sync_decides_delete, exc))
+        return outcomes
     outcomes.update(settled)
+    try:
+        _log_left(layout, await _finish_in_shares(run, layout, finishing, threads))
+    except Exception as exc:  # (done, whatever was left)
+        for session_id in finishing:
+            log.error(
+                "session %r is deleted, but its files could not all be removed (%s): "
+                "the tombstone %s stays, and the next open finishes the delete",
+                session_id,
+                exc,
+                layout.tombstone(session_id),
+            )
+    return outcomes
+
+
+async def _finish_in_shares(
+    run: Callable[..., Awaitable[Any]], layout: Layout, finishing: list[str], threads: int
+) -> list[tuple[str, Path, OSError]]:
+    """:func:`finish_deletes` with its removals shared among jobs; what was left."""
     removals = await asyncio.gather(
         *(run(remove_files, layout, ids) for ids in _shares(finishing, threads))
     )
-    failed_files = [failure for _emptied, failures in removals for failure in failures]
+    failed_files: list[tuple[str, Path, OSError]] = [
+        failure for _emptied, failures in removals for failure in failures
+    ]
     emptied = [session_id for ids, _failures in removals for session_id in ids]
-    unsynced = await run(sync_events, layout, emptied)
+    unsynced: list[tuple[str, Path, OSError]] = await run(sync_events, layout, emptied)
     if unsynced:  # every tombstone stays
-        failed_files += unsynced
-    else:
-        for failures in await asyncio.gather(
-            *(run(remove_tombstones, layout, ids) for ids in _shares(emptied, threads))
-        ):
-            failed_files += failures
-    _log_left(layout, failed_files)
+        return failed_files + unsynced
+    for failures in await asyncio.gather(
+        *(run(remove_tombstones, layout, ids) for ids in _shares(emptied, threads))
+    ):
+        failed_files += failures
+    return failed_files
+
+
+def unsettled_renames(
+    layout: Layout, renamed: list[str], sync_decides_delete: bool, error: Exception
+) -> dict[str, Outcome]:
+    """The outcomes of renames whose directory sync could not even be tried: each
+    session is deleted (its tombstone stays for the next open to finish), not known
+    durably. Reported as after a failed sync (False), or, when the sync decides the
+    delete, as after one whose undoing failed too: deleted, not durably until the next
+    open (a StorageError that says so)."""
+    outcomes: dict[str, Outcome] = {}
+    for session_id in renamed:
+        log.error(
+            "session %r is deleted (its checkpoint is the tombstone %s), but its "
+            "directory could not be synced: %s",
+            session_id,
+            layout.tombstone(session_id),
+            error,
+        )
+        outcomes[session_id] = False
+        if sync_decides_delete:
+            outcomes[session_id] = StorageError(
+                f"session {session_id!r}: its directory could not be synced ({error}): it "
+                "is deleted, not durably until the next open"
+            )
     return outcomes
 
 

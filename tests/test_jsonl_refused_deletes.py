@@ -1,0 +1,81 @@
+"""JSONL deletes whose later file jobs the store refuses (it takes no more work: its
+threads shut down, or no thread could be started) once the checkpoints became
+tombstones (persistence/jsonl/deletes.py): those deletes took effect, and are reported
+so: a cleanup round counts them, with no "could not delete" in the log, and the next
+open finishes them. Without the WAL, in ``fsync`` mode, a refused sync of the renames
+is told as what it is: deleted, not durably until the next open."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.listing import SessionFilter
+from bamboo_session.protocol.models import AgentEvent, Session, SessionState
+
+GONE = 3
+
+
+def refuse_jobs_of(storage: JsonlStorage, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's file threads refuse every job of the delete step ``step`` (a
+    function of deletes.py), as they do once they take no more work."""
+    real = storage._jobs.run
+
+    async def run(function: Callable[..., Any], *args: Any) -> Any:
+        if function.__name__ == step:
+            raise StorageError("the store takes no more work: cannot schedule new futures")
+        return await real(function, *args)
+
+    monkeypatch.setattr(storage._jobs, "run", run)
+
+
+async def expired_sessions(storage: JsonlStorage) -> None:
+    for i in range(GONE):
+        await storage.create_session(Session.new(f"gone-{i}", user_id="gone"))
+        await storage.append_event(f"gone-{i}", AgentEvent.token("a"))
+        await storage.update_session_state(f"gone-{i}", SessionState.EXPIRED)
+
+
+async def assert_gone_after_open(config: JsonlStorageConfig) -> None:
+    async with await JsonlStorage.open(config) as storage:
+        assert (await storage.list_sessions(SessionFilter(user_id="gone"))).total == 0
+        assert sorted(p.name for p in storage.layout.sessions.iterdir()) == []
+        assert sorted(p.name for p in storage.layout.events.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "step", ["settle_renames", "remove_files", "sync_events", "remove_tombstones"]
+)
+async def test_a_round_counts_the_deletes_done_before_a_job_was_refused(
+    step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync")
+    async with await JsonlStorage.open(config) as storage:
+        await expired_sessions(storage)
+        refuse_jobs_of(storage, step, monkeypatch)
+        assert await storage.cleanup_expired_sessions() == GONE
+        assert "could not delete" not in caplog.text
+        assert "is deleted" in caplog.text  # (and what stays for the next open)
+        assert (await storage.list_sessions(SessionFilter(user_id="gone"))).total == 0
+        monkeypatch.undo()
+    await assert_gone_after_open(config)
+
+
+async def test_a_refused_sync_of_the_renames_without_the_wal_says_the_session_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync").with_wal(enabled=False)
+    async with await JsonlStorage.open(config) as storage:
+        await expired_sessions(storage)
+        refuse_jobs_of(storage, "settle_renames", monkeypatch)
+        with pytest.raises(StorageError, match="is deleted, not durably until the next open"):
+            await storage.delete_session("gone-0")
+        assert await storage.get_metadata("gone-0") is None
+        monkeypatch.undo()
+        for i in range(1, GONE):
+            await storage.delete_session(f"gone-{i}")
+    await assert_gone_after_open(config)
