@@ -3,7 +3,8 @@ ran out and still being written (its log sync held) after it ran out: the append
 acknowledged and renews the session, so its peers are not closed 4404 ``session
 expired``, neither by the actor's periodic look at the session (it looks between its
 appends) nor by a ``hello`` with ``create`` that would replace it, which is welcomed to
-the session the append renewed instead."""
+the session the append renewed instead (or closed 1011 if the append is not stored
+within the read deadline: the peers stay)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorageConfig
 from bamboo_session.server.app import BambooServer
-from tests.held_delete_support import embedded, held_log_sync
+from tests.held_delete_support import closed_with, embedded, held_log_sync
 from tests.instances import eventually
-from tests.support import Peer, attach, token
+from tests.support import Peer, attach, open_peer, token
 
 # Long enough for the append, taken a second before the expiry, to renew the session
 # well past the moment its held write is let go; the server looks at a connected
@@ -29,9 +30,12 @@ TTL = 3
 
 
 @contextlib.asynccontextmanager
-async def server_on_jsonl(tmp_path: Path) -> AsyncIterator[BambooServer]:
+async def server_on_jsonl(
+    tmp_path: Path, store_read_timeout: float = 30
+) -> AsyncIterator[BambooServer]:
     config = JsonlStorageConfig(tmp_path / "store", durability="fsync", default_ttl=TTL)
-    async with embedded(config.with_wal(enabled=False), store_read_timeout=30) as server:
+    config = config.with_wal(enabled=False)
+    async with embedded(config, store_read_timeout=store_read_timeout) as server:
         yield server
 
 
@@ -91,3 +95,22 @@ async def test_a_create_leaves_a_session_whose_append_is_being_written(
             theirs = await creating
             assert (theirs["epoch"], theirs["last_seq"]) == (welcome["epoch"], 1)
             await still_open(agent)
+
+
+async def test_a_create_given_up_on_leaves_the_peers_of_a_session_whose_append_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server_on_jsonl(tmp_path, store_read_timeout=1) as server:
+        async with attach(server, "s", create=True, role="agent") as (agent, welcome):
+            release = await publish_held_past_expiry(server, agent, monkeypatch)
+            try:
+                async with open_peer(server, "s") as late:
+                    await late.send({"type": "hello", "create": True, "user_id": "other"})
+                    await closed_with(late, 1011)  # the append not stored by its deadline
+            finally:
+                release.set()
+            ack = await agent.recv_type("ack")
+            assert (ack["id"], ack["seq"]) == (1, 1)
+            await still_open(agent)
+            async with attach(server, "s", create=True, user_id="other") as (_, theirs):
+                assert (theirs["epoch"], theirs["last_seq"]) == (welcome["epoch"], 1)
