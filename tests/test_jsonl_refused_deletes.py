@@ -3,10 +3,13 @@ threads shut down, or no thread could be started) once the checkpoints became
 tombstones (persistence/jsonl/deletes.py): those deletes took effect, and are reported
 so: a cleanup round counts them, with no "could not delete" in the log, and the next
 open finishes them. Without the WAL, in ``fsync`` mode, a refused sync of the renames
-is told as what it is: deleted, not durably until the next open."""
+is told as what it is: deleted, not durably until the next open. A round ends only once
+every removal job it started has ended, one of them refused or not."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,4 +81,40 @@ async def test_a_refused_sync_of_the_renames_without_the_wal_says_the_session_is
         monkeypatch.undo()
         for i in range(1, GONE):
             await storage.delete_session(f"gone-{i}")
+    await assert_gone_after_open(config)
+
+
+async def test_a_refused_removal_waits_for_the_other_removals_before_the_round_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 sessions: their removals in two shares (deletes.py, at least 16 each).
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync")
+    async with await JsonlStorage.open(config) as storage:
+        for i in range(40):
+            await storage.create_session(Session.new(f"many-{i:02d}", user_id="gone"))
+            await storage.update_session_state(f"many-{i:02d}", SessionState.EXPIRED)
+        real, started, release = storage._jobs.run, threading.Event(), threading.Event()
+
+        def held(function: Callable[..., Any], *args: Any) -> Any:
+            started.set()
+            release.wait(30)
+            return function(*args)
+
+        async def run(function: Callable[..., Any], *args: Any) -> Any:
+            if function.__name__ != "remove_files":
+                return await real(function, *args)
+            if "many-00" in args[1]:
+                raise StorageError("the store takes no more work: cannot schedule new futures")
+            return await real(held, function, *args)
+
+        monkeypatch.setattr(storage._jobs, "run", run)
+        cleanup = asyncio.create_task(storage.cleanup_expired_sessions())
+        try:
+            assert await asyncio.to_thread(started.wait, 30)
+            done, _ = await asyncio.wait([cleanup], timeout=1)
+            assert not done  # the other share still removes files: the round waits
+        finally:
+            release.set()
+        assert await cleanup == 40
+        monkeypatch.undo()
     await assert_gone_after_open(config)

@@ -138,9 +138,11 @@ async def delete_in_shares(
 async def _finish_in_shares(
     run: Callable[..., Awaitable[Any]], layout: Layout, finishing: list[str], threads: int
 ) -> list[tuple[str, Path, OSError]]:
-    """:func:`finish_deletes` with its removals shared among jobs; what was left."""
-    removals = await asyncio.gather(
-        *(run(remove_files, layout, ids) for ids in _shares(finishing, threads))
+    """:func:`finish_deletes` with its removals shared among jobs; what was left. A
+    refused job raises once the others ended: none removes files after the delete
+    ended, when a new session of the id may have them."""
+    removals = await _all_ended(
+        [run(remove_files, layout, ids) for ids in _shares(finishing, threads)]
     )
     failed_files: list[tuple[str, Path, OSError]] = [
         failure for _emptied, failures in removals for failure in failures
@@ -149,11 +151,20 @@ async def _finish_in_shares(
     unsynced: list[tuple[str, Path, OSError]] = await run(sync_events, layout, emptied)
     if unsynced:  # every tombstone stays
         return failed_files + unsynced
-    for failures in await asyncio.gather(
-        *(run(remove_tombstones, layout, ids) for ids in _shares(emptied, threads))
+    for failures in await _all_ended(
+        [run(remove_tombstones, layout, ids) for ids in _shares(emptied, threads)]
     ):
         failed_files += failures
     return failed_files
+
+
+async def _all_ended(jobs: list[Awaitable[Any]]) -> list[Any]:
+    """The jobs' results, once every one ended; the first one's failure, if any."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def unsettled_renames(
