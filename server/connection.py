@@ -360,10 +360,6 @@ class Connection:
             self.replay_share,
         )
 
-    def count_out(self, frames: int) -> None:
-        """Frames the flusher sent on this connection's behalf."""
-        self.frames_out += frames
-
     def on_outbox_closed(self, request: CloseRequest) -> None:
         """The outbox asks for a close: at once on overflow, else after what is queued."""
         if self.ws.close_code is not None:

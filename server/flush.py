@@ -64,6 +64,12 @@ def unframe(frame: bytes) -> tuple[bytes, bool]:
     return frame[start:], frame[0] == _TEXT
 
 
+class FramesOut(Protocol):
+    """What counts the frames a sink writes for it (a connection: its log line's)."""
+
+    frames_out: int
+
+
 class DirectSink(Protocol):
     """Where an outbox's frames go without its writer task: the socket itself."""
 
@@ -127,19 +133,21 @@ class WebSocketSink:
     await: only while the connection is open, its write buffer below the high-water
     mark, and no extension (compression) transforms frames."""
 
-    __slots__ = ("_count", "codec", "replay_at_once", "start_writer", "ws")
+    __slots__ = ("_counter", "codec", "replay_at_once", "start_writer", "ws")
 
     def __init__(
         self,
         ws: BambooConnection,
         codec: Codec,
-        count: Callable[[int], None],
+        counter: FramesOut,
         start_writer: Callable[[], None],
         replay_at_once: Callable[[Replay, list[bytes]], bool] | None = None,
     ) -> None:
         self.ws = ws
         self.codec = codec  # the connection's: what its frames are framed with
-        self._count = count
+        # What counts the frames sent (the connection), added to here: a callback was
+        # a call more per connection per event of a fan-out.
+        self._counter = counter
         self.start_writer = start_writer
         self.replay_at_once = replay_at_once or _never_at_once
 
@@ -169,7 +177,7 @@ class WebSocketSink:
         if protocol.writes:  # what websockets itself has queued (a pong) goes first
             frames[:0] = protocol.data_to_send()
         ws.transport.writelines(frames)
-        self._count(len(frames))
+        self._counter.frames_out += len(frames)
         return True
 
     def close_at_once(self, frames: list[Outbound], code: int, reason: str) -> bool:
@@ -196,7 +204,7 @@ class WebSocketSink:
         # bound's close() (close_within) would start it only then, a close timeout late.
         if ws.close_timeout is not None:
             ws.close_deadline = ws.loop.time() + ws.close_timeout
-        self._count(len(frames))
+        self._counter.frames_out += len(frames)
         return True
 
     def abort(self) -> None:

@@ -178,7 +178,7 @@ async def attach(conn: Connection, hello: Hello) -> bool:
             outbox.max_batch_items = batch_items(services.config)
             outbox.max_batch_bytes = services.config.max_frame_bytes
         outbox.sink = WebSocketSink(
-            ws, conn.codec, conn.count_out, conn.start_writer, functools.partial(replay_now, conn)
+            ws, conn.codec, conn, conn.start_writer, functools.partial(replay_now, conn)
         )
         outbox.flusher = services.flusher
         try:

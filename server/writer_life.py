@@ -177,7 +177,7 @@ class WriterLife(SentEvents):
         else:
             text, sent = self.codec.text, self.sent_seq
             chunks: list[bytes] = []
-            end = min(queued, head + FLUSH_FRAMES)
+            end = queued if queued - head <= FLUSH_FRAMES else head + FLUSH_FRAMES
             index, size, held = head, 0, False
             while index < end and size < WRITE_BYTES:
                 out = items[index]
