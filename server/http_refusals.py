@@ -3,8 +3,8 @@ in this server's words, naming what was wrong, never websockets' own text (which
 worded for its own users, may change with its releases, and echoes header values the
 peer sent).
 
-A request's head is checked here line by line as it is read (http_requests.py
-``_HeadReader``), against RFC 9112 and RFC 9110, before websockets' parser sees each
+A request's head is checked here line by line as it is read (request_head.py
+``HeadReader``), against RFC 9112 and RFC 9110, before websockets' parser sees each
 line: a fault is raised as :class:`MalformedHead`, whose message is the answer's
 (400). A line websockets would misread is handed to it in the one form it takes
 (:class:`HeadChecks`): a Content-Length of ``00`` as ``0``, not a body; an HTTP/1.2

@@ -39,7 +39,6 @@ from websockets.exceptions import (
     InvalidHeader,
     InvalidMessage,
     RequestLineTooLong,
-    SecurityError,
     TooManyHeaders,
 )
 from websockets.http11 import Request, Response
@@ -52,13 +51,18 @@ from .http_refusals import (
     NOT_HTTP,
     REQUEST_LINE_TOO_LONG,
     TOO_MANY_HEADERS,
-    HeadChecks,
     MalformedHead,
     looks_like_request_line,
     request_line_fault,
     upgrade_refusal,
 )
 from .origins import host_fault
+from .request_head import (
+    MAX_HEAD_BYTES,
+    HeadReader,
+    RequestHeadTooLarge,
+    parse_head,
+)
 
 _json = msgspec.json.Encoder()
 _CODES = {
@@ -73,8 +77,6 @@ _CODES = {
 }
 ALLOWED_METHODS = "GET, HEAD"
 MORE_THAN_ONE_HOST = "more than one Host header"  # as app.py words it in origin-form
-MAX_HEAD_BYTES = 16 * 1024
-MAX_LEADING_EMPTY_LINES = 8  # CRLFs skipped before a request line (RFC 9112 2.2)
 # A request target must be ASCII (RFC 9112 3.2, RFC 3986): other characters go
 # percent-encoded in UTF-8. websockets refuses one that is not with a codec's error,
 # which would reach the client as "'ascii' codec can't decode byte 0xc3 in position 5".
@@ -82,10 +84,6 @@ NOT_ASCII_TARGET = (
     "invalid HTTP request: the request target is not ASCII; percent-encode other "
     "characters as UTF-8 (RFC 3986)"
 )
-
-
-class RequestHeadTooLarge(SecurityError):
-    """A request line and headers of more than :data:`MAX_HEAD_BYTES` in all."""
 
 
 class Holder(typing.Protocol):
@@ -176,56 +174,13 @@ def json_reject(status: int | http.HTTPStatus, text: str) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
-class _HeadReader:
-    """The request's lines, as websockets' request parser asks for them, within
-    :data:`MAX_HEAD_BYTES` in all; the first one kept (for the refusal's answer).
-
-    Up to :data:`MAX_LEADING_EMPTY_LINES` empty lines (CRLF) before the request line
-    are skipped, as RFC 9112 2.2 asks of a server (a client may send one after the
-    body of a previous request); their bytes count in the head's. websockets read the
-    first as the request line and the connection was dropped without an answer. One
-    more is read as the request line: not HTTP, dropped as any other."""
-
-    __slots__ = ("checks", "first_line", "left", "reader", "skipped")
-
-    def __init__(self, protocol: ServerProtocol) -> None:
-        self.reader = protocol.reader
-        self.left = MAX_HEAD_BYTES
-        self.first_line: list[bytes] = []
-        self.skipped = 0  # empty lines before the request line
-        self.checks = HeadChecks()
-
-    def read_line(
-        self, limit: int, too_long: type[Exception] = RuntimeError
-    ) -> Generator[None, None, bytes | bytearray]:
-        while True:
-            if self.left < limit:
-                limit, too_long = self.left, RequestHeadTooLarge
-            buffer = self.reader.buffer
-            end = buffer.find(b"\n") + 1
-            if 0 < end <= limit:
-                # The line is all there (a head comes in one packet, mostly): taken as
-                # websockets' read_line would take it, without its generator.
-                line = buffer[:end]
-                del buffer[:end]
-            else:  # it waits for more, or refuses what is too long
-                line = yield from self.reader.read_line(limit, too_long)
-            self.left -= len(line)
-            if self.first_line:
-                return self.checks.header_line(line)
-            if line == b"\r\n" and self.skipped < MAX_LEADING_EMPTY_LINES:
-                self.skipped += 1
-                continue
-            self.first_line.append(bytes(line))
-            return self.checks.request_line(line)
-
-
 def parse_request(protocol: ServerProtocol) -> Generator[None]:
     """``ServerProtocol.parse`` (websockets 17), except that a request whose line parsed
-    but which has a body gets 405 instead of a dropped connection."""
-    head = _HeadReader(protocol)
+    but which has a body gets 405 instead of a dropped connection, and that its head
+    is read and parsed by request_head.py (the same request, or the same refusal)."""
+    head = HeadReader(protocol)
     try:
-        request = in_origin_form((yield from Request.parse(head.read_line)))
+        request = in_origin_form((yield from parse_head(head)))
     except Exception as exc:
         response = _refusal(exc, head.first_line)
         if response is None:

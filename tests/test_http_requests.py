@@ -10,12 +10,9 @@ import base64
 import json
 import os
 
-from bamboo_session.server.http_requests import (
-    MAX_HEAD_BYTES,
-    MAX_LEADING_EMPTY_LINES,
-    NOT_ASCII_TARGET,
-)
+from bamboo_session.server.http_requests import NOT_ASCII_TARGET
 from bamboo_session.server.origins import NO_HOST, USERINFO
+from bamboo_session.server.request_head import MAX_HEAD_BYTES, MAX_LEADING_EMPTY_LINES
 from tests.support import run_server
 from tests.test_handshake_bytes import answer_of
 
