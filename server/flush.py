@@ -165,10 +165,12 @@ class WebSocketSink:
 
     def write(self, frames: list[bytes]) -> bool:
         # can_write's checks, inline: this runs for every connection a turn wrote to.
+        # The state read from the field behind websockets' ``state`` property, a call
+        # less per viewer of each event (websockets is pinned: pyproject.toml).
         ws = self.ws
         protocol = ws.protocol
         if (
-            protocol.state is not OPEN
+            protocol._state is not OPEN
             or ws.paused
             or protocol.extensions
             or protocol.expect_continuation_frame

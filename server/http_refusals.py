@@ -41,6 +41,10 @@ _DIGITS = re.compile(rb"[0-9]+")
 _PLAIN_HEADER_LINE = re.compile(
     rb"(?!(?i:content-length):)[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\t\x20-\x7e\x80-\xff]*\r\n"
 )
+# Header lines that all pass as they are, then the empty line that ends the head: every
+# check of a head's headers in one match (request_head.py); and a plain line's fields.
+PLAIN_HEADERS = re.compile(rb"(?:%s)*\r\n" % _PLAIN_HEADER_LINE.pattern)
+PLAIN_FIELD = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):([\t\x20-\x7e\x80-\xff]*)\r\n")
 _HTTP_VERSION = re.compile(rb"HTTP/[0-9](\.[0-9])?")
 # HTTP/1.2 to 1.9: a later minor version of the major version served here, answered as
 # the highest minor version it serves, HTTP/1.1 (RFC 9112 2.3, RFC 9110 6.2).

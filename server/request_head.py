@@ -28,7 +28,7 @@ from websockets.exceptions import (
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Request, d
 from websockets.server import ServerProtocol
 
-from .http_refusals import HeadChecks
+from .http_refusals import PLAIN_FIELD, PLAIN_HEADERS, HeadChecks
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_LEADING_EMPTY_LINES = 8  # CRLFs skipped before a request line (RFC 9112 2.2)
@@ -125,9 +125,19 @@ def parse_head(head: HeadReader) -> Generator[None, None, Request]:
     protocol = raw_protocol.decode("ascii")
     path = raw_path.decode("ascii")
     headers = Headers()
+    if _plain_headers(head, headers):
+        return _request(path, headers, method, protocol)
+    reader, checks = head.reader, head.checks
     for _ in range(MAX_NUM_HEADERS + 1):
-        line = head.take_line(MAX_LINE_LENGTH)
-        if line is None:
+        # take_line's way with a header line, inline: two calls less for each line.
+        buffer = reader.buffer
+        end = buffer.find(b"\n") + 1
+        if 0 < end <= MAX_LINE_LENGTH and end <= head.left:
+            taken = buffer[:end]
+            del buffer[:end]
+            head.left -= end
+            line = checks.header_line(taken)
+        else:
             try:
                 line = yield from head.read_line(MAX_LINE_LENGTH, HeaderLineTooLong)
             except EOFError as exc:
@@ -139,6 +149,34 @@ def parse_head(head: HeadReader) -> Generator[None, None, Request]:
         headers.set_insecure(raw_name.decode("ascii"), raw_value.strip(b" \t").decode("iso-8859-1"))
     else:
         raise TooManyHeaders(f"expected no more than {MAX_NUM_HEADERS} headers")
+    return _request(path, headers, method, protocol)
+
+
+def _plain_headers(head: HeadReader, headers: Headers) -> bool:
+    """The head's header lines and the empty line after them taken at once into
+    ``headers``, as parse_head's loop would take them one by one, when they are all in
+    the buffer, within every limit, and each one a line the checks pass as it is (not a
+    Content-Length, which they rewrite): one match checks them all. Else False, and
+    nothing is taken: the loop reads them, and finds what is wrong, if anything."""
+    buffer = head.reader.buffer
+    match = PLAIN_HEADERS.match(buffer)
+    if match is None:
+        return False
+    end = match.end()
+    if end > MAX_LINE_LENGTH or end > head.left:
+        return False  # a line may be over its limit, or the head over its own
+    fields = PLAIN_FIELD.findall(buffer, 0, end)
+    if len(fields) > MAX_NUM_HEADERS:
+        return False
+    del buffer[:end]
+    head.left -= end
+    for name, value in fields:
+        headers.set_insecure(name.decode("ascii"), value.strip(b" \t").decode("iso-8859-1"))
+    return True
+
+
+def _request(path: str, headers: Headers, method: str, protocol: str) -> Request:
+    """Request.parse's end: a request with a body refused, else the request."""
     if "Transfer-Encoding" in headers:
         raise NotImplementedError("transfer codings aren't supported")
     if not set(headers.get_all("Content-Length")) <= {"0"}:

@@ -160,6 +160,18 @@ HEADS: list[bytes] = [
     b"GET / HTTP/1.1\r\n" + filler(3, 8000)[:-3000] + b"\r\n",
     b"GET / HTTP/1.1\r\n" + filler(4, 4000)[: MAX_HEAD_BYTES - 20] + b"\r\n\r\n",
     b"\r\n" * 8 + b"GET / HTTP/1.1\r\n" + filler(2, 8000)[:-200] + b"\r\n",
+    # Header lines of 8,192 bytes in all (taken at once), and of one more.
+    b"GET / HTTP/1.1\r\n" + filler(1, MAX_LINE_LENGTH - 10) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + filler(1, MAX_LINE_LENGTH - 9) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + filler(2, MAX_LINE_LENGTH // 2 - 9) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + filler(2, MAX_LINE_LENGTH // 2 - 8) + b"\r\n",
+    # Headers within 8,192 bytes, past what the head has left after its request line.
+    b"\r\n" * 8 + b"GET /" + b"a" * 8170 + b" HTTP/1.1\r\n" + filler(2, 4080) + b"\r\n",
+    b"\r\n" * 8 + b"GET /" + b"a" * 8170 + b" HTTP/1.1\r\n" + filler(2, 4083) + b"\r\n",
+    b"GET / HTTP/1.1\r\nA:b\r\nX-Many:  \t a \t b\t \r\nY:\t\r\nz-Z: \x80\xff \r\n\r\nrest",
+    b"GET / HTTP/1.1\r\nA: b\r\nContent-Length-X: 1\r\nB: c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nA: b\r\nContent-length: 0\r\nB: c\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\n\r\n",
     b"SSH-2.0-OpenSSH_9.6\r\n",
@@ -226,6 +238,7 @@ def mutated(data: bytes, rng: random.Random) -> bytes:
 def test_mutated_heads_parse_as_websockets_parses_them() -> None:
     rng = random.Random(410)
     seeds = [upgrade(), upgrade(b"Content-Length: 0\r\n"), b"\r\n\r\n" + HEADS[3], HEADS[32]]
+    seeds.append(b"GET / HTTP/1.1\r\nA:b\r\nX-Many:  \t a \t b\t \r\nY:\t\r\n\r\n")
     kinds: set[str] = set()
     for _ in range(3000):
         data = mutated(rng.choice(seeds), rng)
