@@ -78,18 +78,32 @@ async function publishAll(client, count, content) {
 }
 
 /**
+ * Plain `ping`s from `client` every 200 ms until the function returned is called: frames
+ * of an attached peer, and so activity, which the liveness check's pings are not. The
+ * expiring server's sessions end 2 s after their last activity; a test's steps between
+ * two activities (connect, publish, a proxy mended, a reconnect, a read) outlasted that
+ * on a starved machine, and the session the test was reading expired under it.
+ * @returns {() => void}
+ */
+function keptAlive(client) {
+  const timer = setInterval(() => void client.ping().catch(() => {}), 200);
+  return () => clearInterval(timer);
+}
+
+/**
  * Runs `body({ viewer, oldEpoch, replace })` on session `sessionId` of the server at
  * `server`, with events 1..5 of "old" and a viewer of it through a gate proxy.
  * `replace(newEvents)` cuts the viewer off, waits for the session to expire (nothing
  * touches it meanwhile; a GET is no activity), creates it again with `newEvents` events
  * of "new", lets the viewer back (its next request reconnects it onto the new log,
- * resumed: false) and resolves to the new epoch. The new session's creator stays
- * attached until the end: the new log must outlive the viewer's reads.
+ * resumed: false) and resolves to the new epoch. Each session is kept alive by its
+ * creator (keptAlive) for as long as the test reads it: the old one until `replace`
+ * lets it expire, the new one to the end.
  */
 async function withSessionOfFive(server, sessionId, body) {
-  const agent = await BambooClient.connect(server, { sessionId, create: true, role: "agent" });
+  let agent = await BambooClient.connect(server, { sessionId, create: true, role: "agent" });
+  let stopKeeping = keptAlive(agent);
   await publishAll(agent, OLD_EVENTS, "old");
-  await agent.close();
   const proxy = await gateProxy(server);
   const viewer = await BambooClient.connect(proxy.url, {
     sessionId,
@@ -98,23 +112,26 @@ async function withSessionOfFive(server, sessionId, body) {
     backoffMax: 100,
   });
   const oldEpoch = viewer.epoch;
-  let replacing = null;
   const replace = async (newEvents) => {
+    stopKeeping();
+    await agent.close();
     proxy.cut();
     await until(() => viewer.state === "reconnecting");
     const metadata = `${server.replace(/^ws/, "http")}/api/v1/sessions/${sessionId}`;
     await until(async () => (await fetch(metadata)).status === 404);
-    replacing = await BambooClient.connect(server, { sessionId, create: true, role: "agent" });
-    await publishAll(replacing, newEvents, "new");
-    assert.notEqual(replacing.epoch, oldEpoch);
+    agent = await BambooClient.connect(server, { sessionId, create: true, role: "agent" });
+    stopKeeping = keptAlive(agent);
+    await publishAll(agent, newEvents, "new");
+    assert.notEqual(agent.epoch, oldEpoch);
     proxy.mend();
-    return replacing.epoch;
+    return agent.epoch;
   };
   try {
     await body({ viewer, oldEpoch, replace });
   } finally {
+    stopKeeping();
     await viewer.close();
-    await replacing?.close();
+    await agent.close();
     await proxy.close();
   }
 }
