@@ -120,7 +120,7 @@ test("a missing session is a typed refusal", async () => {
 
 test(
   "a viewer that reads nothing holds a bounded queue, pauses, and then loses nothing",
-  { timeout: 30000 },
+  { timeout: 60000 },
   async () => {
     const options = { sessionId: "backlog-1", backoffInitial: 20 };
     const agent = await BambooClient.connect(url, { ...options, create: true, role: "agent" });
@@ -131,8 +131,9 @@ test(
       const content = "x".repeat(200);
       // Ten times the queue, two replay pages (512 events) and more: each resume of the
       // read below brings a page, of which the queue takes 100. 3,000 events (some 30
-      // resumes, each sent up to a whole replay before its close) took over 30 s on a
-      // starved machine.
+      // resumes, each sent up to a whole replay before its close, and 30 round trips of
+      // 100 publishes, each awaiting its fsync) took over 30 s on a starved machine
+      // (a load of 30 on two cores), 1,000 took 15 to 21 s.
       const total = 1000;
       let peak = 0;
       for (let round = 0; round < 4; round++) {
