@@ -7,6 +7,7 @@ version 2 made."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from datetime import datetime
@@ -20,8 +21,10 @@ from bamboo_session.persistence import (
     SortBy,
     SortOrder,
     StorageError,
+    StorageLocked,
     open_storage,
 )
+from bamboo_session.persistence.sqlite.lock import store_lock
 from bamboo_session.persistence.sqlite.reads import page_query
 from bamboo_session.persistence.sqlite.schema import SCHEMA_VERSION
 from bamboo_session.protocol.models import Message, SessionState
@@ -79,6 +82,23 @@ async def test_a_read_only_open_of_version_2_asks_for_a_writing_one(old_file: Pa
     with pytest.raises(StorageError, match="open it once for writing to migrate it to version 3"):
         await open_storage(url(old_file), read_only=True)
     assert contents(old_file) == before
+
+
+async def test_a_read_only_open_during_a_migration_names_the_migrating_writer(
+    old_file: Path,
+) -> None:
+    """While a writer migrates the file (its lock held, the file still at version 2 until
+    the migration commits), a reader is told the store is in use and by whom, as for a
+    running server's: not to open it for writing, which that writer is doing."""
+    migrating = store_lock(old_file)
+    migrating.take_exclusive()  # the lock a migrating server holds, as it holds it
+    try:
+        with pytest.raises(StorageLocked, match=f"is in use: another process \\(pid {os.getpid()}"):
+            await open_storage(url(old_file), read_only=True)
+    finally:
+        migrating.release()
+    with pytest.raises(StorageError, match="open it once for writing to migrate"):
+        await open_storage(url(old_file), read_only=True)  # and once it is let go
 
 
 async def test_the_migration_keeps_every_row_and_the_listings_seek(old_file: Path) -> None:

@@ -168,8 +168,9 @@ def connect_reader(path: Path) -> sqlite3.Connection:
 
 
 def prepare_path(path: Path, read_only: bool) -> None:
-    """Before an open: ``path`` names a file, not a directory; read-only, a store of a
-    version we read (:func:`check_readable`); else its directory made if missing."""
+    """Before an open takes the store's lock: ``path`` names a file, not a directory;
+    read-only, one that exists (no lock file is made beside a store that is not
+    there); else its directory made if missing."""
     if path.is_dir():
         raise StorageError(
             f"{path} is a directory; an SQLite store is a file: name one in it, "
@@ -177,7 +178,8 @@ def prepare_path(path: Path, read_only: bool) -> None:
         )
     try:
         if read_only:
-            check_readable(path)
+            if not path.is_file():
+                raise StorageError(f"no SQLite store at {path}")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -185,9 +187,9 @@ def prepare_path(path: Path, read_only: bool) -> None:
 
 
 def check_readable(path: Path) -> None:
-    """For a read-only open: the file exists, is ours, and is of a version we read."""
-    if not path.is_file():
-        raise StorageError(f"no SQLite store at {path}")
+    """For a read-only open, its shared lock held (so that a file a writer is migrating
+    is refused as in use, not as of an older version): the file is ours, and of a
+    version we read."""
     try:
         connection = connect_reader(path)
         try:

@@ -59,7 +59,13 @@ from .live import Live
 from .lock import real_file, store_lock
 from .reads import Readers
 from .recount import SqliteRecounter
-from .schema import SCHEMA_VERSION, connect_writer, prepare_path, time_text
+from .schema import (
+    SCHEMA_VERSION,
+    check_readable,
+    connect_writer,
+    prepare_path,
+    time_text,
+)
 from .writer import Writer
 from .writes import Batch
 
@@ -120,6 +126,8 @@ class SqliteStorage:
         else:
             self._lock.take_exclusive()
         try:
+            if self.config.read_only:
+                await asyncio.to_thread(check_readable, path)
             if self._writer is not None:
                 await self._writer.start()
             if self._checkpointer is not None:
