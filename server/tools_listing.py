@@ -73,7 +73,13 @@ async def _list(
                 f"({most}): its sort key moved while it was paged; sort by created_at "
                 "to list each session once"
             )
-        page = await read(msgspec.structs.replace(filter, offset=0), page.next_cursor)
+        try:
+            page = await read(msgspec.structs.replace(filter, offset=0), page.next_cursor)
+        except ToolError:
+            # Cut short (the server gone, a refusal): what was printed ends as a
+            # listing does, its next cursor where to resume, and the error follows.
+            output.end(page)
+            raise
     output.end(page)
     return 0
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+from contextlib import redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,45 @@ async def test_all_stops_where_a_moving_key_would_keep_it_going(
     printed = json.loads(capsys.readouterr().out)
     ids = [meta["id"] for meta in printed["sessions"]]
     assert len(ids) == 8 and len(set(ids)) == SESSIONS and printed["next_cursor"]
+
+
+async def test_all_cut_short_by_its_server_ends_with_the_cursor_to_resume_from(
+    tmp_path: Path,
+) -> None:
+    """The server stops (a restart) after ``--all`` read two pages: the error is raised,
+    and what was printed ends as a listing does, its JSON whole and its ``next_cursor``
+    the place to resume from; resumed there (offline, the server gone), the rest of
+    the listing follows, each session once."""
+    url = f"sqlite://{tmp_path / 'store.db'}"
+    await fill(url)
+    filter = SessionFilter(limit=2)
+    async with run_server(tmp_path / "data", store=url) as server:
+        args = argparse.Namespace(
+            cursor=None, all=True, json=True, url=f"http://127.0.0.1:{server.port}", token=None
+        )
+        code, out, err = await cli("ls", "--url", args.url, "--json")
+        assert code == 0, err
+        expected = [meta["id"] for meta in json.loads(out)["sessions"]]
+        reads = 0
+
+        async def read_then_stop(asked: SessionFilter, cursor: str | None) -> ListingPage:
+            nonlocal reads
+            reads += 1
+            page = await tools_listing._page_over_http(args, asked, cursor)
+            if reads == 2:
+                with redirect_stdout(io.StringIO()):  # its lines, not the listing's
+                    await server.stop()
+            return page
+
+        printed_out = io.StringIO()  # the server logs to stdout: the listing's apart
+        with pytest.raises(ToolError, match="cannot reach"), redirect_stdout(printed_out):
+            await tools_listing._list(args, filter, tools_listing._Json(filter), read_then_stop)
+    printed = json.loads(printed_out.getvalue())
+    listed = [meta["id"] for meta in printed["sessions"]]
+    assert listed == expected[:4] and printed["next_cursor"] is not None
+
+    code, out, err = await cli(
+        "ls", "--store", url, "--json", "--all", "--limit", "2", "--cursor", printed["next_cursor"]
+    )
+    assert code == 0, err
+    assert listed + [meta["id"] for meta in json.loads(out)["sessions"]] == expected
