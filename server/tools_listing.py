@@ -93,9 +93,20 @@ async def _page_over_http(
         query["cursor"] = cursor
     found = await get_json(args, "/api/v1/sessions", query)
     try:
-        return msgspec.convert(found, ListingPage, strict=False)
+        page = msgspec.convert(found, ListingPage, strict=False)
     except msgspec.ValidationError as exc:
         raise ToolError(f"not a listing from {args.url}: {exc}") from None
+    # A server before cursors (0.1.0) ignores ``cursor`` (its first page would pass for
+    # the page after it) and sends no next_cursor (--all would end after one page).
+    if "next_cursor" not in found and (
+        cursor is not None or (args.all and page.offset + len(page.sessions) < page.total)
+    ):
+        option = "--cursor" if cursor is not None else "--all"
+        raise ToolError(
+            f"{args.url} does not page by cursor (a server older than {option}): "
+            "page it with --offset"
+        )
+    return page
 
 
 async def _page_offline(

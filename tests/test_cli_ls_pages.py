@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import http.server
 import io
 import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from bamboo_session.persistence import SessionFilter, SortBy, SortOrder, open_storage
@@ -284,3 +290,62 @@ async def test_all_cut_short_by_its_server_ends_with_the_cursor_to_resume_from(
     )
     assert code == 0, err
     assert listed + [meta["id"] for meta in json.loads(out)["sessions"]] == expected
+
+
+@contextlib.contextmanager
+def server_before_cursors(listing: list[dict[str, Any]]) -> Iterator[str]:
+    """The listing endpoint of a server before cursors (0.1.0): pages by ``offset`` and
+    ``limit`` only, its answer without ``next_cursor``, an unknown ``cursor`` ignored.
+    (No older tree is at hand to run; its answer's shape is all that matters here.)"""
+
+    class Listing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            offset = int(query.get("offset", ["0"])[0])
+            limit = int(query.get("limit", ["100"])[0])
+            page = listing[offset : offset + limit]
+            answer = {"sessions": page, "total": len(listing), "offset": offset, "limit": limit}
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_cursor_paging_against_a_server_before_cursors_is_refused(store: str) -> None:
+    """A server before cursors ignores ``cursor=`` and sends no ``next_cursor``: the page
+    after a cursor would be its first page again, and ``--all`` would stop after one
+    page, status 0. Both fail in one line naming --offset; a plain page, or an --all
+    that one page holds whole, are printed as before."""
+    async with await open_storage(store, cleanup_interval=None, read_only=True) as storage:
+        listed = await storage.list_sessions(SessionFilter())
+    listing = msgspec.to_builtins(listed.sessions)
+    code, out, err = await cli("ls", "--store", store, "--json", "--limit", "2")
+    cursor = json.loads(out)["next_cursor"]
+    with server_before_cursors(listing) as url:
+        for argv in (["--cursor", cursor], ["--all"], ["--all", "--json"]):
+            code, out, err = await cli("ls", "--url", url, "--limit", "2", *argv)
+            assert_one_line_error(code, err)
+            assert "does not page by cursor" in err and "--offset" in err, (argv, err)
+        code, out, err = await cli("ls", "--url", url, "--json", "--limit", "2", "--offset", "2")
+        assert code == 0, err
+        page = json.loads(out)
+        assert [meta["id"] for meta in page["sessions"]] == [m["id"] for m in listing[2:4]]
+        assert page["next_cursor"] is None
+        code, out, err = await cli("ls", "--url", url, "--all", "--json", "--limit", "100")
+        assert code == 0, err
+        assert json.loads(out)["sessions"] == listing
