@@ -99,6 +99,9 @@ async def test_a_read_only_open_during_a_migration_names_the_migrating_writer(
         migrating.release()
     with pytest.raises(StorageError, match="open it once for writing to migrate"):
         await open_storage(url(old_file), read_only=True)  # and once it is let go
+    async with await open_storage(url(old_file), cleanup_interval=None):  # no lock left held
+        pass
+    assert pragma(old_file, "user_version") == SCHEMA_VERSION
 
 
 async def test_the_migration_keeps_every_row_and_the_listings_seek(old_file: Path) -> None:
