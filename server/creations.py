@@ -54,7 +54,9 @@ class Creations:
         existing = await self._read(session_id, deadline)
         # Concurrent callers for one id share one creation (the storage refuses the
         # others with SessionExists before the winner's is readable): wait, read again.
-        if self._missing(existing) and (creating := self._under_way.get(session_id)) is not None:
+        # Again and again: one that failed leaves the session missing to every caller
+        # that waited for it, and the first of them to read it starts the next one.
+        while self._missing(existing) and (creating := self._under_way.get(session_id)) is not None:
             theirs = asyncio.wait([creating])
             await (theirs if deadline is None else self._reads.within(deadline, theirs))
             existing = await self._read(session_id, deadline)

@@ -4,12 +4,14 @@ acknowledged and renews the session, so its peers are not closed 4404 ``session
 expired``, neither by the actor's periodic look at the session (it looks between its
 appends) nor by a ``hello`` with ``create`` that would replace it, which is welcomed to
 the session the append renewed instead (or closed 1011 if the append is not stored
-within the read deadline: the peers stay)."""
+within the read deadline: the peers stay). Hellos that came meanwhile wait for that
+hello's creation, then take turns: one creation of the session at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -31,9 +33,9 @@ TTL = 3
 
 @contextlib.asynccontextmanager
 async def server_on_jsonl(
-    tmp_path: Path, store_read_timeout: float = 30
+    tmp_path: Path, store_read_timeout: float = 30, ttl: int = TTL
 ) -> AsyncIterator[BambooServer]:
-    config = JsonlStorageConfig(tmp_path / "store", durability="fsync", default_ttl=TTL)
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync", default_ttl=ttl)
     config = config.with_wal(enabled=False)
     async with embedded(config, store_read_timeout=store_read_timeout) as server:
         yield server
@@ -114,3 +116,45 @@ async def test_a_create_given_up_on_leaves_the_peers_of_a_session_whose_append_i
             await still_open(agent)
             async with attach(server, "s", create=True, user_id="other") as (_, theirs):
                 assert (theirs["epoch"], theirs["last_seq"]) == (welcome["epoch"], 1)
+
+
+async def test_hellos_that_waited_for_a_create_given_up_on_create_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The creation of the first hello is given up on at its read deadline (the append it
+    # waits for is held); those that waited for it look again, and the first of them to
+    # find the session expired still creates it, the others waiting for that one. They
+    # each started a creation of their own, the one under way forgotten: each waited a
+    # read deadline of its own, one after the other (behind the owner's lock), which
+    # held the session five deadlines past the renewal of its append (its peers were
+    # closed 4404), and the first to end took the next one's place off the books, which
+    # then failed to (KeyError in a callback: a traceback in the log).
+    caplog.set_level(logging.WARNING)
+    # A TTL that the held append, taken a second before the expiry, renews well past
+    # the two read deadlines the creations wait for it.
+    async with server_on_jsonl(tmp_path, store_read_timeout=1, ttl=5) as server:
+        async with attach(server, "s", create=True, role="agent") as (agent, welcome):
+            release = await publish_held_past_expiry(server, agent, monkeypatch)
+            try:
+                first = asyncio.create_task(refused_create(server))
+                await eventually(lambda: "s" in server.manager.creations, timeout=30)
+                later = [asyncio.create_task(refused_create(server)) for _ in range(4)]
+                codes = await asyncio.gather(first, *later)
+            finally:
+                release.set()
+            assert codes == [1011] * 5
+            ack = await agent.recv_type("ack")
+            assert (ack["id"], ack["seq"]) == (1, 1)
+            await still_open(agent)
+            async with attach(server, "s", create=True, user_id="other") as (_, theirs):
+                assert (theirs["epoch"], theirs["last_seq"]) == (welcome["epoch"], 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+
+
+async def refused_create(server: BambooServer) -> int | None:
+    """The close code of a hello with create to ``s`` that is not welcomed."""
+    async with open_peer(server, "s") as late:
+        await late.send({"type": "hello", "create": True, "user_id": "other"})
+        code, frames = await late.closed(60)
+        assert not [f for f in frames if f["type"] == "welcome"], frames
+        return code
