@@ -182,6 +182,25 @@ HEADS: list[bytes] = [
     b"GET / HT",
     b"http://a:1/x?y HTTP/1.1\r\n\r\n",
     b"GET http://127.0.0.1:1/api/v1/stream/s?x=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+    # What a request smuggler tries (r412): a CR alone as a line's end or inside a name,
+    # a bare LF ending the head early, line folding of a framing header, framing
+    # headers together or mixed in case, control and non-ASCII bytes, an LF alone
+    # before the request line, and a second request behind the first.
+    b"GET / HTTP/1.1\rHost: x\r\r",
+    upgrade(b"X\rA: a\r\n"),
+    b"GET / HTTP/1.1\r\nHost: x\n\nGET /metrics HTTP/1.1\r\n\r\n",
+    upgrade(b"Transfer-Encoding:\r\n chunked\r\n"),
+    upgrade(b"Transfer-Encoding: chunked\r\nContent-Length: 0\r\n") + b"0\r\n\r\n",
+    upgrade(b"transfer-encoding: identity\r\ncontent-LENGTH: 0\r\n"),
+    upgrade(b"Content-Length: 0\r\n 5\r\n"),
+    upgrade(b"Content-Length: +0\r\n"),
+    upgrade(b"X-A: a\x00b\r\nX-\x7fB: c\r\n"),
+    upgrade("X-\u00c9: caf\u00e9\r\n".encode()),
+    b"GET\t/\tHTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\x00\r\nHost: x\r\n\r\n",
+    b"\n" + upgrade(),
+    upgrade(b"Host: evil\r\nUpgrade: h2c\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"),
+    upgrade() + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
 ]
 
 CUTS: list[Callable[[bytes], list[bytes]]] = [
