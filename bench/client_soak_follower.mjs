@@ -19,6 +19,7 @@ const report = {
   clients: 0,
   reconnects: 0,
   resets: 0,
+  skipped: 0,
   connectFailures: 0,
   mismatches: [],
 };

@@ -9,6 +9,10 @@
   WebSocket has no way to abort and no bound of its own on the handshake: its socket
   is released only once the path carries the server's close again, which the second
   test pins down (docs/protocol.md, "JavaScript client", says so).
+- So the soak's check that both ends of each held link gave it up named the JavaScript
+  follower (on Node's built-in WebSocket) for every held link it had resumed away
+  from ("its client never gave it up", as many as the follower's sockets past its live
+  one): the check now counts those apart, and still names any other client.
 
 Each test watches the given-up connection's own socket (its local port), not a count of
 the follower's sockets: on a loaded machine its quick liveness check (0.5 s) gives up
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos_proxy import CuttingProxy
+from bench.client_soak import ports_to
 from tests.parent_death import ending_with_this_process
 from tests.proxies import HttpProxy
 from tests.support import run_server
@@ -135,3 +142,46 @@ async def test_node_builtin_websocket_holds_a_given_up_socket_until_its_path_tha
         assert not await released(given_up, port, node.pid, HELD_FOR)
         proxy.thaw()  # the held close goes through, and the server's comes back
         assert await released(given_up, port, node.pid, RELEASED_AFTER_THAW_WITHIN)
+
+
+async def test_soak_check_counts_apart_a_held_link_nodes_websocket_keeps_open() -> None:
+    command = node_command()
+    if command is None:
+        pytest.skip(HINT)
+    async with run_server(ping_interval=0.5, ping_timeout=0.5) as server:
+        proxy = CuttingProxy(lambda: server.port, random.Random(0))
+        await proxy.start()
+        node = await asyncio.create_subprocess_exec(
+            *command, "--no-warnings", str(FOLLOWER), f"ws://127.0.0.1:{proxy.port}", "held-js",
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=ending_with_this_process,
+        )  # fmt: skip
+        try:
+            assert await next_state(node) == {"state": "connected"}
+            assert proxy.freeze(1, held=True) == 1
+            assert await next_state(node) == {
+                "state": "reconnecting",
+                "reason": "connection silent",
+            }
+            assert (await next_state(node))["state"] == "open"
+            deadline = time.monotonic() + 20
+            while not proxy.gave_up_after["server"] and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the proxy
+                await asyncio.sleep(0.1)
+            # The server gave the held link up; Node still holds its end.
+            assert proxy.gave_up_after == {
+                "client": [],
+                "server": [proxy.gave_up_after["server"][0]],
+            }
+            (problem,) = await proxy.unfrozen(patience=0)
+            assert "its client never gave it up" in problem
+            assert proxy.held_by_design == 0
+            problems = await proxy.unfrozen(
+                0, held_by_design=lambda: ports_to(proxy.port, node.pid)
+            )
+            assert problems == []
+            assert proxy.held_by_design == 1
+        finally:
+            if node.returncode is None:
+                os.kill(node.pid, signal.SIGKILL)
+            await node.wait()
+            await proxy.close()
