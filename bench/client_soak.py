@@ -18,6 +18,8 @@ patience, save one the JavaScript follower still holds: on Node's built-in WebSo
 which has no abort, the client gives a silent link up (and resumes) but its socket stays
 open while the path stays silent (docs/protocol.md, "JavaScript client"); those are
 counted (``held_by_js_builtin_websocket``), and the follower must still catch up.
+With ``--js-websocket ws`` the followers run on the ws package's WebSocket, which the
+client terminates, and are held to the check like the Python clients.
 
 At the end the chaos stops, the followers catch up, every client is closed (timed), the
 servers stop, and the checks of bench/client_soak_checks.py run on what the store holds.
@@ -140,7 +142,9 @@ class Soak:
             self.followers.append(Follower(f"f{i}", url, SESSION, self._rng(), slow=i == 0))
             self.followers[-1].codec = "msgpack" if i % 2 else "json"
         for i in range(a.js):
-            self.js.append(JsFollower(f"js{i}", url, SESSION, self.work, slow=i == 1))
+            self.js.append(
+                JsFollower(f"js{i}", url, SESSION, self.work, slow=i == 1, websocket=a.js_websocket)
+            )
 
     def _rng(self) -> random.Random:
         return random.Random(self.rng.random())
@@ -233,7 +237,7 @@ class Soak:
         would not catch up."""
         ports: set[int] = set()
         for js in self.js:
-            if js.proc is not None and js.proc.returncode is None:
+            if js.websocket == "builtin" and js.proc is not None and js.proc.returncode is None:
                 ports |= ports_to(self.proxy.port, js.proc.pid)
         return ports
 
@@ -311,6 +315,13 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--followers", type=int, default=2, help="Python followers")
     parser.add_argument("--js", type=int, default=2, help="JavaScript followers (js1 slow)")
+    parser.add_argument(
+        "--js-websocket",
+        choices=("builtin", "ws"),
+        default="builtin",
+        help="the JavaScript followers' WebSocket: Node's, or the ws package's"
+        " (tests/js/node_modules), whose given-up sockets the client terminates",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--work", default=None, help="keep the files here (default: a temp dir)")
     args = parser.parse_args()

@@ -206,12 +206,16 @@ class Follower:
 class JsFollower:
     """A follower on the JavaScript client, in a Node process of its own."""
 
-    def __init__(self, name: str, url: str, session_id: str, work: Path, slow: bool) -> None:
+    def __init__(
+        self, name: str, url: str, session_id: str, work: Path, slow: bool, websocket: str
+    ) -> None:
         self.name = name
+        # "builtin" (Node's, which holds a silent socket it gave up) or "ws".
+        self.websocket = websocket
         self.argv = [
             "node", "--experimental-websocket", "--no-warnings",
             str(ROOT / "bench" / "client_soak_follower.mjs"), url, session_id,
-            "slow" if slow else "",
+            "slow" if slow else "", websocket,
         ]  # fmt: skip
         self.stderr = work / f"{name}.stderr"
         self.proc: asyncio.subprocess.Process | None = None

@@ -5,10 +5,17 @@
 // lastSeq and epoch. On SIGTERM it closes its client (timed) and prints one JSON line:
 // what it saw and what the client reported.
 //
-// node --experimental-websocket bench/client_soak_follower.mjs WS_URL SESSION_ID [slow]
+// node --experimental-websocket bench/client_soak_follower.mjs WS_URL SESSION_ID [slow] [ws]
+// With "ws" it runs on the ws package's WebSocket (tests/js/node_modules), which the
+// client can terminate, else on Node's own, which holds a silent socket it gave up.
+import { createRequire } from "node:module";
 import { BambooClient } from "../server/web/client/bamboo.js";
 
-const [url, sessionId, mode] = process.argv.slice(2);
+const [url, sessionId, mode, implementation] = process.argv.slice(2);
+const WebSocket =
+  implementation === "ws"
+    ? createRequire(import.meta.url)("../tests/js/node_modules/ws").WebSocket
+    : globalThis.WebSocket;
 // "slow": a small queue and a callback that dawdles now and then, so that the client
 // skips events past its full queue, pauses, and resumes for them.
 const slow = mode === "slow";
@@ -38,6 +45,7 @@ async function open() {
     try {
       const c = await BambooClient.connect(url, {
         sessionId,
+        WebSocket,
         lastSeq,
         epoch: epoch ?? undefined,
         pingInterval: 1000,
