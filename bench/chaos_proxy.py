@@ -173,21 +173,25 @@ class CuttingProxy:
         self, patience: float, held_by_design: Callable[[], set[int]] = set
     ) -> list[str]:
         """Waits up to ``patience`` seconds until no link is frozen (each thawed, or was
-        dropped once both its ends gave it up); a line for each still frozen then,
+        dropped once both its ends gave it up) but those held by design (below); a line
+        for each other still frozen then,
         naming the ends that did not give it up. ``held_by_design()`` gives the local
         ports of clients documented to keep a socket they gave up open while its path
         stays silent (the JavaScript client on Node's built-in WebSocket, which has no
         abort: docs/protocol.md, "JavaScript client"): a held link only such a client
         still holds is counted in ``held_by_design``, not named."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._none_frozen.wait(), patience)
+        deadline = time.monotonic() + patience
+        while True:
+            by_design = held_by_design()
+            left = [link for link in self.frozen if not self._held_by(link, by_design)]
+            if not left or time.monotonic() >= deadline:
+                break
+            with contextlib.suppress(TimeoutError):  # polled: held_by_design may change
+                await asyncio.wait_for(self._none_frozen.wait(), 0.5)
+        self.held_by_design += len(self.frozen) - len(left)
         now = time.monotonic()
-        by_design = held_by_design()
         problems = []
-        for link in self.frozen:
-            if link.held and link.sending == {"client"} and link.client_port in by_design:
-                self.held_by_design += 1
-                continue
+        for link in left:
             problems.append(
                 f"a link frozen {now - link.frozen_at:.0f} s ago"
                 + (" (held)" if link.held else " (to thaw)")
@@ -195,6 +199,11 @@ class CuttingProxy:
                 + f" (client port {link.client_port})"
             )
         return problems
+
+    @staticmethod
+    def _held_by(link: Link, ports: set[int]) -> bool:
+        """Whether ``link`` is held and only its client, one of ``ports``, still holds it."""
+        return link.held and link.sending == {"client"} and link.client_port in ports
 
     def _unfreeze(self, link: Link) -> None:
         self.frozen.discard(link)

@@ -57,6 +57,11 @@ GRACEFUL = 0.2  # the share of stops that are a SIGTERM
 ALL_DOWN = 0.2  # the share of cycles that leave every instance down for OUTAGE
 CATCH_UP = 60.0  # seconds the followers may take to catch up once the chaos stopped
 SAMPLE_EVERY = 5.0  # seconds between samples of tasks and memory
+# Seconds a link frozen for good may stay frozen once the chaos stopped: its server
+# gives it up within its keepalive's bound, a Ping every 20 s answered within 20 s,
+# then the 1011 close's own 5 s (the defaults, which the soak's servers run with),
+# and slack for a loaded machine; the clients give theirs up within about 2 s (PING).
+FROZEN_PATIENCE = 20.0 + 20.0 + 5.0 + 15.0
 
 
 def http_last_seq(cluster: Cluster) -> int:
@@ -195,7 +200,7 @@ class Soak:
     # -- the end --------------------------------------------------------------------------
 
     async def _settle(self, stop: asyncio.Event, runs: Sequence[asyncio.Future[None]]) -> None:
-        self.problems += await self.proxy.unfrozen(patience=30, held_by_design=self._js_ports)
+        self.problems += await self.proxy.unfrozen(FROZEN_PATIENCE, held_by_design=self._js_ports)
         stop.set()
         pubs = runs[: len(self.publishers)]
         _, late = await asyncio.wait(pubs, timeout=60)
