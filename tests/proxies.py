@@ -2,8 +2,9 @@
 or a front proxy brings: connections cut, and plain HTTP requests refused; and before
 a redis-server, connections Redis closed that the client has not seen close yet,
 replies lost after their command ran, or held back until the test lets them through
-(a slow Redis), connections reset, new connections refused, and bytes no Redis would
-send pushed to a pub/sub connection, or garbled in what it sends one."""
+(a slow Redis), chosen commands each delayed, connections reset, new connections
+refused, and bytes no Redis would send pushed to a pub/sub connection, or garbled in
+what it sends one."""
 
 from __future__ import annotations
 
@@ -219,6 +220,10 @@ class RedisProxy:
     ``withhold(*markers)``: from then on, a command that holds one of them never reaches
     Redis, nor does anything its client sends after it on that connection (the call
     waits for its reply until the client gives up); ``withheld`` counts them.
+    ``delay(marker, seconds)``: from then on, a command that holds ``marker`` waits that
+    long before it goes on to Redis, and whatever its client sends after it on that
+    connection with it (a call that lasts a known time, however fast the machine);
+    ``delayed`` counts them.
     ``reset()`` resets every connection through it, on both sides.
     While ``refusing``, a new connection is closed at once (Redis unreachable to new
     connections, the open ones working on); while ``hanging``, a new connection is
@@ -244,6 +249,8 @@ class RedisProxy:
         self._hold_marker: bytes | None = None
         self._withhold_markers: tuple[bytes, ...] = ()
         self.withheld = 0
+        self._delay: tuple[bytes, float] | None = None
+        self.delayed = 0
         self._release = asyncio.Event()
         self.replies_held = 0
         self._links: set[_Link] = set()
@@ -269,6 +276,9 @@ class RedisProxy:
     def withhold(self, *markers: bytes) -> None:
         """From then on, a command that holds any of ``markers`` is withheld."""
         self._withhold_markers = markers
+
+    def delay(self, marker: bytes, seconds: float) -> None:
+        self._delay = (marker, seconds)
 
     def release_replies(self) -> None:
         """Every reply held goes on to its client; those held later wait again."""
@@ -349,6 +359,9 @@ class RedisProxy:
                     self.withheld += not link.withholding
                     link.withholding = True
                     continue
+                if self._delay is not None and self._delay[0] in data:
+                    self.delayed += 1
+                    await asyncio.sleep(self._delay[1])
                 if self._marker is not None and self._marker in data:
                     self._marker, link.losing = None, True
                 if self._hold_marker is not None and self._hold_marker in data:

@@ -6,6 +6,8 @@ together (checked on the lease's own log of grants, renewals and releases)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,10 +15,12 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import SessionFilter, open_storage
-from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.persistence.redis import RedisStorage, maintenance
 from bamboo_session.persistence.redis.lease import Lease, LeaseRecord
+from bamboo_session.persistence.redis.maintenance import DELETES_AT_ONCE
 from bamboo_session.persistence.redis.scripts import Fenced
 from bamboo_session.protocol.models import Session, SessionState
+from tests.proxies import RedisProxy
 from tests.redis_server import RedisServer, prefix_for
 
 
@@ -131,34 +135,64 @@ async def test_two_stores_clean_up_under_the_lease(
         await b.close()
 
 
+# The round below: every delete delayed DELETE_DELAY on its way to Redis, DELETES_AT_ONCE
+# of them under way at once, ROUND_STEPS deep: at least 8 s however fast the machine,
+# some three leases of LEASE_TTL. The lease is renewed every second meanwhile, so a
+# process starved for up to 2 s still renews it in time.
+LEASE_TTL = 3.0
+DELETE_DELAY = 0.5
+ROUND_STEPS = 16
+
+
 async def test_a_round_that_outlasts_the_lease_renews_it_and_ends_whole(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # 5,000 expired sessions take the round longer than the lease (2 s) here: unrenewed
-    # meanwhile, the round's deletes were fenced at the lease's end, it was given up
-    # ("lost the cleanup lease during a cleanup"), and the lease granted again.
-    url = redis_server.url(prefix=prefix_for(tmp_path), lease_ttl=2.0)
-    store = await open_storage(url, cleanup_interval=0.5)
-    assert isinstance(store, RedisStorage)
+    # Unrenewed during the round, the lease lapsed a lease into it, the round's next
+    # delete was fenced, the round given up ("lost the cleanup lease during a
+    # cleanup"), and the lease granted again for the next round.
+    caplog.set_level(logging.INFO, logger=maintenance.__name__)
+    prefix = prefix_for(tmp_path)
+    count = DELETES_AT_ONCE * ROUND_STEPS
+    setup = await open_storage(redis_server.url(prefix=prefix), cleanup_interval=None)
+    proxy = RedisProxy(redis_server.port)
+    port = await proxy.start()
+    store = None
     try:
-        count = 5000
 
         async def expired(i: int) -> None:
-            await store.create_session(Session.new(f"gone-{i}"))
-            await store.update_session_state(f"gone-{i}", SessionState.EXPIRED)
+            await setup.create_session(Session.new(f"gone-{i}"))
+            await setup.update_session_state(f"gone-{i}", SessionState.EXPIRED)
 
-        for start in range(0, count, 500):
-            await asyncio.gather(*(expired(i) for i in range(start, start + 500)))
-        await store.create_session(Session.new("lasting"))
-        for _ in range(1200):  # every expired session gone (within a minute)
-            listed = await store.list_sessions(SessionFilter(limit=10))
+        await asyncio.gather(*(expired(i) for i in range(count)))
+        await setup.create_session(Session.new("lasting"))
+        proxy.delay(b"gone-", DELETE_DELAY)  # the deletes name the sessions; nothing else does
+        store = await open_storage(
+            f"redis://127.0.0.1:{port}/0?prefix={prefix}&lease_ttl={LEASE_TTL}"
+            f"&max_connections={8 * DELETES_AT_ONCE}",  # DELETES_AT_ONCE at once, not fewer
+            cleanup_interval=0.5,
+        )
+        assert isinstance(store, RedisStorage)
+        for _ in range(600):
+            if proxy.delayed:
+                break
+            await asyncio.sleep(0.05)
+        began = time.monotonic()
+        for _ in range(800):  # every expired session gone (within 40 s)
+            listed = await setup.list_sessions(SessionFilter(limit=10))
             if [m.id for m in listed.sessions] == ["lasting"]:
                 break
             await asyncio.sleep(0.05)
+        lasted = time.monotonic() - began
         assert [m.id for m in listed.sessions] == ["lasting"]
+        assert lasted > 2 * LEASE_TTL, lasted  # the premise: the round outlasted the lease
         records = await store.maintenance.lease.records()
         grants = [r.at_ms - records[0].at_ms for r in records if r.op == "grant"]
         assert grants == [0], grants
         check_never_held_twice(records)
+        said = [record.getMessage() for record in caplog.records]
+        assert said.count(f"removed {count} expired sessions") == 1, said  # in one round
     finally:
-        await store.close()
+        if store is not None:
+            await store.close()
+        await proxy.close()
+        await setup.close()
