@@ -136,12 +136,13 @@ async def test_two_stores_clean_up_under_the_lease(
 
 
 # The round below: every delete delayed DELETE_DELAY on its way to Redis, DELETES_AT_ONCE
-# of them under way at once, ROUND_STEPS deep: at least 8 s however fast the machine,
-# some three leases of LEASE_TTL. The lease is renewed every second meanwhile, so a
-# process starved for up to 2 s still renews it in time.
-LEASE_TTL = 3.0
+# of them under way at once, ROUND_STEPS deep: at least 10 s however fast the machine,
+# two leases and a half of LEASE_TTL. The lease is renewed every third of it meanwhile,
+# so a process starved for up to 2.6 s still renews it in time (a 2 s lease, renewed
+# every 0.67 s, lapsed under a load average of 20 to 30).
+LEASE_TTL = 4.0
 DELETE_DELAY = 0.5
-ROUND_STEPS = 16
+ROUND_STEPS = 20
 
 
 async def test_a_round_that_outlasts_the_lease_renews_it_and_ends_whole(
