@@ -17,11 +17,12 @@ import functools
 import http.server
 import os
 import shutil
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from tests.http_support import http_server_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("BAMBOO_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
@@ -74,16 +75,8 @@ def static_server(directory: Path) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    handler = functools.partial(Quiet, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_server_of(functools.partial(Quiet, directory=str(directory))) as url:
+        yield url
 
 
 def have_node() -> str | None:

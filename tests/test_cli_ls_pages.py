@@ -11,7 +11,6 @@ import contextlib
 import http.server
 import io
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -28,6 +27,7 @@ from bamboo_session.server import tools_listing
 from bamboo_session.server.cli import main
 from bamboo_session.server.list_cursor import ListingPage
 from bamboo_session.server.tools import ToolError
+from tests.http_support import http_server_of
 from tests.support import run_server
 from tests.test_cli_tools import assert_one_line_error, cli
 
@@ -315,15 +315,8 @@ def server_before_cursors(listing: list[dict[str, Any]]) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server_of(Listing) as url:
+        yield url
 
 
 async def test_cursor_paging_against_a_server_before_cursors_is_refused(store: str) -> None:
