@@ -30,9 +30,10 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
 
+from .append_outcomes import append_failed, feed_repeated, over_cap
 from .budget import MemoryBudget
 from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
-from .control import answer_stopped, append_failed, feed_repeated, handle, over_cap, store_failed
+from .control import answer_stopped, handle, store_failed
 from .following import Following
 from .inbox import Inbox
 from .manager_config import SessionManagerConfig

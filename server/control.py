@@ -3,9 +3,9 @@
 Attach (check the stored session, follow it, join presence and the room, welcome),
 detach (leave; the last connection out parks the session, even while the store fails),
 a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
-another process's presence notice; what a failing store does to each of them (and what
-a failed append tells the log, metrics and /readyz, and events the feed repeated); and
-the answer to an in-process request whose actor was stopped. Appends and the delivery
+another process's presence notice; what a failing store does to each of them; and
+the answer to an in-process request whose actor was stopped (what an append's failure
+does is server/append_outcomes.py's). Appends and the delivery
 of events are the actor's hot path and stay in server/actor.py; these run far less
 often, between its batches.
 """
@@ -17,18 +17,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bamboo_session.persistence.base import (
-    SessionClosed,
-    SessionExpired,
-    SessionFull,
-    SessionLogFailed,
     SessionNotFound,
-    SessionRefused,
     StorageError,
-    UserFull,
 )
 from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.errors import CloseCode
-from bamboo_session.protocol.models import SessionState, StoredEvent
+from bamboo_session.protocol.models import SessionState
 
 from .commands import (
     ActorRetired,
@@ -43,7 +37,6 @@ from .commands import (
     Stop,
     Tick,
     attach_refusal,
-    by_request,
 )
 from .failures import subscription_end
 from .limits import TooManySessionConnections
@@ -87,55 +80,6 @@ async def handle(actor: SessionActor, command: Command) -> None:
                 future.set_result(None)
         case _:  # pragma: no cover - Append is batched by the caller
             raise AssertionError(command)
-
-
-async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull) -> None:
-    """The session's byte cap (or its user's) refused appends stored together: with those of several
-    requests, each request goes again on its own (a batch frame's items together, all
-    or nothing, as ever), so that the ones that fit are stored and only the others get
-    ``too_large``. Near the cap only: a round trip per request."""
-    requests = by_request(appends)
-    if len(requests) > 1:
-        for request in requests:
-            await actor.append(request)
-        return
-    if isinstance(exc, UserFull):
-        actor.metrics.appends_over_user_cap.inc()
-    else:
-        actor.metrics.appends_over_session_cap.inc()
-    for command in appends:
-        actor.refuse(command, exc)
-
-
-def append_failed(actor: SessionActor, exc: StorageError | ValueError, events: int) -> None:
-    """Tells the log, metrics and /readyz of a store append that failed."""
-    if isinstance(exc, SessionClosed | SessionExpired | SessionNotFound):
-        return  # the session's end, not a failure
-    if isinstance(exc, SessionRefused):  # its history lost: not an outage of the store
-        actor.metrics.events_failed.inc(events)
-        return
-    if isinstance(exc, StorageError):  # /readyz: 503; logged once an outage, then counted
-        own = isinstance(exc, SessionLogFailed)  # unless the session fails alone
-        actor.health.failed(actor.session_id, str(exc), events, own)
-        actor.metrics.events_failed.inc(events)
-    else:  # a bad event or key past the checks before the inbox: each is a bug
-        log.error("append failed", error=str(exc), count=events)
-
-
-def feed_repeated(actor: SessionActor, events: list[StoredEvent], repeated: int) -> None:
-    """The session's feed handed out events the room had fanned out already, which it
-    sent nobody again (SessionRoom.deliver): a fault of the feed's, counted each time
-    and logged the first time of the room's life only. A feed that keeps repeating
-    itself would otherwise log a line per batch, hundreds a second per session."""
-    actor.metrics.events_repeated.inc(repeated)
-    if actor.room.repeated == repeated:
-        log.warning(
-            "events handed out again by the session's feed were not sent again; "
-            "further ones are counted only",
-            repeated=repeated,
-            seqs=f"{events[0].seq}..{events[-1].seq}",
-            published_seq=actor.room.published_seq,
-        )
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:
