@@ -53,8 +53,13 @@ async def test_a_stop_on_a_sqlite_store_whose_syncs_hang_ends(tmp_path: Path) ->
         ws = await connect(server.url("stuck"), open_timeout=30)
         await ws.send(json.dumps({"type": "hello", "create": True}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "welcome"
+        # One event acknowledged before strace attaches: when the very next append's
+        # sync is the one held, there is still an acknowledged event to find stored.
+        await ws.send(event(1))
+        first_ack = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert first_ack == {"type": "ack", "seq": 1, "id": 1}
         tracer = hold_syncs(server.proc.pid, traced)
-        acked: set[int] = set()
+        acked: set[int] = {1}
         reading = asyncio.ensure_future(acks(ws, acked))
 
         def held() -> bool:
@@ -65,7 +70,7 @@ async def test_a_stop_on_a_sqlite_store_whose_syncs_hang_ends(tmp_path: Path) ->
 
         # Appends, each acknowledged, until one's COMMIT is held: the writer's first
         # sync once strace is attached.
-        number = 0
+        number = 1
         while not held():
             assert number < 100, "no sync held"
             number += 1
