@@ -151,6 +151,10 @@ def test_a_resume_from_the_ring_goes_in_the_same_write_as_its_welcome(tmp_path: 
             assert server.proc is not None
             with socket_writes_traced(server.proc.pid, trace):
                 data, client_port = raw_resume(server.port, "ring", 5, 8)
+                # The loop's thread stays stopped at a write's end until strace has
+                # taken it; a Pong from that thread proves it went on, so no write the
+                # resumer read is left "<detached ...>" by a strace slow under load.
+                assert agent.ping().wait(WAIT)
 
     frames = list(text_frames(data))
     assert [frame.get("seq", frame["type"]) for frame, _, _ in frames[:4]] == ["welcome", 6, 7, 8]
