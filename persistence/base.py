@@ -275,8 +275,13 @@ class EventStorage(Protocol):
 class SessionStorage(EventStorage, Protocol):
     """Sessions, their history and their event logs (the seed's ``SessionStorage``)."""
 
-    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
+    async def create_session(
+        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+    ) -> None:
         """Stores a new session (its messages, if any, become its first log events).
+        With ``made_now`` (a session made at ``now()``, as the server makes its own), its
+        times move to the instant the store makes it (``clock.made_at``): its TTL runs
+        from there, not from before the store's work; else they stay as given.
         With ``replace_expired``, a session of the same id that has expired (by the
         store's clock: ``expires_at`` passed, or state ``expired``) counts as missing:
         it goes, with its log, history, keys and index entries, and the new one takes

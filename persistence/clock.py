@@ -50,7 +50,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeAlias
 
-from bamboo_session.protocol.models import utcnow
+from bamboo_session.protocol.models import SessionMetadata, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,22 @@ WARN_EVERY: Final = 600.0  # seconds between two warnings while held back, monot
 FAR_AHEAD: Final = timedelta(days=36525)
 # Where a time came from, or what says it when asked (a path is made only then).
 Where: TypeAlias = str | Callable[[], str]
+
+
+def made_at(meta: SessionMetadata, now: datetime) -> None:
+    """A new session made by its creator at the store's clock (``Session.new(...,
+    now=storage.now())``, as the server makes its sessions), its times moved to ``now``,
+    the instant the store makes it, never back: its TTL runs from there, not from
+    before the store's work (an expired session's replacement may outlast a short
+    TTL). Its TTL and state stay; Redis's create.lua does the same with its ``TIME``."""
+    moved = now - meta.updated_at
+    if moved <= _NO_STEP:
+        return
+    meta.created_at += moved
+    meta.updated_at += moved
+    meta.last_activity_at += moved
+    if meta.expires_at is not None:
+        meta.expires_at += moved
 
 
 def far_ahead() -> datetime:

@@ -35,7 +35,7 @@ from .base import (
     StorageError,
     StorageFull,
 )
-from .clock import StoreClock
+from .clock import StoreClock, made_at
 from .events import (
     UserBytes,
     check_room,
@@ -115,7 +115,9 @@ class MemoryStorage(MemoryImports):
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
+    async def create_session(
+        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+    ) -> None:
         self._require_open()
         session_id = check_session_id(session.metadata.id)
         existing = self._index.get(session_id)
@@ -132,6 +134,8 @@ class MemoryStorage(MemoryImports):
         if meta.ttl is None and self.default_ttl is not None:
             meta.ttl = self.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
+        if made_now:  # (made with no await since: in place for uniformity's sake)
+            made_at(meta, self._clock.now())
         self._clock.saw(meta.updated_at, meta.last_activity_at)  # the creator's times stay
         self._index.add(meta)
         self._logs[session_id] = SessionLog()

@@ -142,7 +142,9 @@ class SessionManager:
             session_id or new_session_id(), user_id, title, ttl, extra, self.storage.now()
         )
         with self.append_health.creating(session.id):  # /readyz: a failure of the store's
-            await self.storage.create_session(session, replace_expired=replace_expired)
+            await self.storage.create_session(
+                session, replace_expired=replace_expired, made_now=True
+            )
         stored = await self.storage.load_session(session.id)
         return stored or session
 

@@ -37,6 +37,7 @@ from bamboo_session.protocol.models import (
 
 from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageError, StorageFull
 from ..capabilities import DiskDebt
+from ..clock import made_at
 from ..close_once import CloseOnce
 from ..feed import CLOSED
 from ..index import copy_metadata
@@ -209,7 +210,9 @@ class JsonlStorage(JsonlUpkeep):
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
+    async def create_session(
+        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+    ) -> None:
         self._require_writable()
         session_id = check_session_id(session.metadata.id)
         await self._settled_for_create(session_id, replace_expired)
@@ -232,9 +235,9 @@ class JsonlStorage(JsonlUpkeep):
         self._files.reserve(session_id)  # released by the create, however it ends
         self._clock.saw(meta.updated_at, meta.last_activity_at)  # the creator's times stay
         if old is not None:
-            await to_completion(self._replace(old, meta))
+            await to_completion(self._replace(old, meta, made_now))
         else:
-            await to_completion(self._create(meta))
+            await to_completion(self._create(meta, made_now))
         if session.messages:  # what the session is made with: not held to the cap
             items = [(MessageEvent(message), None) for message in session.messages]
             await self._appends.append(self._appendable(session_id), items, None, capped=False)
@@ -256,10 +259,20 @@ class JsonlStorage(JsonlUpkeep):
                 return  # (not replaced either way)
             await self._writer.flush()
 
-    async def _create(self, meta: SessionMetadata) -> None:
-        self._members.admit(await self._files.create(meta), new_log=True)
+    async def _create(self, meta: SessionMetadata, made_now: bool) -> None:
+        self._admit_new(await self._files.create(meta), made_now)
 
-    async def _replace(self, old: SessionRecord, meta: SessionMetadata) -> None:
+    def _admit_new(self, record: SessionRecord, made_now: bool) -> None:
+        """The new session, its files written, in memory; ``made_now``: made at this
+        instant (its times on disk, from before the files' work, follow with its next
+        checkpoint, as an attach's activity does)."""
+        if made_now:
+            made_at(record.meta, self._clock.stamp())
+        self._members.admit(record, new_log=True)
+        if made_now:
+            self._checkpoints.changed(record)
+
+    async def _replace(self, old: SessionRecord, meta: SessionMetadata, made_now: bool) -> None:
         """The new session in place of ``old``, expired, on disk crash-safe
         (``lifecycle.py``). Once the new checkpoint is beside the old one, the old
         session is forgotten, as at a delete."""
@@ -279,7 +292,7 @@ class JsonlStorage(JsonlUpkeep):
             raise
         finally:
             self._appends.deleted(old)
-        self._members.admit(record, new_log=True)
+        self._admit_new(record, made_now)
 
     async def update_session_state(
         self,

@@ -171,7 +171,9 @@ class RedisStorage(StoreReports):
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
+    async def create_session(
+        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+    ) -> None:
         self.require_writable()
         session_id = check_session_id(session.metadata.id)
         meta = copy_metadata(session.metadata)
@@ -183,7 +185,8 @@ class RedisStorage(StoreReports):
         if meta.ttl is None and self.config.default_ttl is not None:
             meta.ttl = self.config.default_ttl
             meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
-        made_now = self.clock.made_now(meta)  # then create.lua stamps it with TIME
+        # Made now, create.lua stamps it with its TIME.
+        made_now = made_now or self.clock.made_now(meta)
         if not made_now:
             await self.clock.settle()  # a reading a local clock's jump left unsure: anew
             self.clock.restamp(meta)  # times by Redis's clock, as every later write's

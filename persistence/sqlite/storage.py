@@ -187,12 +187,12 @@ class SqliteStorage:
 
     # -- sessions -------------------------------------------------------------------
 
-    async def create_session(self, session: Session, *, replace_expired: bool = False) -> None:
+    async def create_session(
+        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+    ) -> None:
         session_id = check_session_id(session.metadata.id)
         meta = copy_metadata(session.metadata)
-        meta.last_seq = 0  # a new log; whatever the caller set does not describe it
-        meta.message_count = 0
-        meta.stored_bytes = 0
+        meta.last_seq = meta.message_count = meta.stored_bytes = 0  # (a new log's)
         default_ttl = self.config.default_ttl
         if meta.ttl is None and default_ttl is not None:
             meta.ttl = default_ttl
@@ -205,6 +205,7 @@ class SqliteStorage:
             messages=messages,
             max_sessions=self.config.max_sessions,
             replace_expired=replace_expired,
+            made_now=made_now,
         )
         await self._write(work, functools.partial(self._live.created, session_id))
 

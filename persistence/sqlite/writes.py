@@ -44,6 +44,7 @@ from ..base import (
     SessionNotFound,
     StorageFull,
 )
+from ..clock import made_at
 from ..events import check_room, check_user_room, completed_event, stored_size
 from ..state_condition import check_condition, updated_since
 from .rows import CLEAN, COUNTED, MOVED, Row, RowCache
@@ -204,10 +205,12 @@ def create(
     messages: Sequence[Prepared],
     max_sessions: int | None,
     replace_expired: bool = False,
+    made_now: bool = False,
 ) -> str | None:
     """Insert the new session; with ``replace_expired``, in place of an expired one of
-    the same id, removed in the same transaction. The epoch of the one it replaced, or
-    None."""
+    the same id, removed in the same transaction; ``made_now``: at this transaction's
+    time (its TTL from there, not from before the wait for it). The epoch of the one it
+    replaced, or None."""
     session_id = meta.id
     old = batch.row(session_id)
     if old is not None:
@@ -216,6 +219,8 @@ def create(
         _remove(batch, session_id)  # after every check: a refusal leaves nothing done
     elif max_sessions is not None and batch.sessions() >= max_sessions:
         raise StorageFull(f"the storage holds its maximum of {max_sessions} sessions")
+    if made_now:
+        made_at(meta, batch.now)
     values = row_of(meta)
     batch.db.execute(
         f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
