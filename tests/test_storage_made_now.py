@@ -23,4 +23,3 @@ async def test_a_session_made_now_takes_the_stores_instant(store: Storage) -> No
     assert meta is not None and not meta.is_expired(store.now())
     assert meta.created_at >= before and meta.last_activity_at >= before
     assert meta.expires_at is not None and meta.expires_at >= before + timedelta(seconds=10)
-
