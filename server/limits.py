@@ -60,6 +60,12 @@ class TokenBucket:
         self._tokens = tokens
         return False
 
+    def refund(self, count: float) -> None:
+        """Gives back ``count`` tokens taken ahead of a use that turned out smaller (or
+        none), never past ``burst``: what refilled meanwhile is not paid twice."""
+        if self.rate > 0:
+            self._tokens = min(self.burst, self._refilled() + count)
+
     def _refilled(self) -> float:
         now = self._clock()
         tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
@@ -103,12 +109,6 @@ class ByteRate(TokenBucket):
             tokens = self.burst
         self._tokens = tokens = tokens - size
         return 0.0 if tokens >= 0 else -tokens / rate
-
-    def refund(self, size: int) -> None:
-        """Gives back ``size`` bytes charged ahead of a use that turned out smaller (or
-        none), never past ``burst``: what refilled meanwhile is not paid twice."""
-        if self.rate > 0:
-            self._tokens = min(self.burst, self._refilled() + size)
 
 
 class FrameLimiter:

@@ -20,7 +20,8 @@ one creator may make them.
   make room; deleting or the TTL will).
 - Creation rate: a token bucket per creator: the token's ``sub`` under auth, the peer's
   address without (an IPv6 peer's /64, which one host usually holds whole). Over it:
-  :class:`CreatingTooFast`, close 4429; the client backs off and retries.
+  :class:`CreatingTooFast`, close 4429; the client backs off and retries. A creation
+  that finds the session there after all (SessionExists) gives its token back.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 
-from bamboo_session.persistence.base import SessionFilter, SessionStorage
+from bamboo_session.persistence.base import SessionExists, SessionFilter, SessionStorage
 from bamboo_session.protocol.errors import ErrorCode, ProtocolError
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
@@ -166,16 +167,25 @@ class SessionQuotas:
         owner: str | None,
         replacing: SessionMetadata | None = None,
     ) -> AsyncIterator[None]:
-        self._check_rate(creator)
-        if owner is None or (self.max_per_user <= 0 and self.max_stored_per_user <= 0):
-            yield
-            return
-        # One creation at a time per owner in this process, from its count to its
-        # end: two of them never both take the last place.
-        async with self._owner_lock(owner):
-            kept = await self._count(owner, deadline)
-            self._check_counts(owner, kept, replacing)
-            yield
+        bucket = self._take_token(creator)
+        try:
+            if owner is None or (self.max_per_user <= 0 and self.max_stored_per_user <= 0):
+                yield
+                return
+            # One creation at a time per owner in this process, from its count to its
+            # end: two of them never both take the last place.
+            async with self._owner_lock(owner):
+                kept = await self._count(owner, deadline)
+                self._check_counts(owner, kept, replacing)
+                yield
+        except SessionExists:
+            # Nothing created: the session was there after all (made by another, or an
+            # expired one renewed by its append), and the hello attaches to it, which
+            # costs no token. (A refusal or a failure keeps its token: a creator
+            # retrying one is metered.)
+            if bucket is not None:
+                bucket.refund(1)
+            raise
 
     def _check_counts(
         self, owner: str, kept: OwnerCount, replacing: SessionMetadata | None
@@ -208,9 +218,11 @@ class SessionQuotas:
             if not users[0]:
                 del self._owners[owner]
 
-    def _check_rate(self, creator: str | None) -> None:
+    def _take_token(self, creator: str | None) -> TokenBucket | None:
+        """CreatingTooFast unless the creator's bucket has a token, which is taken; the
+        bucket (None when not metered)."""
         if creator is None or self.rate <= 0:
-            return
+            return None
         bucket = self._buckets.get(creator)
         if bucket is None:
             bucket = self._buckets[creator] = TokenBucket(self.rate, self.burst)
@@ -220,6 +232,7 @@ class SessionQuotas:
             self._buckets.move_to_end(creator)
         if not bucket.take():
             raise CreatingTooFast(f"over {self.rate:g} new sessions/s")
+        return bucket
 
     async def _count(self, owner: str, deadline: float | None = None) -> OwnerCount:
         """The owner's sessions in the store, within the read deadline (StoreTimeout,

@@ -16,6 +16,7 @@ import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,11 +34,11 @@ TTL = 3
 
 @contextlib.asynccontextmanager
 async def server_on_jsonl(
-    tmp_path: Path, store_read_timeout: float = 30, ttl: int = TTL
+    tmp_path: Path, store_read_timeout: float = 30, ttl: int = TTL, **settings: Any
 ) -> AsyncIterator[BambooServer]:
     config = JsonlStorageConfig(tmp_path / "store", durability="fsync", default_ttl=ttl)
     config = config.with_wal(enabled=False)
-    async with embedded(config, store_read_timeout=store_read_timeout) as server:
+    async with embedded(config, store_read_timeout=store_read_timeout, **settings) as server:
         yield server
 
 
@@ -84,12 +85,7 @@ async def test_a_create_leaves_a_session_whose_append_is_being_written(
     async with server_on_jsonl(tmp_path) as server:
         async with attach(server, "s", create=True, role="agent") as (agent, welcome):
             release = await publish_held_past_expiry(server, agent, monkeypatch)
-
-            async def hello_with_create() -> dict[str, object]:
-                async with attach(server, "s", create=True, user_id="other") as (_, theirs):
-                    return theirs
-
-            creating = asyncio.create_task(hello_with_create())
+            creating = asyncio.create_task(hello_with_create(server))
             await eventually(lambda: "s" in server.manager.creations, timeout=30)
             release.set()
             ack = await agent.recv_type("ack")
@@ -97,6 +93,30 @@ async def test_a_create_leaves_a_session_whose_append_is_being_written(
             theirs = await creating
             assert (theirs["epoch"], theirs["last_seq"]) == (welcome["epoch"], 1)
             await still_open(agent)
+
+
+async def test_a_create_welcomed_to_the_renewed_session_spends_no_creation_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tokens for two creations, none refilled within the test: the agent's takes one.
+    tokens = {"session_create_rate": 0.001, "session_create_burst": 2}
+    async with server_on_jsonl(tmp_path, **tokens) as server:
+        async with attach(server, "s", create=True, role="agent") as (agent, welcome):
+            release = await publish_held_past_expiry(server, agent, monkeypatch)
+            creating = asyncio.create_task(hello_with_create(server))
+            await eventually(lambda: "s" in server.manager.creations, timeout=30)
+            release.set()
+            assert (await agent.recv_type("ack"))["seq"] == 1
+            assert (await creating)["epoch"] == welcome["epoch"]  # created nothing
+        # So the token it asked for is the creator's still: a new session takes it.
+        async with attach(server, "t", create=True) as (_, made):
+            assert made["session"]["id"] == "t" and made["last_seq"] == 0
+
+
+async def hello_with_create(server: BambooServer) -> dict[str, Any]:
+    """The welcome of a hello with create to ``s``."""
+    async with attach(server, "s", create=True, user_id="other") as (_, theirs):
+        return theirs
 
 
 async def test_a_create_given_up_on_leaves_the_peers_of_a_session_whose_append_is_held(
