@@ -3,7 +3,8 @@ threads shut down, or no thread could be started) once the checkpoints became
 tombstones (persistence/jsonl/deletes.py): those deletes took effect, and are reported
 so: a cleanup round counts them, with no "could not delete" in the log, and the next
 open finishes them. Without the WAL, in ``fsync`` mode, a refused sync of the renames
-is told as what it is: deleted, not durably until the next open. A round ends only once
+is told as what it is: deleted, not durably until the next open (a round's log says so
+once, and counts it). A round ends only once
 every removal job it started has ended, one of them refused or not."""
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ async def test_a_refused_sync_of_the_renames_without_the_wal_says_the_session_is
         monkeypatch.undo()
         for i in range(1, GONE):
             await storage.delete_session(f"gone-{i}")
+    await assert_gone_after_open(config)
+
+
+async def test_a_round_without_the_wal_tells_each_delete_of_an_unsynced_rename_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each such delete took effect, not durably: one line says so, and none that it failed.
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync").with_wal(enabled=False)
+    async with await JsonlStorage.open(config) as storage:
+        await expired_sessions(storage)
+        refuse_jobs_of(storage, "settle_renames", monkeypatch)
+        assert await storage.cleanup_expired_sessions() == GONE
+        for i in range(GONE):
+            told = [r.getMessage() for r in caplog.records if f"'gone-{i}'" in r.getMessage()]
+            assert len(told) == 1 and "is deleted" in told[0], told
+        monkeypatch.undo()
     await assert_gone_after_open(config)
 
 

@@ -43,6 +43,13 @@ SHARE_LEAST: Final = 16
 Outcome = bool | BaseException
 
 
+class DeletedNotDurably(StorageError):
+    """A delete took effect (its checkpoint is its tombstone, which the next open
+    finishes), but its rename's sync could not be made and nothing else records it:
+    its caller is told it is not durable; a cleanup round counts it as done. Logged
+    where it happens, once."""
+
+
 class DeleteUndone(StorageError):
     """A delete failed at its rename's directory sync, and was undone by a rename back
     whose own durability nobody knows (``_undo_unsynced_delete``)."""
@@ -186,7 +193,7 @@ def unsettled_renames(
         )
         outcomes[session_id] = False
         if sync_decides_delete:
-            outcomes[session_id] = StorageError(
+            outcomes[session_id] = DeletedNotDurably(
                 f"session {session_id!r}: its directory could not be synced ({error}): it "
                 "is deleted, not durably until the next open"
             )
@@ -252,7 +259,7 @@ def settle_renames(
             if sync_decides_delete:
                 try:
                     _undo_unsynced_delete(layout, session_id, sync_error)
-                except StorageError as undone:  # (always: undone, or deleted unsynced)
+                except StorageError as undone:  # (always: undone, or DeletedNotDurably)
                     outcomes[session_id] = undone
                     continue
             log.error(
@@ -311,7 +318,7 @@ def _undo_unsynced_delete(layout: Layout, session_id: str, error: OSError) -> No
             error,
             undo_error,
         )
-        raise StorageError(
+        raise DeletedNotDurably(
             f"session {session_id!r}: the sync of its directory failed ({error}), and "
             "undoing its delete too: it is deleted, not durably until the next open"
         ) from error

@@ -16,7 +16,7 @@ from typing import Final
 from ..base import StorageError
 from ..parking import attached_left_indexed, park_indexed
 from .appends import WalKeptFull
-from .deletes import DELETES_PER_BATCH
+from .deletes import DELETES_PER_BATCH, DeletedNotDurably
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
 from .membership import Membership
@@ -53,9 +53,10 @@ class JsonlUpkeep(JsonlImports):
         (``deletes.py``; 16 at once, each syncing alone, took 169 to 366 s for 50,000).
         One whose TTL ran out with an append under way is left to the next round
         (the append, taken before, renews it). One whose delete fails stays (it is as
-        it was, or its tombstone is finished by the next open), is logged, and is tried
-        again at the next round, after the others. Once the WAL kept since a failed sync
-        passes its bound no delete is made, and the round ends."""
+        it was), is logged, and is tried again at the next round, after the others;
+        one deleted but not durably (DeletedNotDurably: its tombstone, which the next
+        open finishes) is counted, said once where it happened. Once the WAL kept since
+        a failed sync passes its bound no delete is made, and the round ends."""
         self._require_writable()
         now = self._clock.now()
         pending = iter([meta.id for meta in self._index if meta.is_expired(now)])
@@ -81,6 +82,8 @@ class JsonlUpkeep(JsonlImports):
                 except WalKeptFull:
                     wal_full = True  # (logged once: no delete is made until the next open)
                     return
+                except DeletedNotDurably:
+                    pass  # done, its tombstone left for the next open (logged as such)
                 except StorageError as exc:
                     log.error("could not delete the expired session %r: %s", session_id, exc)
                     continue
