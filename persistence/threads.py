@@ -14,7 +14,9 @@ caller that gives up leaves nothing behind. A caller cancelled once its job was
 submitted stays until the job ends, then raises the cancellation: whoever counts the
 calls it gave up on (the server's abandoned reads, server/pages.py) counts that one
 until it really ends. A job's end comes back to the loop in one call, which frees its
-slot and answers its caller, as ``asyncio.to_thread`` costs.
+slot and answers its caller, as ``asyncio.to_thread`` costs. A job the pool refuses
+(shut down, or no thread could be started: "can't start new thread") never runs,
+although the pool keeps it queued: its caller, told so, never sees it done.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -50,15 +53,18 @@ class ThreadJobs:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T] = loop.create_future()
         context = contextvars.copy_context()
+        claim = threading.Lock()  # taken by the job's thread as it starts, or by a refusal
         try:
-            self._pool.submit(self._job, loop, answer, context, function, args)
+            self._pool.submit(self._job, loop, answer, context, function, args, claim)
         except RuntimeError as exc:
-            # Shut down, or no thread could be started for it: in that case the job is
-            # queued all the same, and may run on a thread that frees up. Its answer,
-            # cancelled here, tells its end that its slot was given back already.
-            answer.cancel()
-            self._slots.release()
-            raise StorageError(f"the store takes no more work: {exc}") from None
+            # Shut down, or no thread could be started for it: then the pool has queued
+            # the job all the same (ThreadPoolExecutor.submit puts it in its queue before
+            # it starts a thread), and a thread that frees up would run it. Refused, it
+            # never runs: its caller, told it failed, never sees it done. Unless a
+            # thread took it first: then it runs, and its caller gets its outcome.
+            if claim.acquire(blocking=False):
+                self._slots.release()
+                raise StorageError(f"the store takes no more work: {exc}") from None
         self.unfinished += 1
         try:
             return await asyncio.shield(answer)
@@ -74,9 +80,13 @@ class ThreadJobs:
         context: contextvars.Context,
         function: Callable[..., Any],
         args: tuple[Any, ...],
+        claim: threading.Lock,
     ) -> None:
         """In a pool thread: the call, then one call back to the loop, which frees the
-        slot and answers (one per job, whether its caller still waits or not)."""
+        slot and answers (one per job, whether its caller still waits or not); nothing
+        for a job refused (``run``)."""
+        if not claim.acquire(blocking=False):
+            return
         result: Any = None
         error: BaseException | None = None
         try:
@@ -90,8 +100,6 @@ class ThreadJobs:
             loop.call_soon_threadsafe(self._ended, answer, result, error)
 
     def _ended(self, answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-        if answer.cancelled():  # given up before it counted (run): nothing to free
-            return
         self.unfinished -= 1
         self._slots.release()
         if error is None:

@@ -8,8 +8,11 @@ stores)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -92,8 +95,8 @@ async def test_a_job_whose_thread_cannot_start_gives_its_slot_back_once(
 ) -> None:
     """The pool queues a job before it starts a thread for it; when the thread cannot
     start (out of threads or memory: made to happen here, once), the caller gets
-    StorageError and its slot back, and when the queued job runs later on a thread
-    that frees up, it gives nothing back a second time."""
+    StorageError and its slot back, and when the queued job's turn comes on a thread
+    that frees up, it gives nothing back a second time (it does not run: below)."""
     gate, flag = threading.Event(), threading.Event()
     first = await started(asyncio.create_task(jobs.run(held, gate, flag)), flag)
     real_start = threading.Thread.start
@@ -111,6 +114,57 @@ async def test_a_job_whose_thread_cannot_start_gives_its_slot_back_once(
     assert results == ["0", "1", "2", "3"]
     assert jobs.unfinished == 0
     assert jobs._slots._value == jobs.threads  # every slot free, none twice
+
+
+# In a process of its own: a job submitted while one runs on the pool's only thread,
+# when a second thread cannot start (its stack, 1 GiB, past the address space left:
+# RuntimeError "can't start new thread", as at a threads limit); then the first job
+# ends, and the pool shuts down once its thread has taken every job queued.
+REFUSED_JOB = """
+import asyncio, pathlib, resource, sys, threading
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.threads import ThreadJobs
+
+def address_space() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")
+
+async def main() -> None:
+    jobs, gate, running = ThreadJobs(2, "jobs"), threading.Event(), threading.Event()
+    first = asyncio.create_task(jobs.run(lambda: running.set() or gate.wait(30)))
+    while not running.is_set():
+        await asyncio.sleep(0.01)
+    threading.stack_size(1 << 30)
+    resource.setrlimit(resource.RLIMIT_AS, (address_space() + (256 << 20), -1))
+    try:
+        await jobs.run(pathlib.Path(sys.argv[1]).write_text, "written")
+        print("not refused")
+    except StorageError as exc:
+        print("refused:", exc)
+    gate.set()
+    await first
+    jobs.shutdown(wait=True)
+    print("written" if pathlib.Path(sys.argv[1]).exists() else "not written")
+
+asyncio.run(main())
+"""
+
+
+async def test_a_job_refused_for_want_of_a_thread_never_runs(tmp_path: Path) -> None:
+    written = tmp_path / "written"
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", REFUSED_JOB, str(written)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stderr
+    told, outcome = finished.stdout.splitlines()
+    assert told == "refused: the store takes no more work: can't start new thread"
+    assert outcome == "not written" and not written.exists()
 
 
 async def test_a_job_that_raises_stopiteration_answers_its_caller(jobs: ThreadJobs) -> None:
