@@ -207,10 +207,9 @@ def create(
     replace_expired: bool = False,
     made_now: bool = False,
 ) -> str | None:
-    """Insert the new session; with ``replace_expired``, in place of an expired one of
-    the same id, removed in the same transaction; ``made_now``: at this transaction's
-    time (its TTL from there, not from before the wait for it). The epoch of the one it
-    replaced, or None."""
+    """Insert the new session (``made_now``: at this transaction's time, clock.made_at);
+    with ``replace_expired``, in place of an expired one of the same id, removed in the
+    same transaction. The epoch of the one it replaced, or None."""
     session_id = meta.id
     old = batch.row(session_id)
     if old is not None:
