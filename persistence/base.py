@@ -279,9 +279,9 @@ class SessionStorage(EventStorage, Protocol):
         self, session: Session, *, replace_expired: bool = False, made_now: bool = False
     ) -> None:
         """Stores a new session (its messages, if any, become its first log events).
-        With ``made_now`` (a session made at ``now()``, as the server makes its own), its
-        times move to the instant the store makes it (``clock.made_at``): its TTL runs
-        from there, not from before the store's work; else they stay as given.
+        With ``made_now`` (a session made at ``now()``, as the server makes its own), it
+        is active at the instant the store makes it (``clock.made_at``): its TTL runs
+        from there, not from before the store's work; else its times stay as given.
         With ``replace_expired``, a session of the same id that has expired (by the
         store's clock: ``expires_at`` passed, or state ``expired``) counts as missing:
         it goes, with its log, history, keys and index entries, and the new one takes

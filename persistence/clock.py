@@ -74,18 +74,12 @@ Where: TypeAlias = str | Callable[[], str]
 
 def made_at(meta: SessionMetadata, now: datetime) -> None:
     """A new session made by its creator at the store's clock (``Session.new(...,
-    now=storage.now())``, as the server makes its sessions), its times moved to ``now``,
-    the instant the store makes it, never back: its TTL runs from there, not from
-    before the store's work (an expired session's replacement may outlast a short
-    TTL). Its TTL and state stay; Redis's create.lua does the same with its ``TIME``."""
-    moved = now - meta.updated_at
-    if moved <= _NO_STEP:
-        return
-    meta.created_at += moved
-    meta.updated_at += moved
-    meta.last_activity_at += moved
-    if meta.expires_at is not None:
-        meta.expires_at += moved
+    now=storage.now())``, as the server makes its sessions), active at ``now``, the
+    instant the store makes it (never back): its TTL runs from there, not from before
+    the store's work (an expired session's replacement may outlast a short TTL). Its
+    ``created_at`` stays its creator's (on JSONL, already on disk when this comes)."""
+    if now > meta.last_activity_at:
+        meta.touch(now)
 
 
 def far_ahead() -> datetime:

@@ -1,7 +1,7 @@
 """The storage contract's ``create_session(..., made_now=True)`` on every backend of
 tests/storage_backends.py: a session made at the store's clock some time before the
 store makes it (as the server's is, before the replacement of an expired one) gets
-its times, and its TTL's start, at the instant the store makes it. (Without
+its activity, and its TTL's start, at the instant the store makes it. (Without
 ``made_now``, a local store keeps the creator's times, as tests make expired sessions;
 Redis keeps them within a second of its clock.)"""
 
@@ -21,5 +21,5 @@ async def test_a_session_made_now_takes_the_stores_instant(store: Storage) -> No
     await store.create_session(Session.new("s", ttl=10, now=before - EARLIER), made_now=True)
     meta = await store.get_metadata("s")
     assert meta is not None and not meta.is_expired(store.now())
-    assert meta.created_at >= before and meta.last_activity_at >= before
+    assert meta.updated_at >= before and meta.last_activity_at >= before
     assert meta.expires_at is not None and meta.expires_at >= before + timedelta(seconds=10)

@@ -263,9 +263,8 @@ class JsonlStorage(JsonlUpkeep):
         self._admit_new(await self._files.create(meta), made_now)
 
     def _admit_new(self, record: SessionRecord, made_now: bool) -> None:
-        """The new session, its files written, in memory; ``made_now``: made at this
-        instant (its times on disk, from before the files' work, follow with its next
-        checkpoint, as an attach's activity does)."""
+        """The new session, its files written, in memory; ``made_now``: active at this
+        instant (on disk with its next checkpoint, as an attach's activity is)."""
         if made_now:
             made_at(record.meta, self._clock.stamp())
         self._members.admit(record, new_log=True)
