@@ -21,8 +21,10 @@ counted (``held_by_js_builtin_websocket``), and the follower must still catch up
 With ``--js-websocket ws`` the followers run on the ws package's WebSocket, which the
 client terminates, and are held to the check like the Python clients.
 
-At the end the chaos stops, the followers catch up, every client is closed (timed), the
-servers stop, and the checks of bench/client_soak_checks.py run on what the store holds.
+At the end the chaos stops, the followers catch up, each Python follower says
+``connected`` within ``RESUME_PATIENCE`` (it may be resuming at the instant it caught
+up: see :func:`connected_once_caught_up`), every client is closed (timed), the servers
+stop, and the checks of bench/client_soak_checks.py run on what the store holds.
 Exits 1 when any check failed. Every process it starts it stops, by pid.
 """
 
@@ -62,6 +64,11 @@ SAMPLE_EVERY = 5.0  # seconds between samples of tasks and memory
 # then the 1011 close's own 5 s (the defaults, which the soak's servers run with),
 # and slack for a loaded machine; the clients give theirs up within about 2 s (PING).
 FROZEN_PATIENCE = 20.0 + 20.0 + 5.0 + 15.0
+# Seconds a follower that has caught up may take to say ``connected``: it may be resuming
+# then (see connected_once_caught_up), one reconnect's backoff (the client's default
+# backoff_max, 5 s) and connect (the soak's open_timeout, 5 s) away, with slack for a
+# loaded machine.
+RESUME_PATIENCE = 5.0 + 5.0 + 10.0
 
 
 def http_last_seq(cluster: Cluster) -> int:
@@ -69,6 +76,43 @@ def http_last_seq(cluster: Cluster) -> int:
     url = f"http://127.0.0.1:{port}/api/v1/sessions/{SESSION}/events?after_seq=0&limit=1"
     with urllib.request.urlopen(url, timeout=5) as answer:
         return int(json.loads(answer.read())["last_seq"])
+
+
+async def connected_once_caught_up(follower: Follower, patience: float) -> tuple[float, str | None]:
+    """Seconds until a follower that has caught up says ``connected`` (its current client,
+    read afresh), and a problem when it does not within ``patience``.
+
+    Not read once at the instant it caught up: ``connected`` is then False for as long as
+    the client is resuming, as it may legitimately be (README, the keepalive). The slow
+    follower stalls with its events queue full and the path full behind it, so its
+    Pongs wait unread and its own keepalive (1 s here) drops the connection; the client
+    sees that when the application has read the queue down to half, and resumes after a
+    backoff, while the application takes the rest of the queue, the session's last
+    events. What a user can rely on is that the resume comes: the flag True again,
+    with nothing more to deliver (what it delivered is checked apart)."""
+    started = time.monotonic()
+    while True:
+        waited = time.monotonic() - started
+        client = follower.client
+        if client is not None and client.connected:
+            return waited, None
+        if waited >= patience:
+            state = f"{client_state(client)}, delivered {follower.delivered()}"
+            return (
+                waited,
+                f"{follower.name}: connected is False {patience:g} s after catching up ({state})",
+            )
+        await asyncio.sleep(0.05)
+
+
+def client_state(client: BambooClient | None) -> str:
+    """What a problem's line says of a follower's client."""
+    if client is None:
+        return "no client"
+    return (
+        f"finished {client.finished}, queued {client.queued_events}, skipped"
+        f" {client.skipped_events}, last_seq {client.last_seq}, reconnects {client.reconnects}"
+    )
 
 
 def ports_to(port: int, pid: int | str = "self") -> set[int]:
@@ -108,6 +152,8 @@ class Soak:
         self.publishers: list[Publisher] = []
         self.followers: list[Follower] = []
         self.js: list[JsFollower] = []
+        # Seconds each Python follower took to say connected once caught up.
+        self.connected_after: dict[str, float] = {}
 
     def _apps(self) -> list[Publisher | Follower]:
         """The Python applications, publishers first."""
@@ -212,14 +258,10 @@ class Soak:
         while time.monotonic() < deadline and not self._caught_up(last):  # noqa: ASYNC110 - polls other apps' lists
             await asyncio.sleep(0.2)
         for follower in self.followers:
-            c = follower.client
-            if c is not None and not c.connected:
-                self.problems.append(
-                    f"{follower.name}: connected is False once caught up (finished {c.finished},"
-                    f" queued {c.queued_events}, skipped {c.skipped_events}, last_seq"
-                    f" {c.last_seq}, reconnects {c.reconnects}, delivered"
-                    f" {follower.seen[-1][0] if follower.seen else 0})"
-                )
+            waited, problem = await connected_once_caught_up(follower, RESUME_PATIENCE)
+            self.connected_after[follower.name] = waited
+            if problem:
+                self.problems.append(problem)
             await follower.close()
         _, late = await asyncio.wait(runs[len(self.publishers) :], timeout=2 * CLOSE_BOUND)
         if late:
@@ -247,7 +289,7 @@ class Soak:
         return ports
 
     def _caught_up(self, last: int) -> bool:
-        seen = [f.seen[-1][0] if f.seen else 0 for f in self.followers]
+        seen = [f.delivered() for f in self.followers]
         return all(s >= last for s in seen) and all(js.progress >= last for js in self.js)
 
     async def _stop_servers(self) -> None:
@@ -287,6 +329,8 @@ class Soak:
                 "errors": fig.ended_with,
                 "slowest_close_s": round(max(fig.close_seconds, default=0), 2),
             }
+            if app.name in self.connected_after:
+                f[app.name]["connected_after_catch_up_s"] = round(self.connected_after[app.name], 2)
         for js in self.js:
             r = dict(js.report)
             r.pop("seen", None)

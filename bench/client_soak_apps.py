@@ -154,6 +154,10 @@ class Follower:
         """Whether :meth:`close` came (read afresh after an await)."""
         return self.closing
 
+    def delivered(self) -> int:
+        """The seq of the last event its callback was given (0: none)."""
+        return self.seen[-1][0] if self.seen else 0
+
     def deliver(self, item: Any) -> None:
         """The application's callback."""
         if isinstance(item, Reset):
@@ -183,7 +187,7 @@ class Follower:
                 await timed_close(client, self.figures)  # the app's own close and resume
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reading, CLOSE_BOUND)
-            delivered = self.seen[-1][0] if self.seen else 0
+            delivered = self.delivered()
             if client.last_seq != delivered:
                 self.resume_mismatches.append(f"last_seq {client.last_seq}, delivered {delivered}")
             last_seq, epoch = client.last_seq, client.epoch

@@ -13,6 +13,14 @@
   follower (on Node's built-in WebSocket) for every held link it had resumed away
   from ("its client never gave it up", as many as the follower's sockets past its live
   one): the check now counts those apart, and still names any other client.
+- Its slow Python follower was named, about one run in seven, "connected is False once
+  caught up": its stall (the events queue full, the path full behind it) had its own
+  keepalive drop the connection, the client saw that as the application read the queue
+  down, and the application took the session's last events while the client resumed.
+  ``connected`` is False then, as documented (README, the keepalive); the check now
+  waits for the resume (bench/client_soak.py's ``connected_once_caught_up``), and still
+  names a follower that does not resume. The last test resumes it after a cut instead:
+  the same instant, without the stall's timing.
 
 Each test watches the given-up connection's own socket (its local port), not a count of
 the follower's sockets: on a loaded machine its quick liveness check (0.5 s) gives up
@@ -34,11 +42,16 @@ from pathlib import Path
 
 import pytest
 
+from bamboo_session.protocol import Token
+from bamboo_session.protocol.client import BambooClient
 from bench.chaos_proxy import CuttingProxy
-from bench.client_soak import ports_to
+from bench.client_soak import RESUME_PATIENCE, connected_once_caught_up, ports_to
+from bench.client_soak_apps import Follower
+from tests.client_backlog_support import take
 from tests.parent_death import ending_with_this_process
 from tests.proxies import HttpProxy
 from tests.support import run_server
+from tests.test_client_partition import seconds_until
 from tests.test_js import HINT, JS_DIR, node_command
 
 FOLLOWER = JS_DIR / "silent_socket_follower.mjs"
@@ -184,4 +197,41 @@ async def test_soak_check_counts_apart_a_held_link_nodes_websocket_keeps_open() 
             if node.returncode is None:
                 os.kill(node.pid, signal.SIGKILL)
             await node.wait()
+            await proxy.close()
+
+
+async def test_soak_waits_for_a_follower_resuming_as_it_caught_up() -> None:
+    async with (
+        run_server() as server,
+        await BambooClient.connect(f"ws://127.0.0.1:{server.port}", create=True) as agent,
+    ):
+        for i in range(10):
+            await agent.publish(Token(f"e{i}"))
+        proxy = HttpProxy(server.port)
+        port = await proxy.start()
+        follower = Follower("f0", f"ws://127.0.0.1:{port}", agent.session_id, random.Random(0))
+        client = follower.client = await BambooClient.connect(
+            follower.url, follower.session_id, last_seq=0, backoff_initial=1.0, backoff_max=1.0
+        )
+        try:
+            await seconds_until(lambda: client.queued_events == 10, 10)
+            proxy.cut()  # its connection drops, and its resumes are refused until mend()
+            await seconds_until(lambda: not client.connected, 10)
+            for event in await take(client, 10, 5):
+                follower.deliver(event)
+            # Caught up with every event, and resuming: the instant the check read.
+            assert (follower.delivered(), client.connected) == (10, False)
+            proxy.mend()
+            waited, problem = await connected_once_caught_up(follower, RESUME_PATIENCE)
+            assert (problem, client.connected, client.reconnects) == (None, True, 1)
+            assert waited > 0
+            proxy.cut()  # for good: it never resumes
+            await seconds_until(lambda: not client.connected, 10)
+            _, problem = await connected_once_caught_up(follower, 1.0)
+            assert problem == (
+                "f0: connected is False 1 s after catching up (finished False, queued 0,"
+                " skipped 0, last_seq 10, reconnects 1, delivered 10)"
+            )
+        finally:
+            await client.close()
             await proxy.close()
