@@ -95,6 +95,14 @@ class AnswerStream:
         self.answers.release(self.reserved)
         self.reserved = 0
 
+    async def discard(self) -> None:
+        """The head was not sent: what was charged for the answer goes, and its pieces
+        are let go, the first one read already (an unclosed generator holds it until
+        the collector finds it)."""
+        self.abandon()
+        if isinstance(self.pieces, AsyncGenerator):
+            await self.pieces.aclose()
+
     async def run(self) -> None:
         connection = self.connection
         reason = None
