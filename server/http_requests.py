@@ -186,6 +186,8 @@ def parse_request(protocol: ServerProtocol) -> Generator[None]:
         if response is None:
             yield from _parse_refused(protocol, exc)
             return  # pragma: no cover - the generator above never ends
+        if _asks_head(head):
+            response.body = b""  # its status and headers only (RFC 9110 9.3.2)
         protocol.handshake_exc = exc
         protocol.send_response(response)
         yield
@@ -282,6 +284,15 @@ def _refusal(exc: Exception, first_line: list[bytes]) -> Response | None:
     # What websockets' parser refuses past the checks of http_refusals.py, if anything:
     # its text would echo what the peer sent.
     return json_reject(http.HTTPStatus.BAD_REQUEST, NOT_HTTP)
+
+
+def _asks_head(head: HeadReader) -> bool:
+    """Whether the request refused is a HEAD: by its request line, or by the bytes a
+    request line too long to be taken begins with. Its answer then has no body: one
+    written after the head is bytes a client reading a HEAD's answer takes for the
+    next answer's (h419: every refusal as the head was read had it)."""
+    line = head.first_line[0] if head.first_line else head.reader.buffer[:5]
+    return line.startswith(b"HEAD ")
 
 
 def _parse_refused(protocol: ServerProtocol, exc: Exception) -> Generator[None]:

@@ -9,9 +9,10 @@ waits for the request with ``asyncio.wait`` on two futures (a set, a waiter, a c
 on each, a turn of the loop once done), where the connection wakes one future of its
 own (http_wire.py ``_wake_handshake``), and it checks that a ``process_request`` or
 ``process_response`` it was handed may be awaited, where this server's is a coroutine
-and it has no other. What a peer sees is websockets' to the byte: the same answers,
-the same ``Server`` header, the same 500 for a request whose checks fail, the same 503
-once the server stops, the same abort of a connection whose upgrade did not happen.
+and it has no other. What a peer sees is websockets' to the byte (but that a refusal of
+a HEAD has no body): the same answers, the same ``Server`` header, the same 500 for a
+request whose checks fail, the same 503 once the server stops, the same abort of a
+connection whose upgrade did not happen.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ async def answer(connection: BambooConnection, process_request: ProcessRequest) 
         )
     if response is None:
         response = protocol.accept(request)
+    if request.method == "HEAD":
+        # websockets' refusal of an upgrade asked with HEAD (405) had its body: the
+        # status and headers only (RFC 9110 9.3.2), as every other answer to a HEAD.
+        response.body = b""
     connection.response = response
     response.headers["Server"] = SERVER
     # Refused if the server began to stop during the handshake. Nothing awaited from

@@ -328,3 +328,40 @@ async def test_what_is_meant_as_http_is_answered(line: bytes, status: int) -> No
     async with run_server() as server:
         answer = await answer_of(server.port, line + b"\r\n" + HOST + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+
+
+# A HEAD refused as its head is read, or by websockets' checks of an upgrade: the status
+# and headers its GET would get, and no body (RFC 9110 9.3.2). Each had the JSON body
+# written after its head, bytes a client reading a HEAD's answer takes for the next
+# answer's (h419).
+HEAD_REFUSALS = {
+    "a malformed header": (b"HEAD /healthz HTTP/1.1\r\n" + HOST + b"X-A : b\r\n\r\n", 400),
+    "a body": (b"HEAD /healthz HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\nhello", 405),
+    "a request line too long": (
+        b"HEAD /healthz?" + b"a" * 8200 + b" HTTP/1.1\r\n" + HOST + b"\r\n",
+        414,
+    ),
+    "a header line too long": (
+        b"HEAD /healthz HTTP/1.1\r\n" + HOST + b"X-A: " + b"a" * 8200 + b"\r\n\r\n",
+        431,
+    ),
+    "another HTTP version": (b"HEAD /healthz HTTP/2.0\r\n" + HOST + b"\r\n", 505),
+    "an upgrade": (
+        b"HEAD /api/v1/stream HTTP/1.1\r\n" + HOST + UPGRADE + KEY + VERSION + b"\r\n",
+        405,
+    ),
+}
+
+
+async def test_a_refused_head_gets_the_status_and_headers_without_the_body() -> None:
+    async with run_server() as server:
+        for kind, (request, status) in HEAD_REFUSALS.items():
+            answer = await answer_of(server.port, request)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), (kind, answer)
+            assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n", (kind, answer)
+            assert body == b"", (kind, answer)
+            if kind != "an upgrade":  # whose GET opens a WebSocket
+                # Its GET is refused alike, with the body.
+                get = await answer_of(server.port, b"GET " + request.removeprefix(b"HEAD "))
+                assert read_refusal(get)[0] == status, (kind, get)
