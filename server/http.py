@@ -278,8 +278,10 @@ def _integer(
     raw = params.get(name)
     if raw is None:
         return default
-    # Plain decimal digits only: int() would also take "1_0", " 7" or "+7".
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+    # Plain decimal digits only: int() would also take "1_0", " 7" or "+7". Leading
+    # zeros do not count ("05" is 5): 20 digits of 1 were refused as out of range. Past
+    # 19 digits without them, the value is out of range (and int() of 4,301 would raise).
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > 19:
         raise BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
     value = int(raw)
     if not minimum <= value <= maximum:

@@ -76,6 +76,29 @@ async def test_list_sessions_reads_plain_digits_as_the_other_endpoints_do() -> N
         assert (body["limit"], body["offset"], len(body["sessions"])) == (2, 1, 2)
 
 
+async def test_leading_zeros_do_not_count_against_an_integers_digits() -> None:
+    # docs/protocol.md: integers are plain decimal digits, "05" is 5. Twenty digits or
+    # more were refused whatever their value ("after_seq must be an integer from 0 to
+    # 9223372036854775807" for 1), while 19 digits of the same 1 were read (h419).
+    zeros = "0" * 30
+    async with run_server() as server:
+        for i in range(3):
+            await server.manager.create_session("u", f"t{i}")
+        session_id = (await get(server, "/api/v1/sessions"))[1]["sessions"][0]["id"]
+        status, body = await get(server, f"/api/v1/sessions?limit={zeros}2&offset={zeros}1")
+        assert status == 200, body
+        assert (body["limit"], body["offset"], len(body["sessions"])) == (2, 1, 2)
+        path = f"/api/v1/sessions/{session_id}"
+        status, body = await get(server, f"{path}/events?after_seq={zeros}&limit={zeros}7")
+        assert status == 200, body
+        status, body = await get(server, f"{path}?limit={zeros}1&before={zeros}")
+        assert status == 200 and body["start"] == 0, body
+        # The value still counts: one past the largest integer is refused, zeros or not.
+        for over in ("9223372036854775808", zeros + "9223372036854775808"):
+            status, body = await get(server, f"{path}/events?after_seq={over}")
+            assert status == 400 and body["error"]["code"] == "bad_request", (over, body)
+
+
 async def test_list_sessions_without_a_limit_gets_a_page_a_smaller_max_list_page_allows() -> None:
     # --max-list-page below the default page of 100 sessions: a listing that asked for
     # no size was refused (400 "limit must be 1..2") for the default it never sent.
