@@ -51,7 +51,7 @@ class ListingPage(msgspec.Struct):
     next_cursor: str | None = None  # a server before cursors sent none
 
 
-class _Cursor(msgspec.Struct, array_like=True):
+class _Cursor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     version: int
     fingerprint: bytes
     key: int

@@ -175,6 +175,7 @@ async def test_forged_corrupt_or_long_cursors_are_400() -> None:
             forged(1, fingerprint, "now", "s1"),
             forged(1, b"12345678", 0, "s1"),  # another listing
             forged(1, fingerprint, 0),
+            forged(1, fingerprint, 0, "s1", "more"),  # was taken, the rest ignored (h419)
             forged({"a": 1}),
             base64.urlsafe_b64encode(b"\xc1\xff").decode(),
         ):
