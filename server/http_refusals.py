@@ -202,7 +202,7 @@ _TOKEN_RULE = "letters, digits and !#$%&'*+-.^_`|~ only (RFC 9110 5.6.2)"
 def _shown(name: bytes | bytearray) -> str:
     """A header name as a message may repeat it: printable ASCII, shortened."""
     text = name[:NAME_SHOWN].decode("ascii", "replace")
-    if text.isprintable():
+    if text.isascii() and text.isprintable():  # "replace" made U+FFFD of other bytes
         return repr(text)
     return "a header's name"
 

@@ -87,6 +87,13 @@ KINDS: dict[str, tuple[bytes, int, str]] = {
         400,
         "'X(A)' is not a header name: letters, digits and !#$%&'*+-.^_`|~ only (RFC 9110 5.6.2)",
     ),
+    # Not repeated: it is no ASCII, and came back as 'X-\ufffd\ufffd' (h419).
+    "header name not in ASCII": (
+        GET + b"X-\xc3\xa9: a\r\n\r\n",
+        400,
+        "a header's name is not a header name: letters, digits and !#$%&'*+-.^_`|~ only"
+        " (RFC 9110 5.6.2)",
+    ),
     "control character in a value": (
         GET + b"X-Secret: a\x01b\r\n\r\n",
         400,
