@@ -1,0 +1,115 @@
+"""What does one lone event cost the server, counted in machine instructions?
+
+bench/bytecode_count.py counts bytecodes, which C code (uvloop, msgspec, a module
+compiled by mypyc) does not run; CPU time drifts by tens of per cent on a loaded
+machine. Here the server runs under valgrind's callgrind, its instrumentation off until
+the warm-up is done (``callgrind_control -i on``), and the instructions it executes in
+user space over ``--events`` lone events (bench/bytecode_count.py's lockstep driver:
+each acked and seen by its viewer before the next) are read from a dump. Not counted:
+the kernel's work (syscalls, the fsync itself) and other processes (the JSONL store's
+sync helper). Valgrind runs the server's threads one at a time, so scheduling does not
+change what is counted; the store's timers and threads still move fsync's counts by a
+few per cent, memory's by well under one.
+
+Each tree is started as bench/compare.py starts ``before`` (its own package), runs
+alternated; printed: instructions per lone event, each run, and the ratio of medians.
+
+    python -m bench.instruction_count /work/wt/base /tmp/h416/tree --durability memory
+    python -m bench.instruction_count /work/wt/base /tmp/h416/tree --durability fsync --runs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import common, compare
+from .bytecode_count import NO_CLOCK_WORK, lone_events
+from .peers import bamboo_attach
+
+START_TIMEOUT = 600.0  # a server under valgrind starts in tens of seconds on a busy machine
+
+
+def counted_server(tree: Path, durability: str, tmp: Path, label: str) -> common.ServerProcess:
+    """``tree``'s server under callgrind, instrumentation off, its dumps at tmp/label.cg.*"""
+    store = ["--store", "memory://"] if durability == "memory" else []
+    data, log = tmp / f"data-{label}", tmp / f"{label}.log"
+    server = common.bamboo_server(data, log, *store, *NO_CLOCK_WORK)
+    callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    callgrind.append(f"--callgrind-out-file={tmp / label}.cg")
+    package = compare.older_package(tree, tmp / label)
+    server.argv[0:3] = [*callgrind, sys.executable, "-c", compare.BEFORE_BOOT, str(package)]
+    return server
+
+
+async def count_once(tree: Path, args: argparse.Namespace, tmp: Path, label: str) -> float:
+    """Instructions per lone event of one server of ``tree``."""
+    server = counted_server(tree, args.durability, tmp, label)
+    common.START_TIMEOUT, started = START_TIMEOUT, common.START_TIMEOUT
+    try:
+        server.start()
+    finally:
+        common.START_TIMEOUT = started
+    try:
+        base = f"ws://{common.HOST}:{server.port}"
+        names = [f"ic-{label}-{i}" for i in range(args.sessions)]
+        agents = [(await bamboo_attach(base, n, role="agent", create=True))[0] for n in names]
+        viewers = [(await bamboo_attach(base, n))[0] for n in names]
+        await lone_events(agents, viewers, 0, args.warmup)
+        callgrind_control("-i", "on", server.pid)
+        await lone_events(agents, viewers, args.warmup, args.events)
+        callgrind_control("-d", server.pid)
+        for ws in agents + viewers:
+            await ws.close()
+    finally:
+        server.terminate(60)
+    dump = tmp / f"{label}.cg.1"  # the first dump: -d's; the second is the exit's
+    found = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"{dump}: no totals")
+    return int(found.group(1)) / args.events
+
+
+def callgrind_control(*argv: str | int) -> None:
+    subprocess.run(["callgrind_control", *map(str, argv)], check=True, capture_output=True)
+
+
+async def main(args: argparse.Namespace) -> dict[str, list[float]]:
+    trees = {str(tree): tree.resolve() for tree in args.trees}
+    runs: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="bamboo-instructions-") as tmp:
+        for run in range(args.runs):
+            order = list(trees) if run % 2 == 0 else list(reversed(trees))
+            for index, name in enumerate(order):
+                per_event = await count_once(trees[name], args, Path(tmp), f"r{run}t{index}")
+                runs[name].append(per_event)
+                print(f"{args.durability} run {run} {name}: {per_event:,.0f} per lone event")
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    for name, values in runs.items():
+        print(f"{name}: median {medians[name]:,.0f}, runs {', '.join(f'{v:,.0f}' for v in values)}")
+    first, *others = list(trees)
+    for other in others:
+        ratio = medians[other] / medians[first]
+        print(f"RATIO instructions per lone event {other} over {first} = {ratio:.3f}")
+    return runs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs="+", type=Path, help="checkouts; ratios to the first")
+    parser.add_argument("--durability", choices=("fsync", "memory"), default="memory")
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=100, help="lone events not counted")
+    parser.add_argument("--events", type=int, default=400, help="counted lone events")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each tree, alternated")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
