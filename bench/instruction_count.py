@@ -73,7 +73,8 @@ async def count_once(tree: Path, args: argparse.Namespace, tmp: Path, label: str
     found = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
     if found is None:
         raise RuntimeError(f"{dump}: no totals")
-    return int(found.group(1)) / args.events
+    events: int = args.events
+    return int(found.group(1)) / events
 
 
 def callgrind_control(*argv: str | int) -> None:
