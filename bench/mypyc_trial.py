@@ -1,7 +1,7 @@
 """Issue 14's mypyc trial: a scratch copy of this tree with the lone-event path's modules
 compiled to C extensions by mypyc, to measure against the interpreted tree.
 
-    python -m bench.mypyc_trial /tmp/h416/tree [--module server/actor.py ...]
+    python -m bench.mypyc_trial /tmp/h416/tree [--jsonl] [--module server/actor.py ...]
 
 Exports HEAD (``git archive``: committed files only) to the scratch folder, writes a
 ``<scratch>.shim/sitecustomize.py`` that maps ``bamboo_session`` there (as a worktree's
@@ -41,6 +41,11 @@ EVENT_PATH = (
     "persistence/keys.py",
     "protocol/ids.py",
 )
+# The JSONL store's on fsync's path, compiled beside EVENT_PATH with --jsonl.
+JSONL_PATH = tuple(
+    f"persistence/jsonl/{name}.py"
+    for name in ("appends", "commits", "writer", "checkpointer", "record", "answers", "files")
+)
 # Left interpreted, and why (mypyc 2.4.1, CPython 3.11).
 LEFT_OUT = {
     "server/commands.py": "refused: Append(Struct, _Request), a Python class on a native one",
@@ -59,6 +64,11 @@ LEFT_OUT = {
     "persistence/memory.py": "breaks: StoredEvent.event_json, annotated bytes, is a msgspec.Raw",
     "persistence/events.py": "breaks: stored_size(event_json: bytes) is given a msgspec.Raw",
     "persistence/feed.py": "not tried: Feed has an interpreted subclass (redis/live.py)",
+    "persistence/jsonl/tasks.py": "refused by gcc: its attribute _thread is C's __thread",
+    "persistence/jsonl/storage.py": "breaks: it takes JsonlQueries' functions as its own",
+    "persistence/jsonl/queries.py": "breaks: its functions, compiled, refuse a JsonlStorage",
+    "persistence/jsonl/syncer.py": "breaks: Path(__file__) is not the module's in a .so",
+    "persistence/jsonl/wal.py": "breaks WAL replay: msgspec Struct keywords are dropped",
 }
 
 SETUP = """
@@ -146,10 +156,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scratch", type=Path, help="a folder that does not exist yet")
     parser.add_argument("--module", action="append", help="compile these (default: EVENT_PATH)")
+    parser.add_argument("--jsonl", action="store_true", help="and JSONL_PATH")
     args = parser.parse_args()
     scratch = args.scratch.resolve()
     export(scratch)
-    compile_modules(scratch, args.module or list(EVENT_PATH))
+    modules = args.module or list(EVENT_PATH)
+    compile_modules(scratch, modules + list(JSONL_PATH) * args.jsonl)
     print(f"{scratch}: compiled; run it with PYTHONPATH={scratch}.shim")
 
 
