@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,4 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    arguments = parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("bench.instruction_count: valgrind is not installed: apt-get install valgrind")
+    asyncio.run(main(arguments))
