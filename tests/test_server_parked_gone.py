@@ -16,6 +16,7 @@ import pytest
 
 from bamboo_session.protocol.models import utcnow
 from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
 from tests.redis_server import RedisServer, prefix_for
 from tests.server_backends import pytest_generate_tests, server_store
 from tests.support import Peer, attach, get, open_peer, run_server, token
@@ -62,9 +63,14 @@ async def parked_with_events(server: BambooServer, session_id: str) -> str:
     ring in the memory budget. Its epoch."""
     async with attach(server, session_id, create=True, role="agent") as (agent, welcome):
         await publish(agent, EVENTS)
-    await asyncio.sleep(0.1)  # the detach, in the actor's turn
+
+    # The detach comes in the actor's turn after the close: waited for, not slept on.
+    async def parked() -> bool:
+        held = await memory_of(server)
+        return held["live_actors"] == held["parked_actors"] == 1
+
+    await eventually(parked, timeout=20.0)
     held = await memory_of(server)
-    assert held["live_actors"] == held["parked_actors"] == 1, held
     assert held["buffered_bytes"] > 0, held  # the parked ring: what must not outlive it
     epoch: str = welcome["epoch"]
     return epoch

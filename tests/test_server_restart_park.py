@@ -29,6 +29,7 @@ from bamboo_session.server import restart_park
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from bamboo_session.server.restart_park import BATCH, RestartPark
+from tests.instances import eventually
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import attach, get
 
@@ -168,9 +169,13 @@ async def test_the_first_attach_to_a_session_stored_active_with_no_connection_re
             assert session["state"] == "active"
             assert datetime.fromisoformat(session["expires_at"]) > before.expires_at
             assert datetime.fromisoformat(session["last_activity_at"]) > before.last_activity_at
-        await asyncio.sleep(0.1)  # the detach, in the actor's turn
-        status, read = await get(server, "/api/v1/sessions/chat?limit=1")
-        assert read["metadata"]["state"] == "disconnected"
+
+        # The detach comes in the actor's turn after the close: waited for, not slept on.
+        async def parked() -> bool:
+            status, read = await get(server, "/api/v1/sessions/chat?limit=1")
+            return (status, read["metadata"]["state"]) == (200, "disconnected")
+
+        await eventually(parked, timeout=20.0)
 
 
 async def test_a_store_handed_in_is_not_parked_at_the_stop_either(storage: Storage) -> None:
