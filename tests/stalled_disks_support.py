@@ -1,8 +1,9 @@
 """What the tests of a threaded store whose files stop answering share
 (tests/test_stalled_disks*.py, and others that stall a disk): the read deadline and
-the bound of each wait, a GET over HTTP, a JSONL log turned into a FIFO nobody writes
-(``log_as_fifo``) and its reader (``drain``), and another process that holds an SQLite
-file's locks (``holding``, ``write_lock_held``)."""
+the bound of each wait, a GET over HTTP (and ``not_ready``, the first /readyz that says
+so), a JSONL log turned into a FIFO nobody writes (``log_as_fifo``) and its reader
+(``drain``), and another process that holds an SQLite file's locks (``holding``,
+``write_lock_held``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ async def http_get(server: BambooServer, path: str) -> tuple[int, Any]:
     head, _, body = answer.partition(b"\r\n\r\n")
     json_body = b"application/json" in head
     return int(head.split()[1]), json.loads(body) if json_body else body.decode()
+
+
+async def not_ready(server: BambooServer) -> tuple[int, Any]:
+    """The first ``/readyz`` answer that is not 200 (status and body), asked for until
+    one comes or ``WITHIN`` passes: an append held up reaches the store, and waits the
+    read deadline, in turns of the loop that a busy machine spreads out."""
+    deadline = asyncio.get_running_loop().time() + WITHIN
+    while (answer := await http_get(server, "/readyz"))[0] == 200:
+        assert asyncio.get_running_loop().time() < deadline, "still ready"
+        await asyncio.sleep(0.05)
+    return answer
 
 
 @contextlib.contextmanager

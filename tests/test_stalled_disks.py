@@ -36,6 +36,7 @@ from tests.stalled_disks_support import (
     holding,
     http_get,
     log_as_fifo,
+    not_ready,
     write_lock_held,
 )
 from tests.support import Peer, attach, run_server, token
@@ -178,8 +179,7 @@ async def test_readyz_is_503_while_an_append_waits_for_a_write_lock(tmp_path: Pa
         assert await ready(server)
         async with write_lock_held(path):
             await agent.send({"type": "event", "id": 1, "event": token("held up")})
-            await asyncio.sleep(DEADLINE + 0.2)
-            status, body = await http_get(server, "/readyz")
+            status, body = await not_ready(server)
             assert status == 503, body
             assert body.startswith("not ready: an append has waited"), body
         ack = await asyncio.wait_for(agent.recv_type("ack"), WITHIN)
