@@ -28,19 +28,24 @@ UPGRADE = (
 )
 
 
-def half_closed(port: int, request: bytes) -> bytes:
-    """What the server sends to a peer that sends ``request`` and then its end of
-    stream (``shutdown(SHUT_WR)``), read to the server's end of stream."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as peer:
-        # Corked, the request and the FIN leave in one segment, so the server reads its
-        # end of stream with the request, as on a quiet machine; uncorked, a busy one
-        # may read the request, act on it, and only then see the FIN.
-        peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+async def half_closed(port: int, request: bytes) -> bytes:
+    """What the in-process server on ``port`` sends to a peer that sends ``request`` and
+    then its end of stream (``shutdown(SHUT_WR)``), read to the server's end of stream.
+    Both are sent from the server's own loop, blocked meanwhile: the server reads its
+    end of stream with the request, as on a quiet machine, where a peer in a thread
+    could be put off between the two (past TCP_CORK's 200 ms ceiling on a busy one),
+    the request then read, and acted on, before the FIN came."""
+    peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with peer:
         peer.sendall(request)
         peer.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := peer.recv(1 << 20):
-            answer += chunk
+        return await asyncio.to_thread(read_to_end, peer)
+
+
+def read_to_end(peer: socket.socket) -> bytes:
+    answer = b""
+    while chunk := peer.recv(1 << 20):
+        answer += chunk
     return answer
 
 
@@ -84,12 +89,12 @@ async def test_a_request_followed_by_the_peers_end_of_stream_is_answered_whole(
     # the same turn of the loop).
     async with run_server() as server:
         await stored_session(server, "s1", 3)
-        answer = await asyncio.to_thread(half_closed, server.port, get(path))
+        answer = await half_closed(server.port, get(path))
         got, body = whole_body(answer)
         assert got == status, answer[:300]
         if path.startswith("/api/v1/sessions/s1"):
             assert json.loads(body)  # a whole document
-        head_answer = await asyncio.to_thread(half_closed, server.port, get(path, "HEAD"))
+        head_answer = await half_closed(server.port, get(path, "HEAD"))
         assert head_answer.startswith(b"HTTP/1.1 %d " % status)
         assert head_answer.endswith(b"\r\n\r\n")
         await eventually(lambda: not server._open_connections)
@@ -102,7 +107,7 @@ async def test_a_whole_history_of_many_pages_is_streamed_whole_to_a_half_closed_
     async with run_server(max_page_bytes=16 * KIB) as server:
         expected = await stored_session(server, "long", 300, size=KIB)  # some 20 pages
         request = get("/api/v1/sessions/long", version=version)
-        answer = await asyncio.to_thread(half_closed, server.port, request)
+        answer = await half_closed(server.port, request)
         status, body = whole_body(answer)  # HTTP/1.0: no framing, ended by the close
         assert status == 200
         assert json.loads(body)["messages"] == expected
@@ -120,7 +125,7 @@ async def test_an_upgrade_followed_by_the_peers_end_of_stream_gets_its_101_then_
     caplog.set_level(logging.WARNING)
     async with run_server() as server:
         request = UPGRADE.format(session="fresh").encode() + frame
-        answer = await asyncio.wait_for(asyncio.to_thread(half_closed, server.port, request), 5)
+        answer = await asyncio.wait_for(half_closed(server.port, request), 5)
         assert answer.startswith(b"HTTP/1.1 101 "), answer
         assert answer.endswith(b"\r\n\r\n")  # nothing after the 101: no welcome
         await eventually(lambda: not server._open_connections)
@@ -138,7 +143,7 @@ async def test_an_upgrade_alone_followed_by_the_peers_end_of_stream_runs_no_hand
     async with run_server() as server:
         request = UPGRADE.format(session="alone").encode()
         for _ in range(3):
-            answer = await asyncio.wait_for(asyncio.to_thread(half_closed, server.port, request), 5)
+            answer = await asyncio.wait_for(half_closed(server.port, request), 5)
             assert answer.startswith(b"HTTP/1.1 101 "), answer
             assert answer.endswith(b"\r\n\r\n")
         await eventually(lambda: not server._open_connections)
@@ -156,7 +161,7 @@ async def test_a_half_closed_peer_in_debt_is_taken_for_gone_at_its_first_wait() 
     async with run_server(max_page_bytes=100_000, answer_page_timeout=60, **limits) as server:
         await stored_session(server, "long", 40, size=10_000)
         started = asyncio.get_running_loop().time()
-        answer = await asyncio.to_thread(half_closed, server.port, get("/api/v1/sessions/long"))
+        answer = await half_closed(server.port, get("/api/v1/sessions/long"))
         assert asyncio.get_running_loop().time() - started < 3
         assert answer.startswith(b"HTTP/1.1 200 OK") and b'"messages":[' in answer
         assert not answer.endswith(b"\r\n0\r\n\r\n")  # incomplete, as every client says
