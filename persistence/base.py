@@ -73,6 +73,7 @@ from bamboo_session.protocol.models import (
 
 from .errors import (
     AppendsSuspended,
+    DeletedNotDurably,
     ListingChangedTooLarge,
     ListingTooLarge,
     SessionClosed,
@@ -96,6 +97,7 @@ __all__ = [
     "AppendItem",
     "Appended",
     "AppendsSuspended",
+    "DeletedNotDurably",
     "EventStorage",
     "HistoryPage",
     "InvalidSessionId",
@@ -304,7 +306,9 @@ class SessionStorage(EventStorage, Protocol):
         """Removes the session and its log; raises SessionNotFound. Its subscriptions
         end with ``"deleted"``. A store may refuse deletes until it is opened again
         (AppendsSuspended, the session left whole: the JSONL store past
-        ``wal_kept_max_bytes`` after a failed sync)."""
+        ``wal_kept_max_bytes`` after a failed sync). DeletedNotDurably: the delete took
+        effect (the session is gone for every reader), but not durably until the next
+        open (the JSONL store without its WAL, its directory's sync failed)."""
         ...
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult: ...

@@ -1,8 +1,8 @@
 """The storage contract's exceptions (persistence/base.py says when each is raised;
 ``persistence.base`` and ``persistence`` export them all): a failing store
 (:class:`StorageError`, the base of every other), a session missing, present, expired,
-closed or full (its own cap, or its user's), taking no appends until the store is
-opened again, or whose append failed for a reason of its own file alone, a store full
+closed or full (its own cap, or its user's), deleted but not durably until the store
+is opened again, taking no appends until the store is opened again, or whose append failed for a reason of its own file alone, a store full
 or held by another process, a backend run with settings the store refuses, or a store
 of a format newer than this version reads."""
 
@@ -75,6 +75,23 @@ class AppendsSuspended(StorageError):
     from ``delete_session`` and from a create that replaces an expired session). Nothing
     was stored, and retrying fails the same way until that open; after it, a retry
     with the same key is safe. The session stays readable."""
+
+
+class DeletedNotDurably(StorageError):
+    """A delete took effect: the session is gone for every reader, and the next open of
+    the store finishes it (the JSONL store without its WAL: the checkpoint became the
+    tombstone), but the sync that would make it durable failed, and nothing else
+    records it: a power cut before that open may bring the session back, whole. Raised
+    by ``delete_session`` so that its caller may say so; a caller that only needs the
+    session gone takes it as a delete done (its peers are closed 4404, a cleanup round
+    counts it). Logged by the store where it happens, once."""
+
+    def __init__(self, session_id: str, reason: str) -> None:
+        super().__init__(
+            f"session {session_id!r} is deleted, not durably until the next open: {reason}"
+        )
+        self.session_id = session_id
+        self.reason = reason
 
 
 class SessionRefused(StorageError):

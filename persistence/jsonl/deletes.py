@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
-from ..base import StorageError
+from ..base import DeletedNotDurably, StorageError
 from .files import fsync_dir, unlink_quietly
 from .layout import Layout
 
@@ -41,13 +41,6 @@ SHARE_LEAST: Final = 16
 
 # A session's outcome in a batch: whether its rename is synced, or why it failed.
 Outcome = bool | BaseException
-
-
-class DeletedNotDurably(StorageError):
-    """A delete took effect (its checkpoint is its tombstone, which the next open
-    finishes), but its rename's sync could not be made and nothing else records it:
-    its caller is told it is not durable; a cleanup round counts it as done. Logged
-    where it happens, once."""
 
 
 class DeleteUndone(StorageError):
@@ -194,8 +187,7 @@ def unsettled_renames(
         outcomes[session_id] = False
         if sync_decides_delete:
             outcomes[session_id] = DeletedNotDurably(
-                f"session {session_id!r}: its directory could not be synced ({error}): it "
-                "is deleted, not durably until the next open"
+                session_id, f"its directory could not be synced ({error})"
             )
     return outcomes
 
@@ -319,8 +311,8 @@ def _undo_unsynced_delete(layout: Layout, session_id: str, error: OSError) -> No
             undo_error,
         )
         raise DeletedNotDurably(
-            f"session {session_id!r}: the sync of its directory failed ({error}), and "
-            "undoing its delete too: it is deleted, not durably until the next open"
+            session_id,
+            f"the sync of its directory failed ({error}), and undoing its delete too",
         ) from error
     raise DeleteUndone(
         f"session {session_id!r} was not deleted: the sync of its directory failed "

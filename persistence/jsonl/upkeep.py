@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from ..base import StorageError
+from ..base import DeletedNotDurably, StorageError
 from ..parking import attached_left_indexed, park_indexed
 from .appends import WalKeptFull
-from .deletes import DELETES_PER_BATCH, DeletedNotDurably
+from .deletes import DELETES_PER_BATCH
 from .imports import JsonlImports
 from .lifecycle import SessionFiles, remove_damaged
 from .membership import Membership
