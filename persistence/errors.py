@@ -1,10 +1,10 @@
 """The storage contract's exceptions (persistence/base.py says when each is raised;
 ``persistence.base`` and ``persistence`` export them all): a failing store
 (:class:`StorageError`, the base of every other), a session missing, present, expired,
-closed or full (its own cap, or its user's), deleted but not durably until the store
-is opened again, taking no appends until the store is opened again, or whose append failed for a reason of its own file alone, a store full
-or held by another process, a backend run with settings the store refuses, or a store
-of a format newer than this version reads."""
+closed or full (its own cap, or its user's), deleted but not durably, taking no
+appends until the store is opened again, or whose append failed for a reason of its
+own file alone, a store full or held by another process, a backend run with settings
+the store refuses, or a store of a format newer than this version reads."""
 
 from __future__ import annotations
 
