@@ -12,7 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from bamboo_session.persistence.base import SessionExpired, SessionNotFound, Storage
+from bamboo_session.persistence.base import (
+    DeletedNotDurably,
+    SessionExpired,
+    SessionNotFound,
+    Storage,
+)
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import SessionState
@@ -47,9 +52,11 @@ class SessionEndings:
         await done
 
     async def delete(self, session_id: str) -> None:
-        """Removes the session; its connections are closed with 4404 once it is gone.
-        When the store fails the delete, the session stays, and its connections are
-        closed with 1011 (``session not deleted``): they resume. All of it within the
+        """Removes the session; its connections are closed with 4404 once it is gone,
+        not durably too (the store's DeletedNotDurably, logged by the store, is not
+        raised: the delete is done). When the store fails the delete, the session
+        stays, and its connections are closed with 1011 (``session not deleted``): they
+        resume. All of it within the
         read deadline from the call, else StoreTimeout (a Redis that stopped, a disk
         that stalls): its connections are then closed with 1011 too, while the store's
         delete goes on, and the session stays held off until it ends. A caller
@@ -69,10 +76,14 @@ class SessionEndings:
 
     async def _deleted(self, session_id: str, connections: HeldConnections) -> None:
         """The store's delete; ``connections`` told 4404 once the session is gone (a
-        failure leaves them to the hold's end: 1011)."""
+        failure leaves them to the hold's end: 1011). A delete done but not durably
+        (DeletedNotDurably, which the store logged) is a delete: the session is gone
+        for every reader, so its peers resuming would only find it missing."""
         try:
             await self.storage.delete_session(session_id)
         except SessionNotFound:
             connections.tell(CloseCode.NOT_FOUND, "session deleted")
             raise
+        except DeletedNotDurably:
+            pass
         connections.tell(CloseCode.NOT_FOUND, "session deleted")
