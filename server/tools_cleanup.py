@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from bamboo_session.persistence.base import (
+    DeletedNotDurably,
     SessionFilter,
     SessionNotFound,
     SessionStorage,
@@ -57,6 +58,9 @@ def add_command(commands: SubParsers) -> None:
         "history and log. Prints how many were removed; an id that names no session is "
         "said on stderr, and the status is then 1. A delete the store fails is said on "
         "stderr with its session's id, and the ids after it are not tried (status 1). "
+        "A delete done but not durably (its sync failed: a power cut before the store's "
+        "next open may bring the session back) is counted and said on stderr, "
+        "'session ID deleted, not durably until the next open: why'; the status stays 0. "
         "On a shared store (Redis), the servers using it close the sessions' peers with "
         "4404.",
     )
@@ -140,7 +144,16 @@ async def _remove_if_expired(storage: SessionStorage, session_id: str) -> int:
         await storage.delete_session(session_id)
     except SessionNotFound:
         return 0
+    except DeletedNotDurably as exc:  # done: counted, as the store's own cleanup does
+        print(f"bamboo-session: cleanup: {not_durably(exc)}", file=sys.stderr)
     return 1
+
+
+def not_durably(deleted: DeletedNotDurably) -> str:
+    """The one line that says a delete was done, not durably, and why."""
+    return (
+        f"session {deleted.session_id} deleted, not durably until the next open: {deleted.reason}"
+    )
 
 
 async def _delete(args: argparse.Namespace) -> int:
@@ -153,6 +166,11 @@ async def _delete(args: argparse.Namespace) -> int:
                 await storage.delete_session(session_id)
             except SessionNotFound:
                 missing.append(session_id)
+            except DeletedNotDurably as exc:
+                # Gone for every reader: counted, and the status stays 0; the line
+                # says what a power cut before the store's next open may undo.
+                print(f"bamboo-session: delete: {not_durably(exc)}", file=sys.stderr)
+                removed += 1
             except StorageError as exc:
                 # The store's failure said with the session it stopped at; the others
                 # are not tried (a store that fails one may fail each as slowly), and
