@@ -51,6 +51,11 @@ async def held(tail: Any) -> tuple[int, int]:
     return sum(chars for _, _, chars in blocks), len(blocks)
 
 
+async def within_bound(tail: Any) -> bool:
+    chars, blocks = await held(tail)
+    return chars <= MAX_TAIL_CHARS and blocks <= MAX_BLOCKS
+
+
 async def test_a_tail_scrolled_up_keeps_at_most_twice_its_bound_and_drops_to_it_at_the_end(
     browser: Any,
 ) -> None:
@@ -95,6 +100,8 @@ async def test_a_tail_scrolled_up_keeps_at_most_twice_its_bound_and_drops_to_it_
 
             await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # at the end
             await eventually(lambda: at_end(tail), "the tail at its end")
+            # The scroll's event comes with the next frame drawn, after this call.
+            await eventually(lambda: within_bound(tail), "the tail back within its bound")
             at_the_end = await held(tail)
             assert (await tail.get_attribute("data-last-seq")) == str(seq)  # no new event
             await agent.publish(AgentEvent.custom("step", {"i": "after"}))
