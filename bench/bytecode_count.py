@@ -165,6 +165,17 @@ def traced_server(
     return server
 
 
+async def lone_event_peers(
+    port: int, prefix: str, sessions: int
+) -> tuple[list[ClientConnection], list[ClientConnection]]:
+    """``sessions`` new sessions of a server on ``port``: each one's agent and viewer."""
+    base = f"ws://{common.HOST}:{port}"
+    names = [f"{prefix}-{i}" for i in range(sessions)]
+    agents = [(await bamboo_attach(base, n, role="agent", create=True))[0] for n in names]
+    viewers = [(await bamboo_attach(base, n))[0] for n in names]
+    return agents, viewers
+
+
 async def lone_events(
     agents: list[ClientConnection], viewers: list[ClientConnection], first: int, count: int
 ) -> None:
@@ -207,10 +218,7 @@ async def count_once(
     server = traced_server(tree, args.durability, tmp, label).start()
     output = Path(server.env[ENV]) if server.env else tmp
     try:
-        base = f"ws://{common.HOST}:{server.port}"
-        names = [f"ops-{label}-{i}" for i in range(args.sessions)]
-        agents = [(await bamboo_attach(base, n, role="agent", create=True))[0] for n in names]
-        viewers = [(await bamboo_attach(base, n))[0] for n in names]
+        agents, viewers = await lone_event_peers(server.port, f"ops-{label}", args.sessions)
         await lone_events(agents, viewers, 0, args.warmup)
         await _answered(server, signal.SIGUSR1, output.with_name(output.name + ".started"))
         await lone_events(agents, viewers, args.warmup, args.events)

@@ -31,8 +31,7 @@ import tempfile
 from pathlib import Path
 
 from . import common, compare
-from .bytecode_count import NO_CLOCK_WORK, lone_events
-from .peers import bamboo_attach
+from .bytecode_count import NO_CLOCK_WORK, lone_event_peers, lone_events
 
 START_TIMEOUT = 600.0  # a server under valgrind starts in tens of seconds on a busy machine
 
@@ -58,10 +57,7 @@ async def count_once(tree: Path, args: argparse.Namespace, tmp: Path, label: str
     finally:
         common.START_TIMEOUT = started
     try:
-        base = f"ws://{common.HOST}:{server.port}"
-        names = [f"ic-{label}-{i}" for i in range(args.sessions)]
-        agents = [(await bamboo_attach(base, n, role="agent", create=True))[0] for n in names]
-        viewers = [(await bamboo_attach(base, n))[0] for n in names]
+        agents, viewers = await lone_event_peers(server.port, f"ic-{label}", args.sessions)
         await lone_events(agents, viewers, 0, args.warmup)
         callgrind_control("-i", "on", server.pid)
         await lone_events(agents, viewers, args.warmup, args.events)
