@@ -280,10 +280,12 @@ def _integer(
         return default
     # Plain decimal digits only: int() would also take "1_0", " 7" or "+7". Leading
     # zeros do not count ("05" is 5): 20 digits of 1 were refused as out of range. Past
-    # 19 digits without them, the value is out of range (and int() of 4,301 would raise).
-    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > 19:
+    # 19 digits without them, the value is out of range. int() is given the digits
+    # without them: it raises past 4,300 digits, leading zeros counted.
+    digits = raw.lstrip("0") or "0"
+    if not (raw.isascii() and raw.isdigit()) or len(digits) > 19:
         raise BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
-    value = int(raw)
+    value = int(digits)
     if not minimum <= value <= maximum:
         raise BadParameter(f"{name} must be an integer from {minimum} to {maximum}")
     return value

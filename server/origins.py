@@ -124,7 +124,9 @@ def authority_fault(value: str) -> str | None:
     # isdigit alone takes "²", which a header (read as Latin-1) may hold.
     if port and not (port.isascii() and port.isdigit()):
         return MALFORMED_AUTHORITY
-    if port and (len(port.lstrip("0")) > 5 or int(port) > _HIGHEST_PORT):
+    # int() raises past 4,300 digits, leading zeros counted: it is given those after.
+    digits = port.lstrip("0")
+    if len(digits) > 5 or (digits and int(digits) > _HIGHEST_PORT):
         return MALFORMED_AUTHORITY
     if value.startswith("["):
         return None if _is_ipv6_address(host) else BAD_IP_LITERAL

@@ -134,7 +134,17 @@ MALFORMED = [
     "::1",  # an IPv6 address outside brackets (RFC 3986 3.2.2)
     "bamboo.internal:8000evil",
 ]
-WELL_FORMED = ["127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65535", "127.0.0.1:00080", "[::1]:", "[::1]"]
+WELL_FORMED = [
+    "127.0.0.1:",
+    "127.0.0.1:0",
+    "127.0.0.1:65535",
+    "127.0.0.1:00080",
+    # More leading zeros than int() reads (4,300 digits): a ValueError, the request
+    # unanswered, before the zeros were dropped for it.
+    "127.0.0.1:" + "0" * 4400 + "80",
+    "[::1]:",
+    "[::1]",
+]
 
 
 def host_request(host: str, absolute: bool = False) -> bytes:

@@ -97,6 +97,12 @@ async def test_leading_zeros_do_not_count_against_an_integers_digits() -> None:
         for over in ("9223372036854775808", zeros + "9223372036854775808"):
             status, body = await get(server, f"{path}/events?after_seq={over}")
             assert status == 400 and body["error"]["code"] == "bad_request", (over, body)
+        # More zeros than int() reads (4,300 digits): a ValueError, 500, before they
+        # were dropped for it.
+        many = "0" * 4400
+        status, body = await get(server, f"/api/v1/sessions?limit={many}2")
+        assert status == 200, body
+        assert (body["limit"], len(body["sessions"])) == (2, 2), body["limit"]
 
 
 async def test_list_sessions_without_a_limit_gets_a_page_a_smaller_max_list_page_allows() -> None:
