@@ -33,6 +33,11 @@ expect.set_options(timeout=10_000)
 
 
 async def submit_filters(page: Any, **fields: str) -> None:
+    """Fills the filters' fields, clicks Apply and waits for the form the list is drawn
+    again with (on the hash's change, an event of its own): the next fields filled
+    before it came were filled in the form it replaced, and lost (a flake: a limit of
+    10 submitted, all 13 rows shown, as reset_filters had)."""
+    shown = await page.query_selector("#filters")
     for name, value in fields.items():
         control = page.locator(f"#f-{name}")
         if await control.evaluate("el => el.tagName") == "SELECT":
@@ -40,6 +45,7 @@ async def submit_filters(page: Any, **fields: str) -> None:
         else:
             await control.fill(value)
     await page.click("#filters button[type=submit]")
+    await page.wait_for_function("form => !form.isConnected", arg=shown)
 
 
 async def reset_filters(page: Any) -> None:
