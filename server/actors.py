@@ -17,11 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import structlog
 
-from bamboo_session.persistence.base import SessionExists
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id
-from bamboo_session.protocol.models import SessionMetadata
 
 from .actor import SessionActor
 from .commands import AccessRefusal, ActorRetired, Attach, Detach, Stop
@@ -29,7 +27,6 @@ from .failures import ServerBusy, ServerStopping, is_expected
 from .holds import DeleteHolds, Hold
 from .outbox import Outbox
 from .pages import PageReads
-from .renewals import renewed_meanwhile
 from .room import HeldConnections
 
 log = structlog.get_logger("bamboo_session.manager")
@@ -215,21 +212,6 @@ class ActorRegistry:
         if retiring is not None:
             await asyncio.wait([retiring])
 
-    async def end_expired(self, expired: SessionMetadata) -> None:
-        """The live actor of ``expired`` (parked, or with peers it has not closed yet)
-        ends as at its expiry (``closed`` and 4404, ``session expired``), and has
-        finished, before a new session replaces it: the new one is then the one in
-        memory. An actor of another epoch (a concurrent creation's session), or whose
-        appends under way renewed the session (SessionExists), is left alone. Within
-        the read deadline (StoreTimeout, nothing created)."""
-        deadline = self._reads.deadline()
-        actor = self._actors.get(expired.id)
-        if actor is not None and actor.room.epoch == expired.epoch:
-            if await renewed_meanwhile(actor, expired, self._reads, deadline):
-                raise SessionExists(f"session {expired.id!r} was renewed by an append")
-            await self.stop(actor, CloseCode.NOT_FOUND, "session expired", deadline)
-        await self.await_retired(expired.id, deadline)
-
     def check_room(self) -> None:
         """ServerBusy unless one more live session fits, evicting a parked one if need
         be (spawns in progress count as live)."""
@@ -244,15 +226,6 @@ class ActorRegistry:
         actor.accepting = False
         actor.post(stop)  # wakes the actor's task, which retires it
         self.retired(actor)
-
-    async def stop(
-        self, actor: SessionActor, code: CloseCode, reason: str, deadline: float
-    ) -> None:
-        """``actor`` retired, closing its connections with ``code`` once it takes its
-        ``Stop`` (after the command it carries out), by ``deadline`` (StoreTimeout)."""
-        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.retire(actor, Stop(code, reason, stopped))
-        await self._reads.within(deadline, asyncio.wait([stopped]))
 
     @contextlib.asynccontextmanager
     async def held_off(self, session_id: str, deadline: float) -> AsyncIterator[Hold]:

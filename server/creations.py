@@ -1,7 +1,9 @@
 """Session creations under way, by id, and the get-or-create that shares them:
 concurrent get-or-creates of one session share one creation, whose outcome is taken
 even when every caller gave up on it. An expired session counts as missing: the
-creation replaces it (the storage contract's ``replace_expired``)."""
+creation replaces it (the storage contract's ``replace_expired``). A creation for an
+attach (``admitted``) is refused before anything is stored when the attach could not
+be served, or the connection's quotas say no."""
 
 from __future__ import annotations
 
@@ -10,15 +12,19 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from bamboo_session.persistence.base import SessionExists, SessionExpired, SessionNotFound
 from bamboo_session.protocol.models import Session, SessionMetadata
 
+from .actors import ActorRegistry
 from .failures import is_expected
+from .manager_config import SessionManagerConfig
 from .pages import PageReads
+from .quotas import Admission, check_fields
+from .renewals import end_expired
 
 log = structlog.get_logger("bamboo_session.manager")
 
@@ -28,10 +34,34 @@ ReadMetadata = Callable[[str, float | None], Awaitable[SessionMetadata | None]]
 Create = Callable[[SessionMetadata | None], Coroutine[Any, Any, Session]]
 
 
+class StoreSession(Protocol):
+    """``SessionManager.create_session``, as a creation for an attach calls it."""
+
+    def __call__(
+        self,
+        user_id: str | None,
+        title: str | None,
+        *,
+        session_id: str | None,
+        replace_expired: bool,
+    ) -> Awaitable[Session]: ...
+
+
 class Creations:
     """The creations under way (``SessionManager.ensure_session``), one per id."""
 
-    def __init__(self, read: ReadMetadata, reads: PageReads, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        config: SessionManagerConfig,
+        actors: ActorRegistry,
+        store: StoreSession,
+        read: ReadMetadata,
+        reads: PageReads,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._config = config
+        self._actors = actors
+        self._store = store
         self._read = read
         self._reads = reads
         self._now = now  # the store's clock, which the sessions' expiry is of
@@ -73,6 +103,31 @@ class Creations:
         if found.is_expired(self._now()):  # created by another caller, and expired since
             raise SessionExpired(session_id)
         return found
+
+    async def admitted(
+        self,
+        admit: Admission | None,
+        user_id: str | None,
+        title: str | None,
+        *,
+        session_id: str | None = None,
+        replacing: SessionMetadata | None = None,
+    ) -> Session:
+        """A session for an attach (server/handshake.py): refused before anything is
+        stored when no actor could be spawned for it (a client refused with 1013
+        retries, and each retry would leave an orphan), or when ``admit`` says no.
+        ``replacing``: the expired session of ``session_id`` it takes the place of,
+        whose live actor ends first; ``admit`` is told of it (its owner's counts stay).
+        FieldTooLong first: a field over its limit takes no room, no creation-rate token
+        and no per-owner lock (keyed by ``user_id``), and a retry would fail the same."""
+        check_fields(self._config, user_id, title, None)
+        self._actors.check_room()
+        async with admit(user_id, replacing) if admit is not None else contextlib.nullcontext():
+            if replacing is not None:
+                await end_expired(self._actors, replacing, self._reads)
+            return await self._store(
+                user_id, title, session_id=session_id, replace_expired=replacing is not None
+            )
 
     def _start(
         self, session_id: str, creation: Coroutine[Any, Any, Session]

@@ -258,7 +258,7 @@ async def resolve_session(
     if session_id is None:
         if principal is not None:
             check_new_session(principal)
-        session = await manager.create_admitted(admit, owner, hello.title)
+        session = await manager.creations.admitted(admit, owner, hello.title)
         return session.id
     if principal is not None:
         check_session_id_for(principal, session_id)

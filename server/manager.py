@@ -4,14 +4,13 @@ The seed's ``SessionManager`` as a Python API, usable in-process without any soc
 the WebSocket layer is built on this same API. Each live session is a
 :class:`SessionActor`, which the manager's :class:`ActorRegistry` spawns, evicts and
 retires (server/actors.py). The manager also creates the session a ``hello`` asks
-for (server/handshake.py resolves which one), closes and deletes sessions
-(server/endings.py); other processes' presence notices reach the actors through a
+for (server/creations.py; server/handshake.py resolves which one), closes and
+deletes sessions (server/endings.py); other processes' presence notices reach the actors through a
 PresenceRelay (server/presence_relay.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Self
@@ -80,7 +79,14 @@ class SessionManager:
         # config.store_read_timeout, and how many pages are read at once (pages.py).
         self.page_reads = PageReads(config.read_slots, config.store_read_timeout)
         self.actors = ActorRegistry(config.max_sessions, self._load_actor, self.page_reads)
-        self.creations = Creations(self.stored_metadata, self.page_reads, storage.now)
+        self.creations = Creations(
+            config,
+            self.actors,
+            self.create_session,
+            self.stored_metadata,
+            self.page_reads,
+            storage.now,
+        )
         self.endings = SessionEndings(self.actors, storage, self.page_reads)
         # Session-wide presence when the store is shared by several processes.
         relay = PresenceRelay(self.actors)  # other processes' notices, to the actors here
@@ -134,7 +140,7 @@ class SessionManager:
         """A new session. Raises FieldTooLong when ``user_id``, ``title`` or ``extra``
         is over its limit (the index keeps them in memory), SessionExists; a delete of
         ``session_id`` under way is waited for first, as by ``get_session``.
-        ``replace_expired``: see ``create_admitted``."""
+        ``replace_expired``: see ``Creations.admitted``."""
         check_fields(self.config, user_id, title, extra)
         if session_id:
             await self.actors.unheld(check_session_id(session_id))
@@ -183,7 +189,7 @@ class SessionManager:
         delete under way (server/creations.py, ``get_session``)."""
 
         def create(expired: SessionMetadata | None) -> Coroutine[Any, Any, Session]:
-            return self.create_admitted(
+            return self.creations.admitted(
                 admit, user_id, title, session_id=session_id, replacing=expired
             )
 
@@ -201,35 +207,6 @@ class SessionManager:
         """A hello's read of the session, by ``deadline`` (default: the read deadline
         from now); else StoreTimeout, 1011."""
         return await self.page_reads.lookup(lambda: self.storage.get_metadata(session_id), deadline)
-
-    async def create_admitted(
-        self,
-        admit: Admission | None,
-        user_id: str | None,
-        title: str | None,
-        *,
-        session_id: str | None = None,
-        replacing: SessionMetadata | None = None,
-    ) -> Session:
-        """A session for an attach (server/handshake.py): refused before anything is
-        stored when no actor could be spawned for it (a client refused with 1013
-        retries, and each retry would leave an orphan), or when ``admit`` says no.
-        ``replacing``: the expired session of ``session_id`` it takes the place of,
-        whose live actor ends first; ``admit`` is told of it (its owner's counts stay).
-        FieldTooLong first: a field over its limit takes no room, no creation-rate token
-        and no per-owner lock (keyed by ``user_id``), and a retry would fail the same."""
-        check_fields(self.config, user_id, title, None)
-        self.check_room()
-        async with admit(user_id, replacing) if admit is not None else contextlib.nullcontext():
-            if replacing is not None:
-                await self.actors.end_expired(replacing)
-            return await self.create_session(
-                user_id, title, session_id=session_id, replace_expired=replacing is not None
-            )
-
-    def check_room(self) -> None:
-        """ServerBusy unless one more live session fits (see ActorRegistry)."""
-        self.actors.check_room()
 
     async def delete_session(self, session_id: str) -> None:
         """Removes the session: its connections get 4404 once the store deleted it, else
