@@ -1,4 +1,4 @@
-"""What the SQLite store's open pays for its clock's start (``reads.newest_times``,
+"""What the SQLite store's open pays for its clock's start (``clock_start.newest_times``,
 persistence/clock.py): the newest ``updated_at`` of every session, one pass over the
 table (it has no index), against the query before r357, which read it of the
 ``active`` and ``idle`` sessions only, through the state's index and a lookup per row.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.sqlite.reads import newest_times
+from bamboo_session.persistence.sqlite.clock_start import newest_times
 from bamboo_session.protocol.models import Session
 
 FILL_BATCH = 1000

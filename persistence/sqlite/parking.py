@@ -9,7 +9,9 @@ why no order is promised): an order by ``updated_at`` would take an index of its
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from bamboo_session.protocol.models import SessionState
@@ -35,6 +37,8 @@ _LEFT: Final = (
 
 Cursor = tuple[str, str]  # (created_at, id) of the last session a step looked at
 START: Final[Cursor] = ("", "")
+Step = Callable[[Batch], tuple[int, Cursor | None]]
+Write = Callable[[Step], Awaitable[tuple[int, Cursor | None]]]  # a step, group-committed
 
 
 def park(
@@ -55,6 +59,17 @@ def park(
             if row is not None:
                 row.written(state=_PARKED, updated_at=now)
     return len(parked), last if len(stretch) == limit else None
+
+
+async def steps(write: Write, since: str, limit: int) -> AsyncIterator[int]:
+    """The park's steps, each one write (``write``, the store's group commit): how
+    many sessions each parked."""
+    for state in LEFT_ATTACHED:
+        after: Cursor | None = START
+        while after is not None:
+            work = functools.partial(park, state=state, after=after, since=since, limit=limit)
+            parked, after = await write(work)
+            yield parked
 
 
 def attached_left(db: sqlite3.Connection, since: str, now: str) -> bool:

@@ -112,37 +112,6 @@ def session_row(db: sqlite3.Connection, session_id: str) -> SessionRow | None:
     return row
 
 
-def newest_times(db: sqlite3.Connection, bound: str | None = None) -> list[datetime]:
-    """The newest times the store holds, for its clock (persistence/clock.py): of
-    activity (events share it) and of creations, through their indexes, and of state
-    writes, every session's: a park (at a peer's close, or a restart's) or a close is
-    later than any activity, and a session's ``updated_at`` went back when the session
-    was attached again after a restart with the clock set back. Each is one probe of
-    its index (``updated_at``'s since schema version 3; before, one pass over the
-    table, about 21 ms an open per 100,000 sessions: bench/sqlite_newest_times.py).
-    Those not past ``bound`` (a time's text): the newest short of one the clock leaves
-    out."""
-    subqueries = ", ".join(
-        f"(SELECT max({column}) FROM sessions"
-        + ("" if bound is None else f" WHERE {column} <= ?1")
-        + ")"
-        for column in ("last_activity_at", "created_at", "updated_at")
-    )
-    found = db.execute(f"SELECT {subqueries}", () if bound is None else (bound,)).fetchone()
-    return [datetime.fromisoformat(text) for text in found if text is not None]
-
-
-def sessions_after(db: sqlite3.Connection, bound: str, most: int = 5) -> list[str]:
-    """Ids of sessions holding a time the clock takes past ``bound`` (at most ``most``),
-    for the error that names them (persistence/clock.py, ``FAR_AHEAD``): one pass."""
-    rows = db.execute(
-        "SELECT id FROM sessions WHERE updated_at > ?1 OR last_activity_at > ?1 "
-        "OR created_at > ?1 LIMIT ?2",
-        (bound, most),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
 def metadata(db: sqlite3.Connection, session_id: str) -> SessionMetadata | None:
     row = session_row(db, session_id)
     return None if row is None else metadata_of(row)

@@ -47,13 +47,14 @@ from ..base import (
     SessionListResult,
     StorageError,
 )
-from ..clock import StoreClock, far_ahead
+from ..clock import StoreClock
 from ..close_once import CloseOnce
 from ..feed import FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
 from . import parking, reads, writes
 from .checkpoint import Checkpointer
+from .clock_start import start_clock
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .live import Live
 from .lock import real_file, store_lock
@@ -104,20 +105,6 @@ class SqliteStorage:
         await storage._open()
         return storage
 
-    async def _clock_from_newest(self) -> None:
-        """The clock starts from the newest times the store holds; one the clock leaves
-        out (persistence/clock.py, ``FAR_AHEAD``) is said with the sessions that hold it,
-        and the newest short of it read again: a column's newest alone, left out, hid
-        every other (one an hour ahead, the clock went back behind)."""
-        newest, bound = await self._readers.run(reads.newest_times), far_ahead()
-        where = f"the SQLite store {self.config.path}"
-        if any(moment > bound for moment in newest):
-            ids = await self._readers.run(reads.sessions_after, time_text(bound))
-            where += " (sessions " + ", ".join(map(repr, ids)) + ")"
-            self._clock.saw(*newest, where=where)  # (said, and left out)
-            newest = await self._readers.run(reads.newest_times, time_text(bound))
-        self._clock.saw(*newest, where=where)
-
     async def _open(self) -> None:
         path = self.config.path
         await asyncio.to_thread(prepare_path, path, self.config.read_only)
@@ -133,7 +120,7 @@ class SqliteStorage:
             if self._checkpointer is not None:
                 await self._checkpointer.start()
             await self._readers.start()
-            await self._clock_from_newest()
+            await start_clock(self._readers, self._clock, path)
         except BaseException as exc:
             await self._readers.close()
             if self._checkpointer is not None:
@@ -270,17 +257,9 @@ class SqliteStorage:
         session_id = check_session_id(session_id)
         await self._write(functools.partial(writes.touch, session_id=session_id, epoch=epoch))
 
-    async def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
         """ParksAttached (persistence/sqlite/parking.py): a group commit per step."""
-        since_text, limit = time_text(since), max(batch, 1)
-        for state in parking.LEFT_ATTACHED:
-            after: parking.Cursor | None = parking.START
-            while after is not None:
-                work = functools.partial(
-                    parking.park, state=state, after=after, since=since_text, limit=limit
-                )
-                parked, after = await self._write(work)
-                yield parked
+        return parking.steps(self._write, time_text(since), max(batch, 1))
 
     async def attached_left(self, since: datetime) -> bool:
         """ParksAttached: one read of the ``sessions_by_state`` index."""
