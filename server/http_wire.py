@@ -238,7 +238,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
                 await answer(self, process_request)
         except BaseException:
             if self._stream is not None:
-                self._stream.abandon()  # its first piece's charge
+                # Its first piece's charge, and the piece, which its generator holds
+                # until closed (past the connection's loss, until the collector runs).
+                await self._stream.discard()
             raise
         finally:
             self._release_request()
