@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence import (
+    DeletedNotDurably,
+    JsonlStorage,
+    JsonlStorageConfig,
+    StorageError,
+)
 from bamboo_session.persistence.listing import SessionFilter
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 
@@ -83,6 +88,25 @@ async def test_a_refused_sync_of_the_renames_without_the_wal_says_the_session_is
         for i in range(1, GONE):
             await storage.delete_session(f"gone-{i}")
     await assert_gone_after_open(config)
+
+
+async def test_a_delete_not_durable_without_the_wal_is_a_failed_sync_until_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As after a delete the store undid, or one not durable with the WAL: the gauge
+    # bamboo_store_sync_failed (Storage.sync_failed) says so until a restart.
+    config = JsonlStorageConfig(tmp_path / "store", durability="fsync").with_wal(enabled=False)
+    async with await JsonlStorage.open(config) as storage:
+        await expired_sessions(storage)
+        assert not storage.sync_failed
+        refuse_jobs_of(storage, "settle_renames", monkeypatch)
+        with pytest.raises(DeletedNotDurably):
+            await storage.delete_session("gone-0")
+        assert storage.sync_failed
+        monkeypatch.undo()
+    async with await JsonlStorage.open(config) as storage:  # its open settled the delete
+        assert not storage.sync_failed
+        assert await storage.get_metadata("gone-0") is None
 
 
 async def test_a_round_without_the_wal_tells_each_delete_of_an_unsynced_rename_once(

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from bamboo_session.protocol.models import SessionMetadata
 
-from ..base import StorageError
+from ..base import DeletedNotDurably, StorageError
 from . import checkpoint, deletes
 from .checkpoint import Checkpoint, FileStamp, SlotFile
 from .checkpointer import Checkpointer
@@ -223,6 +223,10 @@ class SessionFiles:
             except DeleteUndone:
                 record.delete_undone = True  # before the caller can bring the record back
                 self._writer.distrust_syncs()  # (sync_failed: a restart's open settles it)
+                raise
+            except DeletedNotDurably:
+                # Not durable, as the False outcome below: taken with the same care.
+                self._writer.distrust_syncs()
                 raise
         if not synced:
             await self._record_deletion_again(record)
