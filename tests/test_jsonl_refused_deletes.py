@@ -27,6 +27,7 @@ from bamboo_session.persistence.listing import SessionFilter
 from bamboo_session.protocol.models import AgentEvent, Session, SessionState
 
 GONE = 3
+NOT_DURABLY = "is deleted, not durably until the next open: "
 
 
 def refuse_jobs_of(storage: JsonlStorage, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,6 +70,7 @@ async def test_a_round_counts_the_deletes_done_before_a_job_was_refused(
         assert await storage.cleanup_expired_sessions() == GONE
         assert "could not delete" not in caplog.text
         assert "is deleted" in caplog.text  # (and what stays for the next open)
+        assert "not durably" not in caplog.text  # the WAL records each delete again
         assert (await storage.list_sessions(SessionFilter(user_id="gone"))).total == 0
         monkeypatch.undo()
     await assert_gone_after_open(config)
@@ -81,7 +83,7 @@ async def test_a_refused_sync_of_the_renames_without_the_wal_says_the_session_is
     async with await JsonlStorage.open(config) as storage:
         await expired_sessions(storage)
         refuse_jobs_of(storage, "settle_renames", monkeypatch)
-        with pytest.raises(StorageError, match="is deleted, not durably until the next open"):
+        with pytest.raises(StorageError, match=NOT_DURABLY):
             await storage.delete_session("gone-0")
         assert await storage.get_metadata("gone-0") is None
         monkeypatch.undo()
@@ -120,7 +122,7 @@ async def test_a_round_without_the_wal_tells_each_delete_of_an_unsynced_rename_o
         assert await storage.cleanup_expired_sessions() == GONE
         for i in range(GONE):
             told = [r.getMessage() for r in caplog.records if f"'gone-{i}'" in r.getMessage()]
-            assert len(told) == 1 and "is deleted" in told[0], told
+            assert len(told) == 1 and NOT_DURABLY in told[0], told
         monkeypatch.undo()
     await assert_gone_after_open(config)
 

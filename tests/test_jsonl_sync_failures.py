@@ -20,6 +20,7 @@ import pytest
 
 from bamboo_session.persistence import (
     AppendsSuspended,
+    DeletedNotDurably,
     JsonlStorage,
     JsonlStorageConfig,
     StorageError,
@@ -93,6 +94,32 @@ async def test_without_the_wal_a_delete_whose_directory_sync_fails_fails_whole(
         await storage.delete_session("s")  # once the directory syncs, a delete works
         assert await storage.get_metadata("s") is None
     async with await JsonlStorage.open(config) as storage:
+        assert await storage.get_metadata("s") is None
+
+
+async def test_without_the_wal_a_delete_whose_rename_back_fails_is_said_deleted_not_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = JsonlStorageConfig(tmp_path / "store").with_wal(enabled=False)
+    tombstone = config.layout.tombstone("s")
+    failing = failing_directory_sync(monkeypatch, deletes, config.layout.sessions)
+    real = deletes.fsync_dir
+
+    def fsync_dir(path: Path) -> None:  # the rename back then finds no tombstone to rename
+        if failing["left"] > 0:
+            tombstone.rename(tmp_path / "aside")
+        real(path)
+
+    monkeypatch.setattr(deletes, "fsync_dir", fsync_dir)
+    async with await JsonlStorage.open(config) as storage:
+        await storage.create_session(Session.new("s"))
+        failing["left"] = 1
+        with pytest.raises(DeletedNotDurably):
+            await storage.delete_session("s")
+        told = [r.getMessage() for r in caplog.records if "'s'" in r.getMessage()]
+        assert len(told) == 1, told
+        assert told[0].startswith("session 's' is deleted, not durably until the next open: ")
+        assert "injected EIO" in told[0] and "undoing its delete too" in told[0]
         assert await storage.get_metadata("s") is None
 
 

@@ -177,18 +177,20 @@ def unsettled_renames(
     open (a StorageError that says so)."""
     outcomes: dict[str, Outcome] = {}
     for session_id in renamed:
+        tombstone = layout.tombstone(session_id)
+        if sync_decides_delete:  # nothing else records the delete: said as its caller is told
+            reason = f"its directory could not be synced ({error})"
+            outcomes[session_id] = not_durable = DeletedNotDurably(session_id, reason)
+            log.error("%s; its tombstone %s stays for that open to finish", not_durable, tombstone)
+            continue
         log.error(
             "session %r is deleted (its checkpoint is the tombstone %s), but its "
             "directory could not be synced: %s",
             session_id,
-            layout.tombstone(session_id),
+            tombstone,
             error,
         )
         outcomes[session_id] = False
-        if sync_decides_delete:
-            outcomes[session_id] = DeletedNotDurably(
-                session_id, f"its directory could not be synced ({error})"
-            )
     return outcomes
 
 
@@ -303,17 +305,17 @@ def _undo_unsynced_delete(layout: Layout, session_id: str, error: OSError) -> No
     try:
         os.replace(layout.tombstone(session_id), layout.checkpoint(session_id))
     except OSError as undo_error:
-        log.error(
-            "session %r: the sync of its tombstone's rename failed (%s), and so did the "
-            "rename back (%s): it is deleted, and the next open finishes the delete",
+        not_durable = DeletedNotDurably(
             session_id,
-            error,
-            undo_error,
+            f"the sync of its directory failed ({error}), and undoing its delete too "
+            f"({undo_error})",
         )
-        raise DeletedNotDurably(
-            session_id,
-            f"the sync of its directory failed ({error}), and undoing its delete too",
-        ) from error
+        log.error(
+            "%s; its tombstone %s stays for that open to finish",
+            not_durable,
+            layout.tombstone(session_id),
+        )
+        raise not_durable from error
     raise DeleteUndone(
         f"session {session_id!r} was not deleted: the sync of its directory failed "
         f"({error}); it takes no appends until the store is opened again"
