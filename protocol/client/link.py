@@ -4,7 +4,8 @@ One task per client reads the connection and hands every frame to :class:`.Clien
 a sender task per connection writes requests, in the order they were made, and a
 :class:`.Keepalive` drops a connection that went silent. When the
 connection ends in a way worth retrying (:func:`.close_outcome`), the link reconnects
-with exponential backoff and full jitter (:class:`ReconnectPolicy`), with the ``hello``
+with exponential backoff and full jitter (:class:`ReconnectPolicy`; from its first wait
+again after a connection that did useful work, :func:`.recovered`), with the ``hello``
 the state gives (resume from ``last_seq`` and ``epoch``), then resends every unanswered
 request in its original order before any new request goes out. Anything else ends the
 client through :meth:`Link.finish`, with the error :mod:`.endings` gives when the
@@ -51,16 +52,11 @@ from .handshake import Dialer, closed_outcome
 from .keepalive import Keepalive
 from .outgoing import MAX_BATCH_ITEMS, Publish, batch_bytes, batch_frame, plan, single_frame
 from .pending import PendingRequest
-from .reconnect import ReconnectPolicy
+from .reconnect import ReconnectPolicy, recovered
 from .state import ClientState
 from .tasks import stopped
 
 log = logging.getLogger("bamboo_session.client")
-
-# A connection that lasted less than this did not really recover: the backoff goes on
-# growing (and counts towards max_retries) instead of starting again from the bottom,
-# so a server that welcomes then closes at once is not hammered.
-STABLE_AFTER = 10.0
 
 
 class Link:
@@ -186,13 +182,13 @@ class Link:
     async def _run(self, ws: ClientConnection) -> None:
         """Read a connection until it drops, then reconnect; until the client ends."""
         loop = asyncio.get_running_loop()
-        attempt = 0  # reconnect attempts since the last connection that held
+        attempt = 0  # reconnect attempts since the last connection that recovered
         try:
             while True:
                 self._ws = ws
                 self._generation += 1
                 self._holding = False
-                started = loop.time()
+                started, progress = loop.time(), self.state.progress
                 error = await self._serve(ws)
                 self._ready = False
                 self._ws = None
@@ -206,8 +202,9 @@ class Link:
                         self.finish(ConnectionLost(f"connection lost: {error}"))
                     return
                 log.info("connection lost (%s); reconnecting", error)
-                if loop.time() - started >= STABLE_AFTER or isinstance(error, Resync):
-                    attempt = 0  # a resync is no failure: its connection was fine
+                lasted, progressed = loop.time() - started, self.state.progress > progress
+                if isinstance(error, Resync) or recovered(lasted, progressed):
+                    attempt = 0  # a resync is no failure either: its connection was fine
                 reconnected, attempt = await self._reconnect(error, attempt)
                 if reconnected is None:
                     return

@@ -68,6 +68,10 @@ class ClientState:
         # and is replaced by one that resumes once the application has read the feed down.
         self.overflowed = False
         self.skipped = 0  # events skipped so far (all connections), fetched again since
+        # Events taken that were new to this client, and publishes acknowledged, so far
+        # (all connections): a connection that added to it did useful work, and is no
+        # failed attempt for the reconnect's backoff (:mod:`.link`).
+        self.progress = 0
         # A connection ended with events due to us undelivered (skipped, held back by
         # the server while we did not read, or dropped by it as too slow): until a
         # welcome resumes, the session's end is no clean end of events().
@@ -175,12 +179,15 @@ class ClientState:
                     self.skipped += 1
                     return
                 deliver = self.sequence.event(seq, pending.unanswered_publishes)
-                if deliver and self.receive_events:
-                    self.feed.put(StoredEvent(seq, ts, event), size)  # type: ignore[arg-type]
+                if deliver:
+                    self.progress += 1
+                    if self.receive_events:
+                        self.feed.put(StoredEvent(seq, ts, event), size)  # type: ignore[arg-type]
             case Ack(id=request_id, seq=seq, duplicate=duplicate):
                 request = pending.get(request_id)
                 if request is not None and request.is_publish:
                     self.sequence.ack(seq, duplicate)
+                    self.progress += 1
                 self._answer(request_id, frame)
             case Acks(id=batch_id, seqs=seqs, duplicates=duplicates):
                 self._answer_batch(batch_id, seqs, duplicates)
@@ -214,6 +221,7 @@ class ClientState:
             duplicate = index in duplicated
             if self.pending.get(request_id) is not None:
                 self.sequence.ack(seq, duplicate)
+                self.progress += 1
             self._answer(request_id, Ack(seq, id=request_id, duplicate=duplicate))
 
     def _answer(self, request_id: Any, result: Any = None, error: Exception | None = None) -> None:
