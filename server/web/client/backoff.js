@@ -1,22 +1,29 @@
 // @ts-check
 /**
  * backoff.js: when a link tries again after its connection went. {@link Backoff}
- * counts the attempts since the last connection that held, and waits before each:
+ * counts the attempts since the last connection that recovered, and waits before each:
  * exponential backoff with full jitter, a wait that `close()` cuts short.
+ *
+ * A welcomed connection recovered when it did useful work (an event new to the client,
+ * or an ack of one of its publishes, came on it) or held `STABLE_AFTER`, as in the
+ * Python client (protocol/client/reconnect.py, `recovered`). Any other was a failed
+ * attempt, however it ended: the backoff goes on growing and counting towards
+ * maxRetries instead of starting again from the first wait, so a server that welcomes
+ * then closes at once (or tokens that expire at once) is not hammered, while a
+ * connection cut after serving events is resumed at once.
  *
  * @module bamboo/backoff
  */
 
-// A connection that held less than this (ms) was no recovery: the backoff goes on growing
-// and counting towards maxRetries instead of starting again from the first wait, so a
-// server that welcomes then closes at once (or tokens that expire at once) is not hammered.
+// A welcomed connection that held this long (ms) recovered, even with nothing new on it.
 const STABLE_AFTER = 10_000;
 
 export class Backoff {
   #initial;
   #max;
-  #attempts = 0; // reconnect attempts since the last connection that held STABLE_AFTER
+  #attempts = 0; // reconnect attempts since the last connection that recovered
   #welcomedAt = 0; // performance.now() at the last welcome
+  #progressAt = 0; // the client's progress (ClientState#progress) at the last welcome
   /** @type {(() => void) | null} ends the wait under way */
   #wake = null;
 
@@ -31,14 +38,17 @@ export class Backoff {
     return this.#attempts;
   }
 
-  /** A connection was welcomed. */
-  welcomed() {
+  /** A connection was welcomed. @param {number} progress the client's, then */
+  welcomed(progress) {
     this.#welcomedAt = performance.now();
+    this.#progressAt = progress;
   }
 
-  /** The connection in use went: one that held `STABLE_AFTER` starts the count again. */
-  dropped() {
-    if (performance.now() - this.#welcomedAt >= STABLE_AFTER) this.#attempts = 0;
+  /** The connection in use went: one that recovered starts the count again.
+   * @param {number} progress the client's, now */
+  dropped(progress) {
+    const held = performance.now() - this.#welcomedAt >= STABLE_AFTER;
+    if (progress > this.#progressAt || held) this.#attempts = 0;
   }
 
   /** Start the count again (a pause is no failure: its connection was fine). */

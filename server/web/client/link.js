@@ -6,7 +6,8 @@
  * with every unanswered one, oldest first, once the next connection is welcomed.
  *
  * When the connection closes with a code worth a resume ({@link closeError}), the link
- * reconnects with exponential backoff and full jitter (backoff.js), until welcomed,
+ * reconnects with exponential backoff and full jitter (backoff.js: from its first wait
+ * again after a connection that did useful work), until welcomed,
  * refused, given up (`maxRetries`) or closed; anything else ends the client
  * ({@link Link#finish}), each change of state told as changes.js does. It
  * also pauses on purpose: a connection that skipped events past the full events queue
@@ -211,7 +212,7 @@ export class Link {
   /** Make a welcomed connection the one in use. @param {WebSocket} ws */
   #attach(ws) {
     this.#ws = ws;
-    this.#backoff.welcomed();
+    this.#backoff.welcomed(this.#state.progress);
     this.#generation += 1;
     if (this.#generation > 1) this.#client.reconnects += 1;
     ws.onmessage = (message) => this.#onMessage(ws, message.data);
@@ -315,7 +316,7 @@ export class Link {
    */
   async #reconnect(error, close) {
     this.#states.change("reconnecting", close);
-    this.#backoff.dropped();
+    this.#backoff.dropped(this.#state.progress);
     const { maxRetries } = this.#options;
     const state = this.#state;
     while (state.failure === null) {

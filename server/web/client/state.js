@@ -50,6 +50,10 @@ export class ClientState {
   #reached = 0;
   /** @type {ClientError | null} why this client is finished */
   #failure = null;
+  // Events taken that were new to this client, and publishes acknowledged, so far (all
+  // connections): a connection that added to it did useful work, and is no failed
+  // attempt for the reconnect's backoff (backoff.js).
+  #progress = 0;
 
   /**
    * @param {BambooClient} client the public face, whose metadata fields this keeps
@@ -84,6 +88,11 @@ export class ClientState {
   /** @returns {number} every seq up to it was seen (see `BambooClient#lastSeq`) */
   get lastSeq() {
     return this.#seq.resumePoint;
+  }
+
+  /** @returns {number} events new to this client and publishes acknowledged, so far */
+  get progress() {
+    return this.#progress;
   }
 
   /** @returns {ClientError | null} why the client ended, once it has */
@@ -164,6 +173,7 @@ export class ClientState {
           break;
         }
         const deliver = this.#seq.event(frame.seq, this.pending.unansweredPublishes());
+        if (deliver) this.#progress += 1;
         if (deliver && this.#options.receiveEvents) {
           this.feed.push({ seq: frame.seq, ts: frame.ts, event: frame.event }, size);
         }
@@ -177,6 +187,7 @@ export class ClientState {
           if (!frame.duplicate) this.#seq.see(frame.seq, "ack");
           // Stored before a drop that lost its ack: it fills the hole.
           else if (this.#seq.isHole(frame.seq)) this.#seq.see(frame.seq, "ack");
+          this.#progress += 1;
         }
         this.#answer(frame.id, frame);
         break;
