@@ -21,9 +21,10 @@ counted (``held_by_js_builtin_websocket``), and the follower must still catch up
 With ``--js-websocket ws`` the followers run on the ws package's WebSocket, which the
 client terminates, and are held to the check like the Python clients.
 
-At the end the chaos stops, the followers catch up, each Python follower says
-``connected`` within ``RESUME_PATIENCE`` (it may be resuming at the instant it caught
-up: see :func:`connected_once_caught_up`), every client is closed (timed), the servers
+At the end the chaos stops, the followers catch up, each follower (Python or
+JavaScript) says ``connected`` within ``RESUME_PATIENCE`` (it may be resuming at the
+instant it caught up: see bench/client_soak_checks.py's
+:func:`connected_once_caught_up`), every client is closed (timed), the servers
 stop, and the checks of bench/client_soak_checks.py run on what the store holds.
 Exits 1 when any check failed. Every process it starts it stops, by pid.
 """
@@ -48,7 +49,12 @@ from bamboo_session.protocol.client import BambooClient
 
 from .chaos_proxy import CuttingProxy
 from .client_soak_apps import CLOSE_BOUND, Follower, JsFollower, Publisher
-from .client_soak_checks import check_all
+from .client_soak_checks import (
+    RESUME_PATIENCE,
+    check_all,
+    connected_once_caught_up,
+    js_connected_once_caught_up,
+)
 from .crash_cluster import Cluster
 from .crash_stores import JsonlStore, RedisStore, SoakStore
 
@@ -64,11 +70,6 @@ SAMPLE_EVERY = 5.0  # seconds between samples of tasks and memory
 # then the 1011 close's own 5 s (the defaults, which the soak's servers run with),
 # and slack for a loaded machine; the clients give theirs up within about 2 s (PING).
 FROZEN_PATIENCE = 20.0 + 20.0 + 5.0 + 15.0
-# Seconds a follower that has caught up may take to say ``connected``: it may be resuming
-# then (see connected_once_caught_up), one reconnect's backoff (the client's default
-# backoff_max, 5 s) and connect (the soak's open_timeout, 5 s) away, with slack for a
-# loaded machine.
-RESUME_PATIENCE = 5.0 + 5.0 + 10.0
 
 
 def http_last_seq(cluster: Cluster) -> int:
@@ -76,43 +77,6 @@ def http_last_seq(cluster: Cluster) -> int:
     url = f"http://127.0.0.1:{port}/api/v1/sessions/{SESSION}/events?after_seq=0&limit=1"
     with urllib.request.urlopen(url, timeout=5) as answer:
         return int(json.loads(answer.read())["last_seq"])
-
-
-async def connected_once_caught_up(follower: Follower, patience: float) -> tuple[float, str | None]:
-    """Seconds until a follower that has caught up says ``connected`` (its current client,
-    read afresh), and a problem when it does not within ``patience``.
-
-    Not read once at the instant it caught up: ``connected`` is then False for as long as
-    the client is resuming, as it may legitimately be (README, the keepalive). The slow
-    follower stalls with its events queue full and the path full behind it, so its
-    Pongs wait unread and its own keepalive (1 s here) drops the connection; the client
-    sees that when the application has read the queue down to half, and resumes after a
-    backoff, while the application takes the rest of the queue, the session's last
-    events. What a user can rely on is that the resume comes: the flag True again,
-    with nothing more to deliver (what it delivered is checked apart)."""
-    started = time.monotonic()
-    while True:
-        waited = time.monotonic() - started
-        client = follower.client
-        if client is not None and client.connected:
-            return waited, None
-        if waited >= patience:
-            state = f"{client_state(client)}, delivered {follower.delivered()}"
-            return (
-                waited,
-                f"{follower.name}: connected is False {patience:g} s after catching up ({state})",
-            )
-        await asyncio.sleep(0.05)
-
-
-def client_state(client: BambooClient | None) -> str:
-    """What a problem's line says of a follower's client."""
-    if client is None:
-        return "no client"
-    return (
-        f"finished {client.finished}, queued {client.queued_events}, skipped"
-        f" {client.skipped_events}, last_seq {client.last_seq}, reconnects {client.reconnects}"
-    )
 
 
 def ports_to(port: int, pid: int | str = "self") -> set[int]:
@@ -152,7 +116,7 @@ class Soak:
         self.publishers: list[Publisher] = []
         self.followers: list[Follower] = []
         self.js: list[JsFollower] = []
-        # Seconds each Python follower took to say connected once caught up.
+        # Seconds each follower took to say connected once caught up.
         self.connected_after: dict[str, float] = {}
 
     def _apps(self) -> list[Publisher | Follower]:
@@ -263,6 +227,11 @@ class Soak:
             if problem:
                 self.problems.append(problem)
             await follower.close()
+        for js in self.js:
+            waited, problem = await js_connected_once_caught_up(js, RESUME_PATIENCE)
+            self.connected_after[js.name] = waited
+            if problem:
+                self.problems.append(problem)
         _, late = await asyncio.wait(runs[len(self.publishers) :], timeout=2 * CLOSE_BOUND)
         if late:
             self.problems.append(f"{len(late)} followers did not stop after close()")
@@ -335,6 +304,8 @@ class Soak:
             r = dict(js.report)
             r.pop("seen", None)
             r["max_rss_kib"] = max(js.rss_kib, default=0)
+            if js.name in self.connected_after:
+                r["connected_after_catch_up_s"] = round(self.connected_after[js.name], 2)
             f[js.name] = r
         f["tasks"] = [s["tasks"] for s in self.samples[:: max(1, len(self.samples) // 8)]]
 

@@ -226,6 +226,7 @@ class JsFollower:
         self.report: dict[str, Any] = {}
         self.rss_kib: list[int] = []
         self.progress = 0  # the last seq its callback saw, as it last said
+        self.connected = False  # whether its client said connected, as it last said
         self._lines: asyncio.Task[bytes] | None = None
 
     async def start(self) -> None:
@@ -240,13 +241,16 @@ class JsFollower:
         self._lines = asyncio.ensure_future(self._read_lines())
 
     async def _read_lines(self) -> bytes:
-        """Follows its progress lines; the last line, its report."""
+        """Follows its progress lines (the last seq delivered, and whether its client says
+        connected); the last line, its report."""
         assert self.proc is not None and self.proc.stdout is not None
         last = b""
         async for line in self.proc.stdout:
             last = line
             with contextlib.suppress(ValueError):
-                self.progress = json.loads(line).get("progress", self.progress)
+                said = json.loads(line)
+                self.progress = said.get("progress", self.progress)
+                self.connected = said.get("connected", self.connected)
         return last
 
     def sample_rss(self) -> None:

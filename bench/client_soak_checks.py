@@ -9,14 +9,20 @@ problem; none when the promise held.
   key, and no ``Reset`` (the store kept everything, so every resume could resume);
 - an ended client's ``last_seq`` is the last event its callback was given (the README's
   way to resume later);
-- no client's close took longer than its bound; tasks and memory did not keep growing.
+- no client's close took longer than its bound; tasks and memory did not keep growing;
+- every follower that caught up says ``connected`` within ``RESUME_PATIENCE``
+  (:func:`connected_once_caught_up`, awaited while the soak settles).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from bamboo_session.protocol.client import BambooClient
 
 from .client_soak_apps import Follower, JsFollower, Publisher
 from .crash_stores import Record
@@ -25,6 +31,12 @@ from .crash_stores import Record
 # bounded client holds about as much at the end as early on.
 TASKS_SLACK = 20
 RSS_SLACK_KIB = 64 * 1024
+# Seconds a follower that has caught up may take to say ``connected``: it may be resuming
+# then (see connected_once_caught_up), one reconnect's backoff (at most the clients'
+# default backoff_max, 5 s, after a connection that brought nothing new; the first wait,
+# 0.1 s, after one that did) and connect (the soak's open_timeout, 5 s) away, with slack
+# for a loaded machine.
+RESUME_PATIENCE = 5.0 + 5.0 + 10.0
 
 
 def check_all(
@@ -120,3 +132,65 @@ def check_growth(what: str, values: Sequence[int], slack: int) -> list[str]:
     if late > early + slack and late > 1.5 * early:
         return [f"{what} grew from {early} to {late}"]
     return []
+
+
+async def connected_once_caught_up(follower: Follower, patience: float) -> tuple[float, str | None]:
+    """Seconds until a follower that has caught up says ``connected`` (its current client,
+    read afresh), and a problem when it does not within ``patience``.
+
+    Not read once at the instant it caught up: ``connected`` is then False for as long as
+    the client is resuming, as it may legitimately be (README, the keepalive). The slow
+    follower stalls with its events queue full and the path full behind it, so its
+    Pongs wait unread and its own keepalive (1 s here) drops the connection; the client
+    sees that when the application has read the queue down to half, and resumes after a
+    backoff, while the application takes the rest of the queue, the session's last
+    events. What a user can rely on is that the resume comes: the flag True again,
+    with nothing more to deliver (what it delivered is checked apart)."""
+
+    def connected() -> bool:
+        client = follower.client
+        return client is not None and client.connected
+
+    def state() -> str:
+        return f"{client_state(follower.client)}, delivered {follower.delivered()}"
+
+    return await connected_within(follower.name, connected, state, patience)
+
+
+async def js_connected_once_caught_up(js: JsFollower, patience: float) -> tuple[float, str | None]:
+    """The same wait for a JavaScript follower, on what its progress lines say of its
+    client's ``connected`` (every 0.5 s). Its slow follower pauses, rather than stalls,
+    when its queue is full (a browser's client cannot stop reading): disconnected on
+    purpose until the application has read the queue down, which it may not have done
+    yet as it takes the session's last events."""
+    return await connected_within(
+        js.name, lambda: js.connected, lambda: f"delivered {js.progress}", patience
+    )
+
+
+async def connected_within(
+    name: str, connected: Callable[[], bool], state: Callable[[], str], patience: float
+) -> tuple[float, str | None]:
+    """Seconds until ``connected()``, and a problem naming ``name`` and its ``state()``
+    when not within ``patience``."""
+    started = time.monotonic()
+    while True:
+        waited = time.monotonic() - started
+        if connected():
+            return waited, None
+        if waited >= patience:
+            return (
+                waited,
+                f"{name}: connected is False {patience:g} s after catching up ({state()})",
+            )
+        await asyncio.sleep(0.05)
+
+
+def client_state(client: BambooClient | None) -> str:
+    """What a problem's line says of a follower's client."""
+    if client is None:
+        return "no client"
+    return (
+        f"finished {client.finished}, queued {client.queued_events}, skipped"
+        f" {client.skipped_events}, last_seq {client.last_seq}, reconnects {client.reconnects}"
+    )

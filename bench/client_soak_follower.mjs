@@ -2,8 +2,9 @@
 // (server/web/client/bamboo.js) under Node, used as an application would: it follows
 // one session from seq 0, hands every event to a callback that records it, listens to
 // the "state" events, and, when events() ends, opens a new client from the ended one's
-// lastSeq and epoch. On SIGTERM it closes its client (timed) and prints one JSON line:
-// what it saw and what the client reported.
+// lastSeq and epoch. Every 500 ms it prints a progress line (the last seq delivered, and
+// whether its client says connected); on SIGTERM it closes its client (timed) and
+// prints one JSON line: what it saw and what the client reported.
 //
 // node --experimental-websocket bench/client_soak_follower.mjs WS_URL SESSION_ID [slow] [ws]
 // With "ws" it runs on the ws package's WebSocket (tests/js/node_modules), which the
@@ -91,14 +92,18 @@ async function follow() {
 }
 
 const following = follow();
-// Progress for the soak, which waits for the followers to catch up before it stops them.
+// Progress for the soak, which waits for the followers to catch up before it stops them,
+// and then for each to say connected (it may be resuming as it caught up).
 const progress = setInterval(() => {
   const delivered = seen.length ? seen[seen.length - 1][0] : 0;
-  process.stdout.write(JSON.stringify({ progress: delivered }) + "\n");
+  const connected = client?.connected ?? false;
+  process.stdout.write(JSON.stringify({ progress: delivered, connected }) + "\n");
 }, 500);
 process.on("SIGTERM", async () => {
   stopping = true;
   clearInterval(progress);
+  // A figure only: read once, at an instant the client may be resuming (the soak checks
+  // the progress lines' `connected` instead, waiting for it once caught up).
   report.connectedAtStop = client?.connected ?? null;
   const started = Date.now();
   await client?.close();

@@ -19,8 +19,10 @@
   down, and the application took the session's last events while the client resumed.
   ``connected`` is False then, as documented (README, the keepalive); the check now
   waits for the resume (bench/client_soak.py's ``connected_once_caught_up``), and still
-  names a follower that does not resume. The last test resumes it after a cut instead:
-  the same instant, without the stall's timing.
+  names a follower that does not resume. The last tests resume it (and a JavaScript
+  follower, whose ``connectedAtStop`` the soak recorded and never checked: now it waits
+  for its progress lines to say ``connected``) after a cut instead: the same instant,
+  without the stall's timing.
 
 Each test watches the given-up connection's own socket (its local port), not a count of
 the follower's sockets: on a loaded machine its quick liveness check (0.5 s) gives up
@@ -45,8 +47,13 @@ import pytest
 from bamboo_session.protocol import Token
 from bamboo_session.protocol.client import BambooClient
 from bench.chaos_proxy import CuttingProxy
-from bench.client_soak import RESUME_PATIENCE, connected_once_caught_up, ports_to
-from bench.client_soak_apps import Follower
+from bench.client_soak import ports_to
+from bench.client_soak_apps import Follower, JsFollower
+from bench.client_soak_checks import (
+    RESUME_PATIENCE,
+    connected_once_caught_up,
+    js_connected_once_caught_up,
+)
 from tests.client_backlog_support import take
 from tests.parent_death import ending_with_this_process
 from tests.proxies import HttpProxy
@@ -234,3 +241,35 @@ async def test_soak_waits_for_a_follower_resuming_as_it_caught_up() -> None:
         finally:
             await client.close()
             await proxy.close()
+
+
+async def test_soak_waits_for_a_js_follower_resuming_as_it_caught_up(tmp_path: Path) -> None:
+    if node_command() is None:
+        pytest.skip(HINT)
+    async with (
+        run_server() as server,
+        await BambooClient.connect(f"ws://127.0.0.1:{server.port}", create=True) as agent,
+    ):
+        for i in range(10):
+            await agent.publish(Token(f"e{i}"))
+        proxy = HttpProxy(server.port)
+        port = await proxy.start()
+        url = f"ws://127.0.0.1:{port}"
+        js = JsFollower(
+            "js0", url, agent.session_id or "", tmp_path, slow=False, websocket="builtin"
+        )
+        await js.start()
+        try:
+            await seconds_until(lambda: js.progress == 10 and js.connected, 20)
+            proxy.cut()  # its connection drops, and its resumes are refused until mend()
+            await seconds_until(lambda: not js.connected, 10)
+            _, problem = await js_connected_once_caught_up(js, 1.0)
+            assert problem == "js0: connected is False 1 s after catching up (delivered 10)"
+            proxy.mend()
+            _, problem = await js_connected_once_caught_up(js, RESUME_PATIENCE)
+            assert (problem, js.connected) == (None, True)
+        finally:
+            stopped = await js.stop(bound=10)
+            await proxy.close()
+        assert stopped is None
+        assert js.report["connectedAtStop"] is True
