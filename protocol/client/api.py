@@ -114,6 +114,15 @@ class BambooClient(SessionRequests):
           ``last_seq=0`` replays the whole retained log. Without it, live events only.
         - ``reconnect``: resume on its own after a drop; ``max_retries`` consecutive
           failed attempts (``None``: no limit) end in :class:`ConnectionLost`.
+        - ``backoff_initial`` (0.1) and ``backoff_max`` (5): seconds before each
+          attempt, drawn with full jitter under a ceiling that doubles with each failed
+          attempt, from ``backoff_initial`` up to ``backoff_max`` (the first wait at
+          least half of ``backoff_initial``). A connection that was welcomed and then
+          brought an event new to this client or an ack of one of its publishes, or
+          held 10 s, was a recovery: after it the waits start again from the first,
+          and ``max_retries`` counts from 0, however soon it dropped. One welcomed
+          and dropped with nothing new (a server that closes each connection at once)
+          is a failed attempt like a refused one.
         - ``open_timeout``: seconds for the upgrade, and for the one HTTP request that
           asks whether events were appended to a session that ended while this client
           was away (see :meth:`events`; asked again as a 429 or a 503 with

@@ -78,8 +78,10 @@
  * @property {number} [lastSeq] resume after this seq (0 replays the retained log)
  * @property {string} [epoch] the epoch `lastSeq` belongs to
  * @property {boolean} [reconnect] resume on its own after a drop; default true
- * @property {number | null} [maxRetries] reconnect attempts since the last connection
- *   that held 10 s before {@link ConnectionLost}; default null (no limit)
+ * @property {number | null} [maxRetries] failed reconnect attempts in a row before
+ *   {@link ConnectionLost}, counted since the last connection that recovered (brought
+ *   an event new to the client or an ack of its publish, or held 10 s); a connection
+ *   welcomed and dropped with nothing new is a failed attempt; default null (no limit)
  * @property {number} [backoffInitial] first backoff ceiling in ms; default 100
  * @property {number} [backoffMax] largest backoff ceiling in ms; default 5000
  * @property {number} [openTimeout] ms for the upgrade and for the welcome (and for the
