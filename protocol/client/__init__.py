@@ -15,6 +15,8 @@ The modules, each on its own:
 - :mod:`.api`: :class:`BambooClient`, the public calls: connect, close, state, events;
 - :mod:`.requests`: its requests (publishes, reads, state, ping), its base class;
 - :mod:`.link`: the connection loop: read, send and resend, reconnect with backoff;
+- :mod:`.reconnect`: the backoff's waits, and which connections start them again (a
+  connection that brought an event or an ack, or held 10 s) (no I/O);
 - :mod:`.endings`: the error a client ends with when its session ended;
 - :mod:`.outgoing`: publishes encoded once, framed alone or in batches (no I/O);
 - :mod:`.handshake`: one connection: the stream URL, upgrade, ``hello``, ``welcome``;
