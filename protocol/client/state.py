@@ -70,7 +70,7 @@ class ClientState:
         self.skipped = 0  # events skipped so far (all connections), fetched again since
         # Events taken that were new to this client, and publishes acknowledged, so far
         # (all connections): a connection that added to it did useful work, and is no
-        # failed attempt for the reconnect's backoff (:mod:`.link`).
+        # failed attempt for the reconnect's backoff (:func:`.reconnect.recovered`).
         self.progress = 0
         # A connection ended with events due to us undelivered (skipped, held back by
         # the server while we did not read, or dropped by it as too slow): until a
