@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import msgspec
 
-from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent, StoredEvent
+from bamboo_session.protocol.models import NOT_MESSAGES, AnyAgentEvent, MessageEvent, StoredEvent
 
 from .errors import SessionFull, UserFull
 
 
 def completed_event(event: AnyAgentEvent) -> AnyAgentEvent:
     """A ``message`` event's message gets its ``id`` and ``created_at`` where absent."""
-    if isinstance(event, MessageEvent):
+    if type(event) not in NOT_MESSAGES and isinstance(event, MessageEvent):
         message = event.message.completed()
         if message is not event.message:
             return msgspec.structs.replace(event, message=message)

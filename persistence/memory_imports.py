@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bamboo_session.protocol.models import (
+    NOT_MESSAGES,
     MessageEvent,
     SessionMetadata,
     SessionState,
@@ -37,7 +38,7 @@ class SessionLog:
             self.events.append(event)
             if event.key is not None:
                 self.keys.add(event.key, event.seq)
-            if isinstance(event.event, MessageEvent):
+            if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
                 self.message_seqs.append(event.seq)
 
 

@@ -92,10 +92,10 @@ def check_content(
     the caller owns (decoded from a frame, or a copy); without, it changes nothing:
     the client runs it on its caller's objects too, to keep a publish the server would
     refuse out of a batch."""
+    if type(event) in _PLAIN_EVENT_TYPES:
+        return 0  # the common case (a streamed token): nothing else to look at
     if message is None and isinstance(event, MessageEvent):
         message = event.message
-    elif type(event) in _PLAIN_EVENT_TYPES:
-        return 0  # the common case (a streamed token): nothing else to look at
     count = 0
     for value in _free_form_fields(event, message):
         values, problem = walk_free_form(value, room - count)

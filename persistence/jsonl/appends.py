@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Final
 
 from bamboo_session.protocol.log_lines import encode_stored_event
-from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
+from bamboo_session.protocol.models import NOT_MESSAGES, Message, MessageEvent, StoredEvent
 
 from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError
 from ..clock import StoreClock
@@ -365,14 +365,14 @@ def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
     if len(stored) == 1:  # most appends: one event
         event = stored[0]
         line = encode_stored_event(event) + b"\n"
-        if isinstance(event.event, MessageEvent):
+        if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
             return Batch(stored, line, [(event.seq, 0, len(line) - 1)], imported)
         return Batch(stored, line, [], imported)
     lines = [encode_stored_event(event) + b"\n" for event in stored]
     messages = []
     offset = 0
     for event, line in zip(stored, lines, strict=True):
-        if isinstance(event.event, MessageEvent):
+        if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
             messages.append((event.seq, offset, len(line) - 1))
         offset += len(line)
     return Batch(stored, b"".join(lines), messages, imported)

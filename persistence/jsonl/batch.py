@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import final
 
 from msgspec import Struct, field
 
@@ -106,6 +107,7 @@ class Commit(Struct):
         return [group for group in self.groups if group.ok]
 
 
+@final  # told by exact type in the writer's queue (commits.py)
 class QueuedControl(Struct):
     """A marker in the queue: done once every append queued before it is processed;
     with ``forget``, that session's deletion is recorded and its descriptor closed."""

@@ -76,7 +76,7 @@ class Committer:
         generations = answers.generations  # empty until a session's append fails
         size, on_loop = 0, True
         for item in items:
-            if isinstance(item, QueuedControl):
+            if type(item) is QueuedControl:  # (isinstance asks a Struct's metaclass)
                 commit.controls.append(item)
                 continue
             if (generations or item.generation) and answers.stale(item):
