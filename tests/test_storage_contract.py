@@ -69,6 +69,24 @@ async def test_create_with_messages_puts_them_in_the_log(store: Storage) -> None
     assert all(isinstance(e.event, MessageEvent) for e in events)
 
 
+class OwnMessageEvent(MessageEvent):
+    """A caller's own kind of message event, appended in-process."""
+
+
+async def test_a_callers_subclass_of_a_message_event_is_a_message(store: Storage) -> None:
+    # The stores tell a message from the other events by exact type first (what a
+    # decoder builds, protocol/events.py NOT_MESSAGES): a subclass takes isinstance's way.
+    await new_session(store, "s1")
+    own = OwnMessageEvent(Message.user("mine"))
+    await store.append_events("s1", [*tokens("a"), (own, None), *tokens("b")])
+    history = await store.get_session_history("s1")
+    assert [m.content for m in history] == ["mine"]
+    meta = await store.get_metadata("s1")
+    assert meta is not None and meta.message_count == 1
+    page = await store.get_history_page("s1", 10)
+    assert [m.content for m in page.messages] == ["mine"]
+
+
 async def test_max_sessions(backend: Backend, tmp_path: Path) -> None:
     storage = await backend.open(tmp_path, max_sessions=2)
     try:
