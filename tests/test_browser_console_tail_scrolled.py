@@ -2,7 +2,8 @@
 headless Chromium: it keeps more than its bound then (so that what they read stays),
 never more than twice it, in characters and in blocks, at any moment the page could
 be seen; a viewer whose block goes sees the one that followed it; and once the viewer
-is back at the end it holds its bound again, without waiting for the next event.
+is back at the end it holds its bound again, without waiting for the next event, even
+when they scroll there in the frame of an event (the page's frames held).
 """
 
 from __future__ import annotations
@@ -150,4 +151,117 @@ async def test_a_viewer_whose_block_goes_sees_what_followed_it(browser: Any) -> 
             await next_frame(page)
             assert (await tail.evaluate(IN_VIEW))[0] == 31
             assert not await at_end(tail)
+    assert problems == []
+
+
+# Holds the page's animation frames (tail.js settles its scroll in one) until
+# `releaseFrames()`, so that events and a scroll land in one frame every run; counts
+# the tail's scroll events (`scrolls`), each after the tail's own listener has run.
+HOLD_FRAMES = """el => {
+  const held = [];
+  const real = window.requestAnimationFrame;
+  window.requestAnimationFrame = (callback) => { held.push(callback); return 0; };
+  window.releaseFrames = () => {
+    window.requestAnimationFrame = real;
+    for (const callback of held) real(callback);
+  };
+  window.scrolls = 0;
+  el.addEventListener("scroll", () => { window.scrolls += 1; });
+}"""
+
+
+async def scroll_event(page: Any) -> None:
+    """Waits for the tail's scroll event (HOLD_FRAMES)."""
+    await eventually(lambda: page.evaluate("() => scrolls > 0"), "the scroll's event")
+
+
+async def scrolled_up_at_twice_the_bound(agent: Any, page: Any, seq: int, from_end: int) -> int:
+    """With events 1 to ``seq`` shown, a block each (more than the view holds), the
+    viewer scrolls to the top and steps come until the tail holds twice its bound; the
+    viewer then scrolls to ``from_end`` px above its end. The last seq."""
+    tail = page.locator("#tail")
+    await tail.evaluate("el => { el.scrollTop = 0; }")
+    await next_frame(page)
+    last = 2 * MAX_BLOCKS
+    await publish_steps(agent, seq + 1, last + 1)
+    await expect(tail).to_have_attribute("data-last-seq", str(last))
+    await tail.evaluate(
+        "(el, px) => { el.scrollTop = el.scrollHeight - el.clientHeight - px; }", from_end
+    )
+    await next_frame(page)
+    assert (await held(tail))[1] == 2 * MAX_BLOCKS
+    assert not await at_end(tail)
+    return last
+
+
+async def test_a_scroll_to_the_end_in_the_frame_of_an_event_drops_the_tail_to_its_bound(
+    browser: Any,
+) -> None:
+    """Scrolled up, twice its bound held, an event comes and the viewer scrolls to the
+    end before its frame is drawn: once drawn, the tail holds its bound and the viewer
+    is at the end (before, the scroll's event was ignored while the frame was to
+    settle, which then put the viewer back where they were, twice the bound held)."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "to-end", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/to-end"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            tail = page.locator("#tail")
+            await publish_steps(agent, 1, 101)
+            await expect(tail).to_have_attribute("data-last-seq", "100")
+            last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=2000)
+
+            await tail.evaluate(HOLD_FRAMES)
+            await agent.publish(AgentEvent.custom("step", {"i": "in the frame"}))
+            await expect(tail).to_have_attribute("data-last-seq", str(last + 1))
+            await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # to the end
+            await scroll_event(page)
+            await page.evaluate("() => releaseFrames()")
+            await next_frame(page)
+            at_the_end = await at_end(tail), await held(tail)
+    assert at_the_end[0], at_the_end
+    assert at_the_end[1][0] <= MAX_TAIL_CHARS and at_the_end[1][1] <= MAX_BLOCKS, at_the_end
+    assert problems == []
+
+
+async def test_an_event_that_brings_the_end_up_to_the_viewer_keeps_their_place(
+    browser: Any,
+) -> None:
+    """Scrolled up 60 px above the end, twice the bound held, the oldest block a tall
+    one: a step comes, the tall block goes, and the tail, shorter, is laid out before
+    the frame is drawn, with its scroll moved up to the end (a scroll event). Once
+    drawn, the block at the top of the view is where it was, twice the bound still held:
+    the viewer did not scroll to the end (before the scroll's direction was checked, it
+    counted as one: the tail dropped to its bound and jumped to the end)."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "end-up", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/end-up"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            tail = page.locator("#tail")
+            await agent.publish(AgentEvent.token("tall " * 1900))
+            await agent.publish(AgentEvent.custom("step", {"i": "after the tall block"}))
+            await publish_steps(agent, 3, 101)
+            await expect(tail).to_have_attribute("data-last-seq", "100")
+            last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=60)
+            in_view = await tail.evaluate(IN_VIEW)
+            scrolled_to = await tail.evaluate("el => el.scrollTop")
+
+            await tail.evaluate(HOLD_FRAMES)
+            await agent.publish(AgentEvent.custom("step", {"i": "in the frame"}))
+            await expect(tail).to_have_attribute("data-last-seq", str(last + 1))
+            await expect(tail.locator(".ev-text")).to_have_count(0)  # the tall block went
+            moved_to = await tail.evaluate("el => el.scrollTop")  # laid out: moved up
+            await scroll_event(page)
+            assert moved_to < scrolled_to and await at_end(tail), (moved_to, scrolled_to)
+            await page.evaluate("() => releaseFrames()")
+            await next_frame(page)
+            after = await tail.evaluate(IN_VIEW), await at_end(tail), await held(tail)
+    assert after[0] == in_view, (after, in_view)
+    assert not after[1]
+    assert after[2][1] == 2 * MAX_BLOCKS, after
     assert problems == []

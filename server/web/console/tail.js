@@ -28,7 +28,8 @@
  * A following tail is scrolled to the end once per frame, after that frame's events
  * (the page is measured once per frame, not once per event); one scrolled up keeps its
  * place: the block at the top of the view stays where it was as blocks are dropped or
- * inserted above it.
+ * inserted above it. A viewer who scrolls back to the end before a frame is drawn
+ * follows from then (`#scrolled`).
  */
 
 import { Blocks } from "./blocks.js";
@@ -52,9 +53,9 @@ export class Tail {
   lastSeq = 0;
   hidden = 0; // events 1 to this are not shown (dropped, or before the first shown)
   following = true;
-  /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean } | null}
+  /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean, scrollTop: number } | null}
    * a frame's changes, to settle when it is drawn: the block at the top of the view
-   * before anything above it moved, and where it was */
+   * before anything above it moved, and where it was; the scroll when they began */
   frame = null;
   /** @type {HTMLElement | null} the first line, saying which events are not shown */
   header = null;
@@ -233,15 +234,36 @@ export class Tail {
     }
   }
 
-  /** The viewer scrolled: back at the end, a tail that kept more than its bound while
-   * they were up drops it now, not at the next event (the session may be quiet, or
-   * over). */
+  /**
+   * The viewer scrolled: back at the end, the tail follows it again and drops what it
+   * kept past its bound while they were up, now, not at the next event (the session
+   * may be quiet, or over). With no frame to settle, that is a frame of its own. With
+   * one (events came, and the scroll, before it was drawn), the frame's `following`
+   * was measured when it began, and its settle would put a viewer scrolled up back
+   * where they were then (the anchor), undoing their scroll to the end and keeping
+   * twice the bound: so the frame follows from now, its anchor dropped. But only for a
+   * scroll that went down: the frame's changes can bring the end to the view too, by
+   * shortening the tail below it, which moves the scroll up; a viewer who did not
+   * scroll, or scrolled up, keeps their place as the frame began.
+   */
   #scrolled() {
-    if (this.frame !== null || (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS)) return;
-    const el = this.el;
-    if (el.scrollHeight - el.scrollTop - el.clientHeight >= END_SLACK) return;
-    this.changing();
+    const frame = this.frame;
+    if (frame === null) {
+      if (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS) return;
+      if (!this.#atEnd()) return;
+      this.changing();
+    } else {
+      if (this.following || !this.#atEnd() || this.el.scrollTop <= frame.scrollTop) return;
+      this.following = true;
+      frame.anchor = null;
+    }
     this.#trim();
+  }
+
+  /** Whether the view is at the end (within END_SLACK), as laid out now. */
+  #atEnd() {
+    const el = this.el;
+    return el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK;
   }
 
   /** Something in the tail changes: settle its scroll once this frame is drawn. `above`:
@@ -249,9 +271,8 @@ export class Tail {
    * (measured now, before it moves: once a frame). @param {boolean} [above] */
   changing(above = false) {
     if (this.frame === null) {
-      const el = this.el;
-      this.following = el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK;
-      this.frame = { anchor: null, moved: false };
+      this.following = this.#atEnd();
+      this.frame = { anchor: null, moved: false, scrollTop: this.el.scrollTop };
       requestAnimationFrame(() => this.#settle());
     }
     if (above && !this.following && !this.frame.moved) {
