@@ -194,13 +194,15 @@ async def scrolled_up_at_twice_the_bound(agent: Any, page: Any, seq: int, from_e
     return last
 
 
+@pytest.mark.parametrize("tall", [False, True], ids=["a-step-to-the-end", "a-tall-block-below"])
 async def test_a_scroll_to_the_end_in_the_frame_of_an_event_drops_the_tail_to_its_bound(
-    browser: Any,
+    browser: Any, tall: bool
 ) -> None:
     """Scrolled up, twice its bound held, an event comes and the viewer scrolls to the
-    end before its frame is drawn: once drawn, the tail holds its bound and the viewer
-    is at the end (before, the scroll's event was ignored while the frame was to
-    settle, which then put the viewer back where they were, twice the bound held)."""
+    end before its frame is drawn: to the end as laid out (a step came), or (a tall
+    block came) to where the end was when the page was last drawn, which a wheel
+    scrolls by. Once drawn, the tail holds its bound and the viewer is at the end
+    (before, the frame put the viewer back where they were, twice the bound held)."""
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "to-end", create=True, role="agent")
         async with await connect as agent:
@@ -212,11 +214,15 @@ async def test_a_scroll_to_the_end_in_the_frame_of_an_event_drops_the_tail_to_it
             await publish_steps(agent, 1, 101)
             await expect(tail).to_have_attribute("data-last-seq", "100")
             last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=2000)
+            drawn_end = await tail.evaluate("el => el.scrollHeight - el.clientHeight")
 
             await tail.evaluate(HOLD_FRAMES)
-            await agent.publish(AgentEvent.custom("step", {"i": "in the frame"}))
+            step = AgentEvent.custom("step", {"i": "in the frame"})
+            await agent.publish(AgentEvent.token("tall " * 1900) if tall else step)
             await expect(tail).to_have_attribute("data-last-seq", str(last + 1))
-            await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # to the end
+            to = drawn_end if tall else 10**9  # (past the end: the end)
+            await tail.evaluate("(el, to) => { el.scrollTop = to; }", to)
+            assert await at_end(tail) != tall  # the tall block is below the view
             await scroll_event(page)
             await page.evaluate("() => releaseFrames()")
             await next_frame(page)

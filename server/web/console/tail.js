@@ -29,7 +29,7 @@
  * (the page is measured once per frame, not once per event); one scrolled up keeps its
  * place: the block at the top of the view stays where it was as blocks are dropped or
  * inserted above it. A viewer who scrolls back to the end before a frame is drawn
- * follows from then (`#scrolled`).
+ * follows from then (`#settle`).
  */
 
 import { Blocks } from "./blocks.js";
@@ -53,9 +53,10 @@ export class Tail {
   lastSeq = 0;
   hidden = 0; // events 1 to this are not shown (dropped, or before the first shown)
   following = true;
-  /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean, scrollTop: number } | null}
+  /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean, scrollTop: number, end: number } | null}
    * a frame's changes, to settle when it is drawn: the block at the top of the view
-   * before anything above it moved, and where it was; the scroll when they began */
+   * before anything above it moved, and where it was; the scroll, and its end, when
+   * they began */
   frame = null;
   /** @type {HTMLElement | null} the first line, saying which events are not shown */
   header = null;
@@ -234,29 +235,13 @@ export class Tail {
     }
   }
 
-  /**
-   * The viewer scrolled: back at the end, the tail follows it again and drops what it
-   * kept past its bound while they were up, now, not at the next event (the session
-   * may be quiet, or over). With no frame to settle, that is a frame of its own. With
-   * one (events came, and the scroll, before it was drawn), the frame's `following`
-   * was measured when it began, and its settle would put a viewer scrolled up back
-   * where they were then (the anchor), undoing their scroll to the end and keeping
-   * twice the bound: so the frame follows from now, its anchor dropped. But only for a
-   * scroll that went down: the frame's changes can bring the end to the view too, by
-   * shortening the tail below it, which moves the scroll up; a viewer who did not
-   * scroll, or scrolled up, keeps their place as the frame began.
-   */
+  /** The viewer scrolled: back at the end, a tail that kept more than its bound while
+   * they were up drops it now, not at the next event (the session may be quiet, or
+   * over). With a frame to settle, its settle sees where they went (`#settle`). */
   #scrolled() {
-    const frame = this.frame;
-    if (frame === null) {
-      if (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS) return;
-      if (!this.#atEnd()) return;
-      this.changing();
-    } else {
-      if (this.following || !this.#atEnd() || this.el.scrollTop <= frame.scrollTop) return;
-      this.following = true;
-      frame.anchor = null;
-    }
+    if (this.frame !== null || (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS)) return;
+    if (!this.#atEnd()) return;
+    this.changing();
     this.#trim();
   }
 
@@ -271,8 +256,10 @@ export class Tail {
    * (measured now, before it moves: once a frame). @param {boolean} [above] */
   changing(above = false) {
     if (this.frame === null) {
-      this.following = this.#atEnd();
-      this.frame = { anchor: null, moved: false, scrollTop: this.el.scrollTop };
+      const { scrollTop, scrollHeight, clientHeight } = this.el;
+      const end = scrollHeight - clientHeight; // the scrollTop at the end
+      this.following = end - scrollTop < END_SLACK;
+      this.frame = { anchor: null, moved: false, scrollTop, end };
       requestAnimationFrame(() => this.#settle());
     }
     if (above && !this.following && !this.frame.moved) {
@@ -281,14 +268,37 @@ export class Tail {
     }
   }
 
+  /**
+   * A frame is drawn. `following` was measured when its changes began; a viewer scrolled
+   * up then gets their place back (the anchor), which would undo a scroll they made to
+   * the end since, keeping twice the bound until the next event: so a viewer who went
+   * to the end follows it from now, the anchor dropped and the tail trimmed to its
+   * bound. A scroll up, or none, keeps their place as the frame began.
+   */
   #settle() {
     const frame = this.frame;
+    if (frame && !this.following && this.#wentToEnd(frame)) {
+      this.following = true;
+      frame.anchor = null;
+      this.#trim();
+    }
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
     else if (frame?.anchor && frame.anchor.block.parentElement === this.el) {
       const top = this.#top(frame.anchor.block);
       this.el.scrollTop += top - frame.anchor.top;
     } // (a viewer whose block and every one after it were dropped: nothing to keep)
+  }
+
+  /** Whether the viewer scrolled down to the end since `frame` began: to where the end
+   * was then (a wheel scrolls by the page the browser last drew, without what the frame
+   * added below), or to the end now (the frame may have made the tail shorter). Only
+   * down: a frame that shortens the tail below the view brings the end to it too, and
+   * the browser moves the scroll up; that viewer, and one who scrolled up, keep their
+   * place. @param {{ scrollTop: number, end: number }} frame */
+  #wentToEnd(frame) {
+    const top = this.el.scrollTop;
+    return top > frame.scrollTop && (top > frame.end - END_SLACK || this.#atEnd());
   }
 
   /** The block the viewer reads (`anchor`) goes: the one after it is kept where it was
