@@ -3,7 +3,8 @@ headless Chromium: it keeps more than its bound then (so that what they read sta
 never more than twice it, in characters and in blocks, at any moment the page could
 be seen; a viewer whose block goes sees the one that followed it; and once the viewer
 is back at the end it holds its bound again, without waiting for the next event, even
-when they scroll there in the frame of an event (the page's frames held).
+when they scroll there in the frame of an event (the page's frames held), in which a
+scroll down is kept too.
 """
 
 from __future__ import annotations
@@ -229,6 +230,45 @@ async def test_a_scroll_to_the_end_in_the_frame_of_an_event_drops_the_tail_to_it
             at_the_end = await at_end(tail), await held(tail)
     assert at_the_end[0], at_the_end
     assert at_the_end[1][0] <= MAX_TAIL_CHARS and at_the_end[1][1] <= MAX_BLOCKS, at_the_end
+    assert problems == []
+
+
+async def test_a_scroll_down_in_the_frame_of_an_event_is_kept(browser: Any) -> None:
+    """Scrolled up, twice its bound held, an event comes (a block above the view goes)
+    and the viewer scrolls down 300 px, not to the end, before its frame is drawn: once
+    drawn, the block that was at the top of the view is 300 px above where it was
+    (before, the frame put it back where it was: their scroll undone, which a wheel on
+    a busy session met at every frame)."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "down", create=True, role="agent")
+        async with await connect as agent:
+            page = await browser.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/down"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            tail = page.locator("#tail")
+            await publish_steps(agent, 1, 101)
+            await expect(tail).to_have_attribute("data-last-seq", "100")
+            last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=2000)
+            seq, top = await tail.evaluate(IN_VIEW)
+
+            await tail.evaluate(HOLD_FRAMES)
+            await agent.publish(AgentEvent.custom("step", {"i": "in the frame"}))
+            await expect(tail).to_have_attribute("data-last-seq", str(last + 1))
+            await tail.evaluate("el => { el.scrollTop += 300; }")
+            await scroll_event(page)
+            await page.evaluate("() => releaseFrames()")
+            await next_frame(page)
+            moved_to = await tail.evaluate(
+                """(el, seq) => {
+                  const block = el.querySelector(`:scope > .ev[data-from="${seq}"]`);
+                  return block.getBoundingClientRect().top - el.getBoundingClientRect().top;
+                }""",
+                seq,
+            )
+            held_then = await held(tail)
+    assert abs(moved_to - (top - 300)) <= 1, (moved_to, top)
+    assert held_then[1] == 2 * MAX_BLOCKS, held_then
     assert problems == []
 
 

@@ -285,8 +285,12 @@ export class Tail {
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
     else if (frame?.anchor && frame.anchor.block.parentElement === this.el) {
-      const top = this.#top(frame.anchor.block);
-      this.el.scrollTop += top - frame.anchor.top;
+      // Their block back where it was, then as far down as they scrolled down since:
+      // the browser applies a wheel's scroll just before the frame, and undone, a viewer
+      // on a busy session could not scroll down. (Not up: the browser moves the scroll
+      // up when the tail gets shorter below the view; see #wentToEnd.)
+      const down = Math.max(0, this.el.scrollTop - frame.scrollTop);
+      this.el.scrollTop += this.#top(frame.anchor.block) - frame.anchor.top + down;
     } // (a viewer whose block and every one after it were dropped: nothing to keep)
   }
 
