@@ -28,8 +28,8 @@
  * A following tail is scrolled to the end once per frame, after that frame's events
  * (the page is measured once per frame, not once per event); one scrolled up keeps its
  * place: the block at the top of the view stays where it was as blocks are dropped or
- * inserted above it. A viewer who scrolls back to the end before a frame is drawn
- * follows from then (`#settle`).
+ * inserted above it, and moves by what they scroll down meanwhile. A viewer who
+ * scrolls back to the end before a frame is drawn follows from then (`#settle`).
  */
 
 import { Blocks } from "./blocks.js";
