@@ -1,7 +1,7 @@
 """The data model (protocol/models.py): field names on the wire, constructors, states."""
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -32,6 +32,7 @@ from bamboo_session.protocol import (
     utcnow,
 )
 from bamboo_session.protocol.log_lines import encode_stored_event
+from bamboo_session.protocol.models import NOT_MESSAGES, AnyAgentEvent
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -121,6 +122,15 @@ def test_agent_event_constructors_build_the_variants() -> None:
     assert sc == StateChange("a", "b")
     assert (sc.from_state, sc.to_state) == ("a", "b")
     assert AgentEvent.custom("n", {"k": 1}) == Custom("n", {"k": 1})
+
+
+def test_not_messages_is_every_event_type_but_a_message() -> None:
+    # The stores and the server tell a message by exact type first (NOT_MESSAGES), and
+    # ask isinstance only for a type not in it: an event type added to the union and
+    # not to NOT_MESSAGES would still be counted right, but through the slow way on
+    # every event of it; one added to NOT_MESSAGES that is a message would not be.
+    assert set(get_args(AnyAgentEvent)) - {MessageEvent} == NOT_MESSAGES
+    assert not any(issubclass(kind, MessageEvent) for kind in NOT_MESSAGES)
 
 
 def test_message_event_wire_shape() -> None:
