@@ -43,8 +43,10 @@ async def read_events(
         if epoch is not None and found != epoch:
             raise SessionNotFound(f"session {session_id!r} not found")
         return []
-    # The epoch as served: the script checks it against the generation's too.
-    args = [str(max(after_seq, 0) + 1), count, epoch or "", storage.generation.key]
+    # The epoch as served: the script checks it against the generation's too. The
+    # budget makes it read about the page it keeps, not up to ``limit`` events.
+    budget = "" if max_bytes is None else max(max_bytes, 0)
+    args = [str(max(after_seq, 0) + 1), count, epoch or "", storage.generation.key, budget]
     try:
         entries = await storage.redis.run("read", keys, args)
     except HistoryLost:
