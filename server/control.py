@@ -323,12 +323,14 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     except (StorageError, ValueError) as exc:
         actor.refuse(command, exc)
         return
-    if command.state == SessionState.CLOSED:
-        if stored is not None:
-            # Every event acknowledged before the close, on any instance: one appended
-            # on another moments ago may not have reached this one's feed yet.
-            actor.following.stored_up_to(stored.last_seq)
-        await actor.catch_up()  # viewers get every acknowledged event before the close
+    if stored is not None:
+        # Every event acknowledged before the change, on any instance: one appended on
+        # another moments ago may not have reached this one's feed yet.
+        actor.following.stored_up_to(stored.last_seq)
+    # Viewers get every acknowledged event before a close; and the ack's seq, the
+    # session's last, is never below the acks sent before it (the requester's own
+    # appends just stored, their events not yet taken from the feed).
+    await actor.catch_up()
     command.answer(actor.room.published_seq)
     if command.state == SessionState.CLOSED:
         # A replay under way is sent whole first: no resume can bring its rest now.

@@ -222,3 +222,29 @@ async def test_a_state_request_is_acked_with_the_last_seq_and_not_told_to_other_
             # Nothing about the state came between the viewer's two events.
             frames = [await viewer.recv(), await viewer.recv()]
             assert [(f["type"], f.get("seq")) for f in frames] == [("event", 1), ("event", 2)]
+
+
+async def test_a_state_sent_right_behind_appends_is_acked_with_their_last_seq() -> None:
+    """Pipelined behind appends, a ``state`` is acked after them (replies in order) and
+    with the session's last seq, theirs: it was acked with the seq the session's viewers
+    had been sent up to, 0 here, below the acks just before it."""
+    async with run_server() as server, attach(server) as (peer, _):
+        frames = [
+            {"type": "event", "id": "e1", "event": token("a")},
+            {"type": "state", "id": "s1", "state": "idle"},
+            {"type": "event", "id": "e2", "event": token("b")},
+            {"type": "state", "id": "s2", "state": "idle"},  # a no-op: acked the same
+            {"type": "batch", "id": "b", "items": [{"event": token("c")}, {"event": token("d")}]},
+            {"type": "state", "id": "s3", "state": "active"},
+        ]
+        for frame in frames:
+            await peer.send(frame)
+        replies = [await peer.recv() for _ in frames]
+        assert [(r["type"], r["id"], r.get("seq", r.get("seqs"))) for r in replies] == [
+            ("ack", "e1", 1),
+            ("ack", "s1", 1),
+            ("ack", "e2", 2),
+            ("ack", "s2", 2),
+            ("acks", "b", [3, 4]),
+            ("ack", "s3", 4),
+        ]
