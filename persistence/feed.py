@@ -27,6 +27,12 @@ ReadEvents = Callable[[int, int], Awaitable[list[StoredEvent]]]
 
 BUFFER_EVENTS: Final = 1024
 BUFFER_BYTES: Final = 1024 * 1024  # past it, a subscription reads from the store
+# What a subscription's read from the store holds at most (but always one event):
+# every backend's ``read`` asks for this budget beside the count. Without it a read
+# behind an overflowed buffer brought up to ``limit`` events (the actor's 512) at once,
+# whatever their size: 250 MB of 500 KB events, for each session whose viewers' process
+# was behind its pub/sub (Redis), or its actor behind its appends.
+READ_BEHIND_BYTES: Final = BUFFER_BYTES
 
 CLOSED: Final = "closed"
 DELETED: Final = "deleted"

@@ -45,7 +45,7 @@ from ..base import (
     StoreMisconfigured,
 )
 from ..close_once import CloseOnce
-from ..feed import DELETED, HISTORY_LOST, FeedSubscription
+from ..feed import DELETED, HISTORY_LOST, READ_BEHIND_BYTES, FeedSubscription
 from ..index import copy_metadata
 from . import appending, importing, reading, state_writes
 from .client import (
@@ -311,7 +311,9 @@ class RedisStorage(StoreReports):
             # session (an expired one, by a create) before this one heard of it.
             epoch = None if subscription is None else subscription.epoch
             try:
-                return await reading.read_events(self, session_id, after, limit, epoch=epoch)
+                return await reading.read_events(
+                    self, session_id, after, limit, READ_BEHIND_BYTES, epoch=epoch
+                )
             except HistoryLost:  # its log's generation is gone: its viewers resume (1012)
                 if subscription is not None:
                     subscription.end(HISTORY_LOST)
