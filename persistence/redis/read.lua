@@ -34,7 +34,8 @@ while left > 0 do
   local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', wanted)
   for _, entry in ipairs(entries) do
     out[#out + 1] = entry
-    used = used + #hash_of(entry[2]).e
+    local fields = entry[2]  -- 'e' first, as write_event adds it: no table made
+    used = used + #(fields[1] == 'e' and fields[2] or hash_of(fields).e)
     if used > budget then return out end
   end
   if #entries < wanted then return out end
