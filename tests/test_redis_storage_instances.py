@@ -1,7 +1,8 @@
 """The Redis backend beyond the contract suite: several store instances on one Redis
-act as one store (live delivery, idempotency, close and delete reach every instance, a
-lost pub/sub connection is caught up from the stream, the session cap holds between
-instances appending at once)."""
+act as one store (live delivery, read from the stream a megabyte at a time behind its
+buffer, idempotency, close and delete reach every instance, a lost pub/sub connection
+is caught up from the stream, the session cap holds between instances appending at
+once)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from bamboo_session.persistence import (
     open_storage,
 )
 from bamboo_session.persistence.events import stored_size
+from bamboo_session.persistence.feed import READ_BEHIND_BYTES
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.events import encode_event
 from bamboo_session.protocol.models import AgentEvent, Message, Session, SessionState, StoredEvent
@@ -60,6 +62,26 @@ async def test_an_append_on_one_instance_reaches_a_subscriber_on_another(
         events.extend(await asyncio.wait_for(subscription.next_batch(), RECV))
     assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
     assert events[1].event == AgentEvent.token("t0")
+    subscription.close()
+
+
+async def test_a_subscriber_behind_reads_the_stream_a_megabyte_at_a_time(
+    pair: tuple[Storage, Storage],
+) -> None:
+    """What a subscription behind its buffer reads from the stream at once is bounded in
+    bytes: an instance behind its pub/sub (its viewers fed by another instance's
+    publisher) read 512 events at once, whatever their size (256 MB of 500 KB events)."""
+    a, b = pair
+    await a.create_session(Session.new("s1"))
+    subscription = await b.subscribe("s1", after_seq=0)
+    for _ in range(12):  # 3.6 MB: past what a subscription buffers, read from the stream
+        await a.append_events("s1", [(AgentEvent.token("x" * 300_000), None)])
+    seqs: list[int] = []
+    while len(seqs) < 12:
+        batch = await asyncio.wait_for(subscription.next_batch(limit=512), RECV)
+        assert len(batch) == 1 or sum(e.size for e in batch) <= READ_BEHIND_BYTES, len(batch)
+        seqs.extend(e.seq for e in batch)
+    assert seqs == list(range(1, 13))
     subscription.close()
 
 
