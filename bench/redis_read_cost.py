@@ -17,9 +17,6 @@ Run: ``PYTHONPATH=<shim> python -m bench.redis_read_cost --against
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +24,7 @@ from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.redis import scripts
 from bamboo_session.protocol.models import AgentEvent, Session
 
-from .redis_bad_day import Redis
-from .redis_script_cost import Call, one_run
+from .redis_script_cost import Call, one_run, run_against
 
 # (case, event bytes, events in the log, count asked for, byte budget)
 CASES = (
@@ -97,22 +93,7 @@ async def measure(port: int, against: dict[str, scripts.Script], calls: int, rou
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", type=Path, help="another tree's persistence/redis")
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    here = Path(scripts.__file__).parent
-    against = read_script_of(args.against or here)
-    if args.against is None:  # the same source under another SHA: the noise alone
-        against = {n: scripts.Script(n, s.source + b"\n-- again\n") for n, s in against.items()}
-    with tempfile.TemporaryDirectory() as directory:
-        server = Redis(Path(directory), lossy=True)
-        server.start()
-        try:
-            asyncio.run(measure(server.port, against, args.calls, args.rounds))
-        finally:
-            server.kill()
+    run_against(__doc__.split("\n\n")[0], read_script_of, measure, 300)
 
 
 if __name__ == "__main__":

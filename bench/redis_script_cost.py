@@ -26,7 +26,7 @@ import argparse
 import asyncio
 import statistics
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -138,23 +138,38 @@ async def measure(port: int, against: dict[str, scripts.Script], calls: int, rou
         await storage.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+Measure = Callable[[int, dict[str, scripts.Script], int, int], Coroutine[Any, Any, None]]
+
+
+def run_against(
+    description: str,
+    scripts_in: Callable[[Path], dict[str, scripts.Script]],
+    measure_in: Measure,
+    default_calls: int,
+) -> None:
+    """A Redis script bench's command line: its own redis-server, this tree's scripts
+    (``scripts_in``) against another tree's, or against themselves under other SHAs,
+    the noise alone, when no ``--against`` is given."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--against", type=Path, help="another tree's persistence/redis")
-    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=default_calls)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     here = Path(scripts.__file__).parent
-    against = scripts_of(args.against or here)
-    if args.against is None:  # the same sources under other SHAs: the noise alone
+    against = scripts_in(args.against or here)
+    if args.against is None:
         against = {n: scripts.Script(n, s.source + b"\n-- again\n") for n, s in against.items()}
     with tempfile.TemporaryDirectory() as directory:
         server = Redis(Path(directory), lossy=True)
         server.start()
         try:
-            asyncio.run(measure(server.port, against, args.calls, args.rounds))
+            asyncio.run(measure_in(server.port, against, args.calls, args.rounds))
         finally:
             server.kill()
+
+
+def main() -> None:
+    run_against(__doc__.split("\n\n")[0], scripts_of, measure, 5000)
 
 
 if __name__ == "__main__":
