@@ -132,7 +132,7 @@ function insert(tail, spot, after, page) {
     spot.say("the tail holds no more: scroll to its end first");
     return;
   }
-  tail.changing(true);
+  tail.changing();
   const line = spot.line();
   const shown = blocks.slice(from);
   const inserted = new Set(shown.map(([block]) => block));

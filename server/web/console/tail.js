@@ -28,8 +28,10 @@
  * A following tail is scrolled to the end once per frame, after that frame's events
  * (the page is measured once per frame, not once per event); one scrolled up keeps its
  * place: the block at the top of the view stays where it was as blocks are dropped or
- * inserted above it, and moves by what they scroll down meanwhile. A viewer who
- * scrolls back to the end before a frame is drawn follows from then (`#settle`).
+ * inserted above it. A scroll the viewer makes while a frame has events to draw (on a
+ * streaming session, nearly always) lands just before it is drawn, and counts as made
+ * (`#settle`): scrolled to the end, they follow from then; scrolled up, they stop
+ * following, or go further up, and the place kept is where they scrolled to.
  */
 
 import { Blocks } from "./blocks.js";
@@ -53,10 +55,9 @@ export class Tail {
   lastSeq = 0;
   hidden = 0; // events 1 to this are not shown (dropped, or before the first shown)
   following = true;
-  /** @type {{ anchor: { block: Element, top: number } | null, moved: boolean, scrollTop: number, end: number } | null}
-   * a frame's changes, to settle when it is drawn: the block at the top of the view
-   * before anything above it moved, and where it was; the scroll, and its end, when
-   * they began */
+  /** @type {{ anchor: { block: Element, top: number } | null, scrollTop: number, end: number } | null}
+   * a frame's changes, to settle when it is drawn: as they began, the block at the top
+   * of the view and where it was, the scroll, and the scroll at the end */
   frame = null;
   /** @type {HTMLElement | null} the first line, saying which events are not shown */
   header = null;
@@ -133,14 +134,14 @@ export class Tail {
   /** Take back a line `note` added, if it is still shown. @param {HTMLElement} line */
   remove(line) {
     if (line.parentElement !== this.el || line === this.header) return;
-    this.changing(true);
+    this.changing();
     this.drop(line);
   }
 
   /** A line `note` added says `text` now. @param {HTMLElement} line @param {string} text */
   retext(line, text) {
     if (line.parentElement !== this.el) return;
-    this.changing(true);
+    this.changing();
     this.grew(line, text.length - (line.textContent?.length ?? 0));
     line.textContent = text;
   }
@@ -149,7 +150,7 @@ export class Tail {
    * @param {Array<Node | string>} parts */
   refill(line, ...parts) {
     if (line.parentElement !== this.el) return;
-    this.changing(true);
+    this.changing();
     const before = line.textContent?.length ?? 0;
     fill(line, ...parts);
     this.grew(line, (line.textContent?.length ?? 0) - before);
@@ -183,7 +184,7 @@ export class Tail {
       const oldest = /** @type {HTMLElement} */ (
         this.header === null ? this.el.firstElementChild : this.header.nextElementSibling
       );
-      this.changing(true);
+      this.changing();
       hidden = Math.max(hidden, Number(oldest.dataset.to ?? oldest.dataset.from ?? 0));
       if (oldest.dataset.result !== undefined)
         this.results.set(Number(oldest.dataset.from), Number(oldest.dataset.result));
@@ -227,7 +228,7 @@ export class Tail {
     while ((line = /** @type {HTMLElement | null} */ (line?.nextElementSibling ?? null))) {
       if (line.dataset.from !== undefined) return; // an event shown between
       if (!line.classList.contains("tail-gap")) continue;
-      this.changing(true);
+      this.changing();
       const upTo = Math.max(this.hidden, Number(line.dataset.to));
       this.drop(line);
       this.hide(upTo);
@@ -251,55 +252,65 @@ export class Tail {
     return el.scrollHeight - el.scrollTop - el.clientHeight < END_SLACK;
   }
 
-  /** Something in the tail changes: settle its scroll once this frame is drawn. `above`:
-   * it moves what is above the view, so a viewer scrolled up needs to keep their place
-   * (measured now, before it moves: once a frame). @param {boolean} [above] */
-  changing(above = false) {
-    if (this.frame === null) {
-      const { scrollTop, scrollHeight, clientHeight } = this.el;
-      const end = scrollHeight - clientHeight; // the scrollTop at the end
-      this.following = end - scrollTop < END_SLACK;
-      this.frame = { anchor: null, moved: false, scrollTop, end };
-      requestAnimationFrame(() => this.#settle());
-    }
-    if (above && !this.following && !this.frame.moved) {
-      this.frame.moved = true;
-      this.frame.anchor = this.#anchor();
-    }
+  /** Something in the tail changes: settle its scroll once this frame is drawn. The
+   * view is measured as the frame's changes begin (laid out then, as last drawn: once
+   * a frame): whether it follows the end, and the block at the top of the view, which
+   * a viewer scrolled up keeps, and one who scrolls up in this frame too. */
+  changing() {
+    if (this.frame !== null) return;
+    const { scrollTop, scrollHeight, clientHeight } = this.el;
+    const end = scrollHeight - clientHeight; // the scrollTop at the end
+    this.following = end - scrollTop < END_SLACK;
+    this.frame = { anchor: this.#anchor(), scrollTop, end };
+    requestAnimationFrame(() => this.#settle());
   }
 
   /**
-   * A frame is drawn. `following` was measured when its changes began; a viewer scrolled
-   * up then gets their place back (the anchor), which would undo a scroll they made to
-   * the end since, keeping twice the bound until the next event: so a viewer who went
-   * to the end follows it from now, the anchor dropped and the tail trimmed to its
-   * bound. A scroll up, or none, keeps their place as the frame began.
+   * A frame is drawn: where the viewer is now is theirs to say, whatever `following`
+   * was as the frame began. The browser applies a wheel's (or a scrollbar's) scroll
+   * just before the frame, after its events came; on a session streaming tens of events
+   * a second nearly every frame has some, so a scroll made in one must count as the
+   * scroll it is, not be undone. A viewer who went to the end follows it from now: the
+   * tail drops to its bound (`#wentToEnd`). One who scrolled up stops following
+   * (`#scrolledBy`): the next frames keep their place, not pull them back to the end.
+   * Then a following tail goes to its end; one scrolled up puts the block that was at
+   * the top of the view back where it was (blocks went or came above it), moved by as
+   * far as the viewer scrolled in the frame, up or down.
    */
   #settle() {
     const frame = this.frame;
-    if (frame && !this.following && this.#wentToEnd(frame)) {
+    if (frame === null) return;
+    const scrolled = this.#scrolledBy(frame);
+    if (!this.following && this.#wentToEnd(frame)) {
       this.following = true;
-      frame.anchor = null;
-      this.#trim();
+      this.#trim(); // (in this frame still: its drops are settled here)
+    } else if (this.following && scrolled < 0 && this.el.scrollTop < frame.end - END_SLACK) {
+      this.following = false; // up, out of the end as it was drawn
     }
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
-    else if (frame?.anchor && frame.anchor.block.parentElement === this.el) {
-      // Their block back where it was, then as far down as they scrolled down since:
-      // the browser applies a wheel's scroll just before the frame, and undone, a viewer
-      // on a busy session could not scroll down. (Not up: the browser moves the scroll
-      // up when the tail gets shorter below the view; see #wentToEnd.)
-      const down = Math.max(0, this.el.scrollTop - frame.scrollTop);
-      this.el.scrollTop += this.#top(frame.anchor.block) - frame.anchor.top + down;
+    else if (frame.anchor && frame.anchor.block.parentElement === this.el) {
+      this.el.scrollTop += this.#top(frame.anchor.block) - frame.anchor.top + scrolled;
     } // (a viewer whose block and every one after it were dropped: nothing to keep)
+  }
+
+  /** How far the viewer scrolled since `frame` began, in px down (up: less than 0).
+   * The browser moves the scroll up on its own when the tail gets shorter below the
+   * view (blocks dropped above it, a note taken back), to the end as laid out: a move
+   * up to the end is taken for that one (its viewer's place is kept as it was: the end
+   * came up to them), one above the end for the viewer's. (Not told apart: that move
+   * made by a layout some code forced in the middle of the frame, and more below the
+   * view after it. Taken for the viewer's, the place kept is where it moved to.)
+   * @param {{ scrollTop: number }} frame */
+  #scrolledBy(frame) {
+    const moved = this.el.scrollTop - frame.scrollTop;
+    return moved < 0 && this.#atEnd() ? 0 : moved;
   }
 
   /** Whether the viewer scrolled down to the end since `frame` began: to where the end
    * was then (a wheel scrolls by the page the browser last drew, without what the frame
    * added below), or to the end now (the frame may have made the tail shorter). Only
-   * down: a frame that shortens the tail below the view brings the end to it too, and
-   * the browser moves the scroll up; that viewer, and one who scrolled up, keep their
-   * place. @param {{ scrollTop: number, end: number }} frame */
+   * down: see `#scrolledBy`. @param {{ scrollTop: number, end: number }} frame */
   #wentToEnd(frame) {
     const top = this.el.scrollTop;
     return top > frame.scrollTop && (top > frame.end - END_SLACK || this.#atEnd());
