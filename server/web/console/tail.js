@@ -299,8 +299,9 @@ export class Tail {
    * view (blocks dropped above it, a note taken back), to the end as laid out: a move
    * up to the end is taken for that one (its viewer's place is kept as it was: the end
    * came up to them), one above the end for the viewer's. (Not told apart: that move
-   * made by a layout some code forced in the middle of the frame, and more below the
-   * view after it. Taken for the viewer's, the place kept is where it moved to.)
+   * made by a layout some code forced in the middle of the frame, messages.js's say,
+   * and more than END_SLACK added below the view after it. Taken for the viewer's, the
+   * place kept is where it moved to, and a following tail stops following there.)
    * @param {{ scrollTop: number }} frame */
   #scrolledBy(frame) {
     const moved = this.el.scrollTop - frame.scrollTop;
