@@ -321,11 +321,22 @@ class SessionStorage(EventStorage, Protocol):
         ...
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
+        self,
+        session_id: str,
+        limit: int,
+        before: int | None = None,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         """The newest ``limit`` messages before index ``before`` (default: the end),
         oldest first. Reads about ``limit`` messages, however long the history. With
-        ``epoch``, only from the log of that epoch (else SessionNotFound, as at
+        ``max_bytes``, only the newest of those whose stored sizes (each its
+        ``message`` event's JSON, as ``StoredEvent.size``, or about it) sum to at most
+        ``max_bytes``, but always the newest one: the read stops at the first message
+        past the budget, so a page of large messages reads about its bytes, not its
+        count (``start`` and ``has_more`` say where the page begins). With ``epoch``,
+        only from the log of that epoch (else SessionNotFound, as at
         ``append_events``). Raises SessionNotFound, SessionExpired."""
         ...
 

@@ -4,7 +4,7 @@ bytes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -76,6 +76,19 @@ def within_bytes(events: Sequence[StoredEvent], max_bytes: int) -> list[StoredEv
         if total > max_bytes and count:
             return list(events[:count])
     return list(events)
+
+
+def newest_within(sizes_newest_first: Iterable[int], max_bytes: int | None) -> int:
+    """How many items, taken newest first with these sizes, fit in ``max_bytes``: at
+    least one if there is one (None: all). Stops at the first past the budget, so a
+    lazy ``sizes_newest_first`` reads no further."""
+    count = total = 0
+    for size in sizes_newest_first:
+        total += size
+        if max_bytes is not None and total > max_bytes and count:
+            break
+        count += 1
+    return count
 
 
 def page_bounds(count: int, limit: int, before: int | None) -> tuple[int, int]:

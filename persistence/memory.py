@@ -41,6 +41,7 @@ from .events import (
     check_room,
     check_user_room,
     completed_event,
+    newest_within,
     page_bounds,
     stored_size,
     within_bytes,
@@ -177,11 +178,20 @@ class MemoryStorage(MemoryImports):
         return self._messages(session_id, 0, meta.message_count)
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
+        self,
+        session_id: str,
+        limit: int,
+        before: int | None = None,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         meta = self._meta(session_id, epoch)
         self._check_not_expired(meta)
         start, end = page_bounds(meta.message_count, limit, before)
+        log_ = self._logs[session_id]
+        newest = reversed(log_.message_seqs[start:end])
+        start = end - newest_within((log_.events[seq - 1].size for seq in newest), max_bytes)
         return HistoryPage(self._messages(session_id, start, end), start, start > 0)
 
     async def append_message(

@@ -4,8 +4,9 @@ items and in bytes.
 A page holds at most ``limit`` items and about ``max_bytes`` of them (always at least
 one, so that a client always makes progress), and reading one costs about what it
 holds: events come from ``read_events(max_bytes=…)``; the history is read newest first
-in chunks sized from what the previous chunk weighed, so a history of large messages
-is not read a thousand at a time to answer with a few.
+in chunks sized from what the previous chunk weighed, each with the budget left
+(``get_history_page(max_bytes=…)``), so a history of large messages is not read a
+thousand at a time to answer with a few.
 
 :class:`PageReads` is how many pages the server reads at once (streamed answers'
 pages in at most half of the slots), and how long a read may take before it is
@@ -214,7 +215,9 @@ async def history_page(
     chunk = min(limit, FIRST_CHUNK)
     start: int | None = None
     while True:
-        page = await storage.get_history_page(session_id, chunk, end, epoch=epoch)
+        # The budget left: the store reads no further than the first message past it.
+        budget = max(max_bytes - used, 0)
+        page = await storage.get_history_page(session_id, chunk, end, epoch=epoch, max_bytes=budget)
         taken = 0
         for message in reversed(page.messages):
             size = message_size(message)

@@ -218,6 +218,42 @@ async def test_read_events_pages_by_count_and_bytes(store: Storage) -> None:
     assert [e.seq for e in await store.read_events("s1", after_seq=5, max_bytes=1)] == [6]
 
 
+async def test_history_pages_by_bytes(backend: Backend, tmp_path: Path) -> None:
+    # A page's budget keeps the newest messages whose events fit it (at least one),
+    # and start / has_more say where the page begins; read again after a reopen too
+    # (no cache then: the stores read from disk).
+    storage = await backend.open(tmp_path)
+    try:
+        await new_session(storage)
+        for i in range(10):
+            await storage.append_message("s1", Message.user(f"{i:04d}" + "x" * 10_000))
+        await _check_history_budget(storage)
+        if backend.durable:
+            await storage.close()
+            storage = await backend.open(tmp_path)
+            await _check_history_budget(storage)
+    finally:
+        await storage.close()
+
+
+async def _check_history_budget(store: Storage) -> None:
+    size = (await store.read_events("s1", limit=1))[0].size
+    contents = lambda page: [m.content[:4] for m in page.messages]  # noqa: E731
+    page = await store.get_history_page("s1", 8, max_bytes=size * 3 + size // 2)
+    assert (contents(page), page.start, page.has_more) == (["0007", "0008", "0009"], 7, True)
+    page = await store.get_history_page("s1", 8, before=5, max_bytes=size * 2 + size // 2)
+    assert (contents(page), page.start, page.has_more) == (["0003", "0004"], 3, True)
+    page = await store.get_history_page("s1", 8, before=5, max_bytes=10**9)
+    assert (contents(page), page.start, page.has_more) == (
+        ["0000", "0001", "0002", "0003", "0004"],
+        0,
+        False,
+    )
+    # Always at least one, however small the budget.
+    page = await store.get_history_page("s1", 8, before=3, max_bytes=0)
+    assert (contents(page), page.start, page.has_more) == (["0002"], 2, True)
+
+
 # -- lifecycle ------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from bamboo_session.protocol.codec import free_form_values
 from bamboo_session.protocol.free_form import FREE_VALUE_BYTES, held_by_strings
 from bamboo_session.protocol.models import Message
 
+from ..events import newest_within
 from ..keys import KeyWindow
 
 SESSION_SHARE = 32  # a session's tail holds at most 1/SESSION_SHARE of the budget
@@ -148,13 +149,18 @@ class MessageCache:
         """An empty tail at ``first`` (a new session: its whole history is cached)."""
         self.extend(session_id, first, ())
 
-    def get(self, session_id: str, start: int, end: int) -> list[Message] | None:
-        """History messages ``start .. end``, if all are cached."""
+    def get(
+        self, session_id: str, start: int, end: int, max_bytes: int | None = None
+    ) -> list[Message] | None:
+        """History messages ``start .. end``, if all are cached; with ``max_bytes``,
+        only the newest of them whose weights fit it (at least one)."""
         tail = self._tails.get(session_id)
         if tail is None or start < tail.start or end > tail.end:
             return None
         self._tails.move_to_end(session_id)
         items = tail.items
+        newest = range(end - tail.start - 1, start - tail.start - 1, -1)
+        start = end - newest_within((items[i][1] for i in newest), max_bytes)
         return [items[i][0] for i in range(start - tail.start, end - tail.start)]
 
     def drop(self, session_id: str) -> None:

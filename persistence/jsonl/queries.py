@@ -93,19 +93,28 @@ class JsonlQueries:
         return await self._read_history(record, 0, record.meta.message_count)
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
+        self,
+        session_id: str,
+        limit: int,
+        before: int | None = None,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         record = self._record(session_id, epoch)
         self._check_not_expired(record)
         start, end = page_bounds(record.meta.message_count, limit, before)
-        messages = await self._read_history(record, start, end)
+        messages = await self._read_history(record, start, end, max_bytes)
         if epoch is not None:
             self._record(session_id, epoch)  # replaced while reading: SessionNotFound
+        start = end - len(messages)
         return HistoryPage(messages, start, start > 0)
 
-    async def _read_history(self, record: SessionRecord, start: int, end: int) -> list[Message]:
+    async def _read_history(
+        self, record: SessionRecord, start: int, end: int, max_bytes: int | None = None
+    ) -> list[Message]:
         try:
-            return await self._history.read(record, start, end)
+            return await self._history.read(record, start, end, max_bytes)
         except StorageError:
             self._record(record.session_id)  # deleted while reading: SessionNotFound
             raise

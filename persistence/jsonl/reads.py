@@ -15,11 +15,13 @@ The functions block (worker threads); :class:`HistoryReader` is the asyncio side
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import msgspec
 
 from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
 
+from ..events import newest_within
 from . import message_index
 from .caches import MessageCache
 from .checkpoint import read_preamble
@@ -28,6 +30,8 @@ from .message_index import Entry, StaleIndex
 from .record import Place, SessionRecord
 from .scan import decode_key, decode_stored_event, lines, locate, read_spans
 from .tasks import FileJobs
+
+_encode = msgspec.json.encode
 
 
 async def read_events(
@@ -106,6 +110,20 @@ def messages_at(path: str, entries: Sequence[Entry]) -> list[tuple[Message, int]
     return found
 
 
+def _fitting(
+    older: Sequence[Message], newer: Sequence[tuple[Message, int]], max_bytes: int | None
+) -> int:
+    """How many of the ``older`` messages (the preamble's) fit what ``max_bytes`` leaves
+    after the ``newer`` ones, with their sizes: at least one if there are no newer."""
+    if max_bytes is None:
+        return len(older)
+    sizes = (len(_encode(message)) for message in reversed(older))
+    if not newer:
+        return newest_within(sizes, max_bytes)
+    # The newer ones count as one item: the at-least-one is theirs.
+    return newest_within(chain([sum(size for _, size in newer)], sizes), max_bytes) - 1
+
+
 class HistoryReader:
     """Pages of a session's history: the preamble (old format), then the log's
     messages."""
@@ -116,23 +134,28 @@ class HistoryReader:
         self.writable = writable
         self.jobs = jobs
 
-    async def read(self, record: SessionRecord, start: int, end: int) -> list[Message]:
-        """History messages ``start .. end`` (which must exist)."""
+    async def read(
+        self, record: SessionRecord, start: int, end: int, max_bytes: int | None = None
+    ) -> list[Message]:
+        """History messages ``start .. end`` (which must exist); with ``max_bytes``,
+        only the newest of them whose lines fit it (at least one), the rest unread."""
         session_id = record.session_id
-        cached = self.cache.get(session_id, start, end)
+        cached = self.cache.get(session_id, start, end, max_bytes)
         if cached is not None:
             return cached
-        messages: list[Message] = []
         preamble = record.preamble
-        if start < preamble:
-            messages += (await self._preamble(record))[start : min(end, preamble)]
         first, last = max(start, preamble) - preamble, end - preamble
+        found: list[tuple[Message, int]] = []
         if last > first:
-            found = await self._log_messages(record, first, last)
-            messages += [message for message, _size in found]
+            found = await self._log_messages(record, first, last, max_bytes)
             newest = end == record.meta.message_count
-            if newest and start >= preamble and self.cache.get(session_id, end, end) is None:
-                self.cache.extend(session_id, start, found)  # the newest: seed the cache
+            found_start = end - len(found)
+            if newest and found_start >= preamble and self.cache.get(session_id, end, end) is None:
+                self.cache.extend(session_id, found_start, found)  # the newest: seed the cache
+        messages = [message for message, _size in found]
+        if start < preamble and len(found) == max(last - first, 0):
+            older = (await self._preamble(record))[start : min(end, preamble)]
+            messages[:0] = older[len(older) - _fitting(older, found, max_bytes) :]
         return messages
 
     async def _preamble(self, record: SessionRecord) -> list[Message]:
@@ -144,20 +167,22 @@ class HistoryReader:
         return messages
 
     async def _log_messages(
-        self, record: SessionRecord, first: int, last: int
+        self, record: SessionRecord, first: int, last: int, max_bytes: int | None
     ) -> list[tuple[Message, int]]:
         try:
-            return await self._try_log_messages(record, first, last)
+            return await self._try_log_messages(record, first, last, max_bytes)
         except StaleIndex:
             record.forget_index()  # rebuilt from the log by the next preparation
-            return await self._try_log_messages(record, first, last)
+            return await self._try_log_messages(record, first, last, max_bytes)
 
     async def _try_log_messages(
-        self, record: SessionRecord, first: int, last: int
+        self, record: SessionRecord, first: int, last: int, max_bytes: int | None
     ) -> list[tuple[Message, int]]:
         entries = await self._entries(record, first, last)
+        # The index knows each line's length: lines past the budget are never read.
+        kept = newest_within((length + 1 for _, _, length in reversed(entries)), max_bytes)
         found: list[tuple[Message, int]] = await self.jobs.run(
-            messages_at, self.layout.log_file(record.session_id), entries
+            messages_at, self.layout.log_file(record.session_id), entries[len(entries) - kept :]
         )
         return found
 

@@ -1,7 +1,10 @@
 -- A session's metadata and a page of its history: the message events at history
 -- indexes start .. stop - 1, read from the log through the list of their seqs.
 -- KEYS: meta, msgs, log
--- ARGV: 'all', or 'page' with limit and before ('' : the end)
+-- ARGV: 'all', or 'page' with limit, before ('' : the end) and a budget in bytes
+--       ('' : none): the page is read newest first and stops at the first event
+--       whose JSON takes the sum of theirs past it (that one left out, unless it is
+--       the only one), so a page of large messages reads about the budget
 -- Returns {metadata hash, start, event JSON...}
 
 local h = redis.call('HGETALL', KEYS[1])
@@ -15,11 +18,24 @@ if ARGV[1] == 'page' then
   if ARGV[3] ~= '' then stop = math.max(0, math.min(tonumber(ARGV[3]), count)) end
   start = math.max(0, stop - limit)
 end
-local out = {h, start}
-if stop > start then
-  for _, seq in ipairs(redis.call('LRANGE', KEYS[2], start, stop - 1)) do
-    local entry = redis.call('XRANGE', KEYS[3], seq, seq)[1]
-    out[#out + 1] = hash_of(entry[2]).e
-  end
+local budget = tonumber(ARGV[4] or '')
+if stop <= start then return {h, start} end
+local seqs = redis.call('LRANGE', KEYS[2], start, stop - 1)
+local function event_at(seq)
+  return hash_of(redis.call('XRANGE', KEYS[3], seq, seq)[1][2]).e
 end
+if not budget then
+  local out = {h, start}
+  for _, seq in ipairs(seqs) do out[#out + 1] = event_at(seq) end
+  return out
+end
+local newest_first, used = {}, 0
+for i = #seqs, 1, -1 do
+  local event = event_at(seqs[i])
+  used = used + #event
+  if used > budget and #newest_first > 0 then break end
+  newest_first[#newest_first + 1] = event
+end
+local out = {h, stop - #newest_first}
+for i = #newest_first, 1, -1 do out[#out + 1] = newest_first[i] end
 return out

@@ -242,9 +242,16 @@ class RedisStorage(StoreReports):
         return messages
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
+        self,
+        session_id: str,
+        limit: int,
+        before: int | None = None,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
-        args: list[str | int] = ["page", limit, "" if before is None else before]
+        budget = "" if max_bytes is None else max(max_bytes, 0)
+        args: list[str | int] = ["page", limit, "" if before is None else before, budget]
         meta, start, messages = await reading.read_history(self, session_id, args)
         if epoch is not None and meta.epoch != epoch:  # read with the page, in one script
             raise SessionNotFound(f"session {session_id!r} not found")

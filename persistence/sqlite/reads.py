@@ -170,6 +170,7 @@ def history_page(
     limit: int,
     before: int | None,
     epoch: str | None,
+    max_bytes: int | None,
     now: datetime,
 ) -> tuple[list[Message], int]:
     db.execute("BEGIN")
@@ -177,7 +178,31 @@ def history_page(
     if epoch is not None and meta.epoch != epoch:  # another session took its id
         raise SessionNotFound(f"session {session_id!r} not found")
     start, end = page_bounds(meta.message_count, limit, before)
-    return _messages(db, session_id, start, end), start
+    if max_bytes is None:
+        return _messages(db, session_id, start, end), start
+    return _newest_messages(db, session_id, start, end, max_bytes)
+
+
+def _newest_messages(
+    db: sqlite3.Connection, session_id: str, start: int, end: int, max_bytes: int
+) -> tuple[list[Message], int]:
+    """Messages ``start .. end`` read newest first, stopping at the first one whose
+    event takes the sum past ``max_bytes`` (always keeping one); and the first's index."""
+    rows = db.execute(
+        "SELECT CAST(event AS BLOB) FROM events WHERE session_id = ? "
+        "AND message_index >= ? AND message_index < ? ORDER BY message_index DESC",
+        (session_id, start, end),
+    )
+    decode = _message_decoder.decode
+    newest_first: list[Message] = []
+    total = 0
+    for (data,) in rows:  # stepped lazily: rows past the budget are never read
+        total += len(data)
+        if total > max_bytes and newest_first:
+            break
+        newest_first.append(decode(data).message)
+    newest_first.reverse()
+    return newest_first, end - len(newest_first)
 
 
 def _messages(db: sqlite3.Connection, session_id: str, start: int, end: int) -> list[Message]:

@@ -222,11 +222,18 @@ class SqliteStorage:
         return await self._read(reads.history, check_session_id(session_id), self.now())
 
     async def get_history_page(
-        self, session_id: str, limit: int, before: int | None = None, *, epoch: str | None = None
+        self,
+        session_id: str,
+        limit: int,
+        before: int | None = None,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         query = reads.history_page
         session_id = check_session_id(session_id)
-        messages, start = await self._read(query, session_id, limit, before, epoch, self.now())
+        args = (session_id, limit, before, epoch, max_bytes, self.now())
+        messages, start = await self._read(query, *args)
         return HistoryPage(messages, start, start > 0)
 
     async def append_message(
