@@ -7,7 +7,8 @@
   window), decoding seqs and keys only;
 - :class:`HistoryReader`: pages of the message history, from the message cache or
   through the message index: a page of N messages reads N entries and N log lines,
-  however long the history.
+  however long the history, and with a budget in bytes only the newest lines the
+  entries' lengths say fit it.
 
 The functions block (worker threads); :class:`HistoryReader` is the asyncio side.
 """
