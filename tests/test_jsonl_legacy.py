@@ -73,6 +73,11 @@ async def test_an_old_store_reads_back_the_same_sessions(store: str, tmp_path: P
         assert [m.content for m in page.messages] == ["hello", "hi there"] and page.start == 1
         page = await storage.get_history_page("initial", 5, before=1)
         assert [m.content for m in page.messages] == ["be brief"] and not page.has_more
+        # A byte budget over the preamble's messages: the newest first, at least one.
+        page = await storage.get_history_page("initial", 5, before=2, max_bytes=0)
+        assert [m.content for m in page.messages] == ["hello"] and page.start == 1
+        page = await storage.get_history_page("initial", 5, max_bytes=1 << 20)
+        assert [m.content for m in page.messages] == ["be brief", "hello", "hi there"]
     # Converted: checkpoints of the new format, the initial messages in a preamble.
     assert saved(config, "initial").preamble == 2
     assert config.layout.preamble("initial").exists()
