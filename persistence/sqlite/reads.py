@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import sqlite3
+import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -86,8 +87,17 @@ class Readers:
         connection = self._idle.get()
         try:
             return query(connection, *args)
-        except sqlite3.Error as exc:
-            raise StorageError(f"reading the SQLite store at {self._path} failed: {exc}") from exc
+        except BaseException as exc:
+            # A query that failed part-way through a cursor's rows (a row that does not
+            # decode, a disk error) left the cursor in its frame, which the traceback
+            # holds: its statement, never reset, would keep this connection's snapshot
+            # past the ROLLBACK for as long as the error lives, its next reads blind to
+            # every later write and the WAL never checkpointed past it.
+            traceback.clear_frames(exc.__traceback__)
+            if isinstance(exc, sqlite3.Error):
+                reason = f"reading the SQLite store at {self._path} failed: {exc}"
+                raise StorageError(reason) from exc
+            raise
         finally:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
