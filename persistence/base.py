@@ -1,6 +1,7 @@
 """The storage contract (typing.Protocol) every backend implements, its result types, and
 (re-exported, so that the contract has one import path) the typed errors every backend
-raises (persistence/errors.py) and the ``list_sessions`` query (persistence/listing.py).
+raises (persistence/errors.py), the ``list_sessions`` query (persistence/listing.py) and
+the live ``Subscription`` every ``subscribe`` returns (persistence/subscription.py).
 
 The methods follow the seed's ``SessionStorage`` trait, plus the event log that resume
 is built on. Every backend means them the same way, and one contract test suite
@@ -55,7 +56,7 @@ is built on. Every backend means them the same way, and one contract test suite
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final, Protocol, runtime_checkable
 
@@ -91,6 +92,7 @@ from .errors import (
     UserFull,
 )
 from .listing import ListPosition, SessionFilter, SessionListResult, SortBy, SortOrder
+from .subscription import Subscription
 
 __all__ = [
     "KEY_WINDOW",
@@ -151,63 +153,6 @@ class HistoryPage(msgspec.Struct):
     messages: list[Message]
     start: int
     has_more: bool
-
-
-class Subscription(Protocol):
-    """A session's events after a seq, in seq order with no gap and no duplicate: first
-    what is stored, then every new append. ``async for`` yields them one at a time;
-    :meth:`next_batch` returns whatever is ready (waiting for at least one), which is
-    what a fan-out loop wants. Ends (StopAsyncIteration, or an empty batch) when the
-    subscription is closed, or when the session is closed or deleted (``ended``)."""
-
-    @property
-    def position(self) -> int:
-        """The seq of the last event handed out."""
-        ...
-
-    @property
-    def ended(self) -> str | None:
-        """Why the subscription ended: ``"closed"``, ``"deleted"``, ``"unsubscribed"``,
-        or None while it runs."""
-        ...
-
-    def ready(self) -> bool:
-        """Whether :meth:`next_batch` would return without waiting."""
-        ...
-
-    def on_ready(self, callback: Callable[[], object] | None) -> None:
-        """Call ``callback()`` (from the event loop, without arguments) whenever the
-        subscription becomes ready; None stops it. For consumers that wait on several
-        sources at once."""
-        ...
-
-    async def next_batch(self, limit: int = 512) -> list[StoredEvent]:
-        """The next events, at most ``limit``; waits for one; empty once ended. Raises
-        StorageError when what it must read from the store cannot be read (the
-        subscription stays usable: a later call tries again)."""
-        ...
-
-    def take_buffered(self, limit: int = 512) -> list[StoredEvent]:
-        """The next events, at most ``limit``, if they are at hand: what
-        :meth:`next_batch` would return without awaiting anything; else none (it must
-        wait, read the store, or end), and :meth:`next_batch` is the way on."""
-        ...
-
-    def __aiter__(self) -> AsyncIterator[StoredEvent]: ...
-
-    async def __anext__(self) -> StoredEvent: ...
-
-    def stored_up_to(self, seq: int) -> None:
-        """The store holds events up to ``seq``, learnt other than from the
-        subscription (a read of the session's metadata): the subscription becomes ready
-        for whatever of them it has not handed out, and reads them from the store if
-        it must. On a shared store a process learns of another's appends a moment
-        later than the store has them; this lets a caller wait for no notification."""
-        ...
-
-    def close(self) -> None:
-        """Stop following the session; ends the iteration."""
-        ...
 
 
 @runtime_checkable
