@@ -9,7 +9,8 @@ import asyncio
 from typing import Any
 
 from bamboo_session.protocol.models import AgentEvent
-from tests.browser import eventually
+from tests.browser import eventually, watch_page
+from tests.console_support import console_url
 
 MAX_TAIL_CHARS = 500_000  # tail.js
 MAX_BLOCKS = 300  # tail.js
@@ -65,3 +66,15 @@ async def publish_steps(agent: Any, start: int, end: int) -> None:
     await asyncio.gather(
         *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(start, end))
     )
+
+
+async def open_tail(browser: Any, port: int, session_id: str) -> tuple[Any, list[str], Any]:
+    """A new page of the console on ``session_id``'s tail, once its live connection is
+    open: the page, the problems it reports (tests.browser.watch_page) and the tail."""
+    from playwright.async_api import expect
+
+    page = await browser.new_page()
+    problems = watch_page(page)
+    await page.goto(console_url(port, f"#/s/{session_id}"))
+    await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+    return page, problems, page.locator("#tail")

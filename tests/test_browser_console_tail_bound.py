@@ -14,8 +14,8 @@ import pytest
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
-from tests.browser import eventually, watch_page
-from tests.console_support import DASH, console_url, ws_url
+from tests.browser import eventually
+from tests.console_support import DASH, ws_url
 from tests.proxies import HttpProxy
 from tests.support import run_server
 from tests.tail_support import (
@@ -26,6 +26,7 @@ from tests.tail_support import (
     MAX_TAIL_CHARS,
     at_end,
     next_frame,
+    open_tail,
     publish_steps,
     show_earlier_until_all,
 )
@@ -51,15 +52,11 @@ async def test_a_stream_past_the_bound_shows_its_characters_and_brings_back_the_
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "long", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/long"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            page, problems, tail = await open_tail(browser, server.port, "long")
             for start in range(1, count + 1, 500):
                 await asyncio.gather(
                     *(agent.publish(AgentEvent.token(token(i))) for i in range(start, start + 500))
                 )
-            tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", str(count), timeout=60_000)
             blocks = await tail.evaluate(BLOCKS)
             assert sum(chars for _, _, chars in blocks) <= MAX_TAIL_CHARS
@@ -90,13 +87,9 @@ async def test_a_viewer_scrolled_up_keeps_their_place(browser: Any) -> None:
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "steps", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/steps"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            page, problems, tail = await open_tail(browser, server.port, "steps")
 
             await publish_steps(agent, 1, 401)
-            tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", "400")
             await expect(tail.locator(".ev-custom")).to_have_count(MAX_BLOCKS)
             await expect(page.locator("#tail-earlier")).to_contain_text(
@@ -142,14 +135,10 @@ async def test_a_read_of_earlier_events_that_fails_is_shown_and_can_be_tried_aga
         try:
             connect = BambooClient.connect(ws_url(server), "refused", create=True, role="agent")
             async with await connect as agent:
-                page = await browser.new_page()
-                problems = watch_page(page)
-                await page.goto(console_url(port, "#/s/refused"))
-                await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+                page, problems, tail = await open_tail(browser, port, "refused")
                 await asyncio.gather(
                     *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(310))
                 )
-                tail = page.locator("#tail")
                 await expect(tail).to_have_attribute("data-last-seq", "310")
                 header = page.locator("#tail-earlier")
                 await expect(header).to_contain_text(f"Events 1{DASH}10 not shown")
@@ -176,13 +165,9 @@ async def test_a_viewer_scrolled_up_keeps_their_place_as_the_oldest_go(browser: 
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "steps", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/steps"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            page, problems, tail = await open_tail(browser, server.port, "steps")
 
             await publish_steps(agent, 1, MAX_BLOCKS + 1)
-            tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS))
             await tail.evaluate("el => { el.scrollTop = el.scrollHeight / 2; }")
             await next_frame(page)
@@ -213,11 +198,7 @@ async def test_a_live_session_opens_with_show_earlier_for_what_it_does_not_repla
             await asyncio.gather(
                 *(agent.publish(AgentEvent.custom("step", {"i": i})) for i in range(1, 251))
             )
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/opened"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "opened")
             await expect(tail).to_have_attribute("data-last-seq", "250")
             header = page.locator("#tail-earlier")
             await expect(header).to_have_text(f"Events 1{DASH}50 not shown \u00b7 Show earlier")

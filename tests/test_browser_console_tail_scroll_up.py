@@ -15,10 +15,10 @@ import pytest
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
-from tests.browser import eventually, watch_page
-from tests.console_support import console_url, ws_url
+from tests.browser import eventually
+from tests.console_support import ws_url
 from tests.support import run_server
-from tests.tail_support import IN_VIEW, MAX_BLOCKS, at_end, next_frame, publish_steps
+from tests.tail_support import IN_VIEW, MAX_BLOCKS, at_end, next_frame, open_tail, publish_steps
 from tests.test_browser_console_tail_scrolled import (
     HOLD_FRAMES,
     held,
@@ -64,11 +64,7 @@ async def test_a_following_viewer_who_scrolls_up_in_the_frame_of_an_event_stays_
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "up", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/up"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "up")
             await publish_steps(agent, 1, steps + 1)
             await expect(tail).to_have_attribute("data-last-seq", str(steps))
             await eventually(lambda: at_end(tail), "the tail following its end")
@@ -98,11 +94,7 @@ async def test_a_scrolled_up_viewer_who_scrolls_up_in_the_frame_of_an_event_stay
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "further-up", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/further-up"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "further-up")
             await publish_steps(agent, 1, 101)
             await expect(tail).to_have_attribute("data-last-seq", "100")
             last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=2000)

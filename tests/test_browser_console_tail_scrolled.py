@@ -16,8 +16,8 @@ import pytest
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
-from tests.browser import eventually, watch_page
-from tests.console_support import console_url, ws_url
+from tests.browser import eventually
+from tests.console_support import ws_url
 from tests.support import run_server
 from tests.tail_support import (
     BLOCKS,
@@ -26,6 +26,7 @@ from tests.tail_support import (
     MAX_TAIL_CHARS,
     at_end,
     next_frame,
+    open_tail,
     publish_steps,
 )
 
@@ -70,11 +71,7 @@ async def test_a_tail_scrolled_up_keeps_at_most_twice_its_bound_and_drops_to_it_
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "reading", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/reading"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "reading")
             seq = 0
 
             async def publish(events: list[Any]) -> None:
@@ -128,13 +125,9 @@ async def test_a_viewer_whose_block_goes_sees_what_followed_it(browser: Any) -> 
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "passed", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/passed"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            page, problems, tail = await open_tail(browser, server.port, "passed")
 
             await publish_steps(agent, 1, MAX_BLOCKS + 11)
-            tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS + 10))
             await expect(tail.locator(".ev-custom").first.locator(".seq")).to_have_text("#11")
             await tail.evaluate(
@@ -207,11 +200,7 @@ async def test_a_scroll_to_the_end_in_the_frame_of_an_event_drops_the_tail_to_it
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "to-end", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/to-end"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "to-end")
             await publish_steps(agent, 1, 101)
             await expect(tail).to_have_attribute("data-last-seq", "100")
             last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=2000)
@@ -242,11 +231,7 @@ async def test_a_scroll_down_in_the_frame_of_an_event_is_kept(browser: Any) -> N
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "down", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/down"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "down")
             await publish_steps(agent, 1, 101)
             await expect(tail).to_have_attribute("data-last-seq", "100")
             last = await scrolled_up_at_twice_the_bound(agent, page, 100, from_end=2000)
@@ -284,11 +269,7 @@ async def test_an_event_that_brings_the_end_up_to_the_viewer_keeps_their_place(
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "end-up", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/end-up"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
-            tail = page.locator("#tail")
+            page, problems, tail = await open_tail(browser, server.port, "end-up")
             await agent.publish(AgentEvent.token("tall " * 1900))
             await agent.publish(AgentEvent.custom("step", {"i": "after the tall block"}))
             await publish_steps(agent, 3, 101)

@@ -15,10 +15,10 @@ import pytest
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
 from bamboo_session.protocol.models import ToolResult
-from tests.browser import eventually, watch_page
-from tests.console_support import DASH, console_url, ws_url
+from tests.browser import eventually
+from tests.console_support import DASH, ws_url
 from tests.support import run_server
-from tests.tail_support import MAX_BLOCKS, READ_DONE, next_frame, show_earlier_until_all
+from tests.tail_support import MAX_BLOCKS, READ_DONE, next_frame, open_tail, show_earlier_until_all
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -45,17 +45,13 @@ async def test_show_earlier_pairs_tool_calls_with_their_completions(browser: Any
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "tools", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/tools"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            page, problems, tail = await open_tail(browser, server.port, "tools")
             for call in ("a", "c", "b"):
                 await agent.publish(AgentEvent.tool_start(f"call-{call}", f"tool_{call}", {}))
             await agent.publish(AgentEvent.custom("step", {"i": 4}))
             await agent.publish(AgentEvent.tool_complete("call-b", ToolResult(True, "b's")))
             steps = range(6, MAX_BLOCKS + 5)  # #6-#304: blocks past the bound by 3
             await asyncio.gather(*(agent.publish(AgentEvent.custom("s", {"i": i})) for i in steps))
-            tail = page.locator("#tail")
             await expect(tail).to_have_attribute("data-last-seq", str(MAX_BLOCKS + 4))
             await expect(page.locator("#tail-earlier")).to_contain_text(f"Events 1{DASH}3 ")
             await agent.publish(AgentEvent.tool_complete("call-a", ToolResult(True, "a's")))
@@ -100,10 +96,7 @@ async def test_a_call_show_earlier_leaves_out_keeps_its_result(browser: Any) -> 
     async with run_server() as server:
         connect = BambooClient.connect(ws_url(server), "tool-left", create=True, role="agent")
         async with await connect as agent:
-            page = await browser.new_page()
-            problems = watch_page(page)
-            await page.goto(console_url(server.port, "#/s/tool-left"))
-            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            page, problems, tail = await open_tail(browser, server.port, "tool-left")
             big = {"t": "s" * 9_000}
             await agent.publish(AgentEvent.tool_start("call-x", "tool_x", {}))
             await agent.publish(AgentEvent.custom("step", big))
@@ -111,7 +104,6 @@ async def test_a_call_show_earlier_leaves_out_keeps_its_result(browser: Any) -> 
             await agent.publish(AgentEvent.tool_complete("call-x", result))
             for _ in range(4, 113):
                 await agent.publish(AgentEvent.custom("step", big))
-            tail = page.locator("#tail")
             header = page.locator("#tail-earlier")
             await expect(tail).to_have_attribute("data-last-seq", "112")
             await expect(header).to_contain_text(f"Events 1{DASH}57 not shown")
