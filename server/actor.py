@@ -339,12 +339,14 @@ class SessionActor:
         self.following.stop()
         self.room.origins.clear()
 
-    async def catch_up(self) -> None:
-        """Deliver every event already stored and waiting: a close must not overtake
-        events that were acknowledged before it. (An end of the feed is left to the
-        caller, which closes the room itself.)"""
-        while self.accepting and self.following.ready():
-            taken = await self.following.take(_BATCH_MAX)
+    async def catch_up(self, up_to: int) -> None:
+        """Deliver the events stored up to ``up_to`` (the session's last seq, as the
+        caller read it): a close must not overtake events acknowledged before it. Not
+        further: while another process appends faster than this one reads, "whatever
+        is ready" never runs out. (An end of the feed is left to the caller.)"""
+        room, following = self.room, self.following
+        while self.accepting and room.published_seq < up_to and following.ready():
+            taken = await following.take(_BATCH_MAX)
             if not isinstance(taken, list):
                 return
             self._give(taken)

@@ -151,7 +151,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # from one of them (seen on that instance) resumes, rather than is told its
         # seq is beyond the log's end and sent it again.
         actor.following.stored_up_to(metadata.last_seq)
-        await actor.catch_up()
+        await actor.catch_up(metadata.last_seq)
         if command.future.done():  # its caller gave up waiting meanwhile
             return await given_up(actor, was, stored)
     if attach_is_activity(actor.state, actor.presence.shared, bool(actor.room.outboxes)):
@@ -292,7 +292,7 @@ async def closed_elsewhere(actor: SessionActor) -> None:
     stored = await actor.storage.get_metadata(actor.session_id)
     if stored is not None and stored.epoch == actor.room.epoch:
         actor.following.stored_up_to(stored.last_seq)
-        await actor.catch_up()
+        await actor.catch_up(stored.last_seq)
     actor.status.state = SessionState.CLOSED
     actor.end(*subscription_end(CLOSED), replays_go_on=True)
 
@@ -313,29 +313,39 @@ async def registered_again(actor: SessionActor) -> None:
 
 async def set_state(actor: SessionActor, command: SetState) -> None:
     try:
-        if command.state != actor.state:
-            actor.state.check_transition(command.state)  # a refused move is no activity
-        # A state a peer asks for is activity, written first, as at an attach: a
-        # failed touch changes nothing, where after the move it left the session
-        # moved (closed, even) while the peer was told the request had failed.
-        await actor.status.touch()
-        stored = await actor.status.become(command.state)
+        last_seq = await move(actor, command.state)
     except (StorageError, ValueError) as exc:
         actor.refuse(command, exc)
         return
-    if stored is not None:
-        # Every event acknowledged before the change, on any instance: one appended on
-        # another moments ago may not have reached this one's feed yet.
-        actor.following.stored_up_to(stored.last_seq)
-    # Viewers get every acknowledged event before a close; and the ack's seq, the
-    # session's last, is never below the acks sent before it (the requester's own
-    # appends just stored, their events not yet taken from the feed).
-    await actor.catch_up()
+    # The events stored before the change, on any instance (one appended on another
+    # moments ago may not have reached this one's feed yet), reach the viewers first: a
+    # close's get every acknowledged event, and the ack's seq, the session's last at the
+    # change, is never below the acks sent before it (the requester's own appends just
+    # stored, their events not yet taken from the feed). Those stored after the change
+    # come after the ack, as the feed brings them.
+    actor.following.stored_up_to(last_seq)
+    await actor.catch_up(last_seq)
     command.answer(actor.room.published_seq)
     if command.state == SessionState.CLOSED:
         # A replay under way is sent whole first: no resume can bring its rest now.
         actor.room.close_all(CloseCode.NORMAL, "session closed", replays_go_on=True)
         actor.accepting = False
+
+
+async def move(actor: SessionActor, state: SessionState) -> int:
+    """A peer's state change, in the store too; the session's last seq as the store
+    held it at the change (read after it where nothing was written: a move to the
+    state the session has, or an expired session's, kept in memory only)."""
+    if state != actor.state:
+        actor.state.check_transition(state)  # a refused move is no activity
+    # A state a peer asks for is activity, written first, as at an attach: a failed
+    # touch changes nothing, where after the move it left the session moved (closed,
+    # even) while the peer was told the request had failed.
+    await actor.status.touch()
+    stored = await actor.status.become(state)
+    if stored is not None:
+        return stored.last_seq
+    return await actor.storage.last_seq(actor.session_id, epoch=actor.room.epoch)
 
 
 def answer_stopped(command: Command) -> None:
