@@ -325,7 +325,11 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     # come after the ack, as the feed brings them.
     actor.following.stored_up_to(last_seq)
     await actor.catch_up(last_seq)
-    command.answer(actor.room.published_seq)
+    # That seq, whatever the room reached: past it, a batch of the feed's that went on
+    # beyond the change; short of it, a store that failed to give the events (the
+    # state is stored all the same: they follow, or their read's failure ends the room
+    # with 1011, and a resume brings them).
+    command.answer(last_seq)
     if command.state == SessionState.CLOSED:
         # A replay under way is sent whole first: no resume can bring its rest now.
         actor.room.close_all(CloseCode.NORMAL, "session closed", replays_go_on=True)

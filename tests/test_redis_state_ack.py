@@ -19,6 +19,7 @@ from typing import Any
 
 import redis.asyncio
 
+from bamboo_session.persistence.redis.layout import Layout
 from bamboo_session.persistence.redis.scripts import SCRIPTS
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
@@ -28,6 +29,9 @@ from tests.support import Peer, attach, run_server, token
 
 STATE_WRITE = SCRIPTS["state"].sha.encode()
 TOUCH = SCRIPTS["touch"].sha.encode()
+# Past the 1 MiB a subscription buffers: A reads them from the store, not its buffer.
+BIG_EVENTS = 20
+BIG = "x" * 64 * 1024
 
 
 @contextlib.asynccontextmanager
@@ -102,3 +106,37 @@ async def test_the_ack_does_not_wait_for_events_stored_after_the_change(
         ack, before = await until_ack(requester)
         assert (ack["id"], ack["seq"], before) == ("idle", 2, [])
         assert (await requester.recv_type("event"))["seq"] == 3  # then, as ever
+
+
+async def test_the_ack_is_not_below_the_change_when_the_feed_fails_to_read(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """B's writer appends seqs 3-22 (1.25 MiB) while A's touch waits, so the change is
+    stored after 22; A's read of them fails (the log key made unreadable): the ack
+    still says 22, the seq the change was stored after (it said what A had delivered,
+    2, below the acks B's writer had before the request was even sent), and the
+    requester is then closed 1011, to resume."""
+    async with (
+        two_instances(redis_server, tmp_path) as (proxy, a, b),
+        attach(b, "s", create=True) as (writer, _),
+        attach(a, "s") as (requester, _),
+    ):
+        await publish(writer, 1, 2)
+        assert [(await requester.recv_type("event"))["seq"] for _ in range(2)] == [1, 2]
+        proxy.hold_reply_to(TOUCH)
+        await requester.send({"type": "state", "id": "idle", "state": "idle"})
+        await eventually(lambda: proxy.replies_held == 1)
+        await publish(writer, 3, BIG_EVENTS, BIG)
+        log = Layout(prefix_for(tmp_path)).log("s")
+        raw = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            await raw.rename(log, log + "-aside")
+            await raw.set(log, "not a stream")  # every read of it fails: WRONGTYPE
+            proxy.release_replies()
+            ack, _ = await until_ack(requester)
+            assert (ack["id"], ack["seq"]) == ("idle", 2 + BIG_EVENTS)
+            code, _ = await requester.closed()
+            assert (code, requester.ws.close_reason) == (1011, "storage unavailable")
+        finally:
+            await raw.rename(log + "-aside", log)
+            await raw.aclose()
