@@ -43,6 +43,10 @@ UNSUBSCRIBED: Final = "unsubscribed"
 # The store lost history it had acknowledged, and changed the log's epoch (a Redis
 # that may lose writes, restarted): the subscription's log is no more; resume.
 HISTORY_LOST: Final = "history lost"
+# The store holds none of the events it said it had after the subscription's position
+# (a Redis that evicted the session's log under an ``allkeys-*`` maxmemory policy, or
+# a log deleted by hand): they are lost, and the log cannot be followed without a gap.
+EVENTS_LOST: Final = "events lost"
 
 
 class FeedSubscription:
@@ -254,12 +258,14 @@ class FeedSubscription:
             return []
         if self.ended is not None:
             return []
-        if not batch:
-            # Published but not readable yet (a store whose copies can overtake its
-            # reads): wait for the next offer rather than spin.
-            self._known_last = self._position
-            return []
-        return [event for event in batch if event.seq > self._position]
+        fresh = [event for event in batch if event.seq > self._position]
+        if not fresh:
+            # None of those it said it had (an offer, a last seq read). Waiting for the
+            # next offer left the reader waiting in next_batch as long as nothing more
+            # was appended (a session's actor, and every request of its peers with
+            # it); reading again would spin. It ends: its readers resume from the store.
+            self._finish(EVENTS_LOST)
+        return fresh
 
     def _drop_buffer(self) -> None:
         self._buffer.clear()

@@ -25,7 +25,8 @@ class Subscription(Protocol):
     @property
     def ended(self) -> str | None:
         """Why the subscription ended: ``"closed"``, ``"deleted"``, ``"unsubscribed"``,
-        or None while it runs."""
+        ``"history lost"`` (the store changed the log's epoch), ``"events lost"`` (it
+        no longer holds events it said it had), or None while it runs."""
         ...
 
     def ready(self) -> bool:

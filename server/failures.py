@@ -183,6 +183,7 @@ _SUBSCRIPTION_ENDS: dict[str, tuple[CloseCode, str]] = {
     "closed": (_C.NORMAL, "session closed"),
     "deleted": (_C.NOT_FOUND, "session deleted"),
     "history lost": (_C.SERVICE_RESTART, "the store restarted and changed the epoch; resume"),
+    "events lost": (_C.INTERNAL_ERROR, "events missing from this stream; resume"),
 }
 
 

@@ -140,3 +140,40 @@ async def test_the_ack_is_not_below_the_change_when_the_feed_fails_to_read(
         finally:
             await raw.rename(log + "-aside", log)
             await raw.aclose()
+
+
+async def test_events_the_store_no_longer_holds_end_the_room_rather_than_hang_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """As above, but the session's log is gone (deleted, as an ``allkeys-*`` eviction
+    drops it; its metadata stays, seq 22): A's read of 3-22 finds nothing. The ack says
+    22, the connections are closed 1011 (events missing: resume), and the session goes
+    on there. The actor waited in its feed for an offer, as long as nobody appended: no
+    ack, no answer to any request of A's peers."""
+    async with (
+        two_instances(redis_server, tmp_path) as (proxy, a, b),
+        attach(b, "s", create=True) as (writer, _),
+        attach(a, "s") as (requester, _),
+    ):
+        await publish(writer, 1, 2)
+        assert [(await requester.recv_type("event"))["seq"] for _ in range(2)] == [1, 2]
+        proxy.hold_reply_to(TOUCH)
+        await requester.send({"type": "state", "id": "idle", "state": "idle"})
+        await eventually(lambda: proxy.replies_held == 1)
+        await publish(writer, 3, BIG_EVENTS, BIG)
+        raw = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            assert await raw.delete(Layout(prefix_for(tmp_path)).log("s")) == 1
+        finally:
+            await raw.aclose()
+        proxy.release_replies()
+        ack, _ = await until_ack(requester)
+        assert (ack["id"], ack["seq"]) == ("idle", 2 + BIG_EVENTS)
+        code, _ = await requester.closed()
+        reason = "events missing from this stream; resume"
+        assert (code, requester.ws.close_reason) == (1011, reason)
+        async with attach(a, "s") as (again, welcome):
+            assert welcome["last_seq"] == 2 + BIG_EVENTS
+            await again.send({"type": "event", "id": "after", "event": token("on")})
+            ack = await again.recv_type("ack")
+            assert (ack["id"], ack["seq"]) == ("after", 3 + BIG_EVENTS)
