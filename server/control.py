@@ -313,7 +313,7 @@ async def registered_again(actor: SessionActor) -> None:
 
 async def set_state(actor: SessionActor, command: SetState) -> None:
     try:
-        last_seq = await move(actor, command.state)
+        last_seq = await change_state(actor, command.state)
     except (StorageError, ValueError) as exc:
         actor.refuse(command, exc)
         return
@@ -336,7 +336,7 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
         actor.accepting = False
 
 
-async def move(actor: SessionActor, state: SessionState) -> int:
+async def change_state(actor: SessionActor, state: SessionState) -> int:
     """A peer's state change, in the store too; the session's last seq as the store
     held it at the change (read after it where nothing was written: a move to the
     state the session has, or an expired session's, kept in memory only)."""
