@@ -328,7 +328,7 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     # That seq, whatever the room reached: past it, a batch of the feed's that went on
     # beyond the change; short of it, a store that failed to give the events (the
     # state is stored all the same: they follow, or their read's failure ends the room
-    # with 1011, and a resume brings them).
+    # with 1011, and a resume brings them; a close's viewers, closed now, miss them).
     command.answer(last_seq)
     if command.state == SessionState.CLOSED:
         # A replay under way is sent whole first: no resume can bring its rest now.
