@@ -285,6 +285,24 @@ class SessionStorage(EventStorage, Protocol):
         ``append_events``). Raises SessionNotFound, SessionExpired."""
         ...
 
+    async def get_history_from(
+        self,
+        session_id: str,
+        start: int,
+        limit: int,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
+    ) -> HistoryPage:
+        """``get_history_page`` forwards: the oldest ``limit`` messages from index
+        ``start`` on (none from the end on), oldest first. With ``max_bytes``, only the
+        oldest of those whose stored sizes (counted as ``get_history_page`` counts
+        them) sum to at most ``max_bytes``, but always the first one: the read stops at
+        the first message past the budget. ``start`` is where the page begins (at most
+        the message count), ``has_more`` as in any page. With ``epoch``, only from the
+        log of that epoch. Raises SessionNotFound, SessionExpired."""
+        ...
+
     async def append_message(
         self, session_id: str, message: Message, key: str | None = None
     ) -> Appended:

@@ -78,12 +78,13 @@ def within_bytes(events: Sequence[StoredEvent], max_bytes: int) -> list[StoredEv
     return list(events)
 
 
-def newest_within(sizes_newest_first: Iterable[int], max_bytes: int | None) -> int:
-    """How many items, taken newest first with these sizes, fit in ``max_bytes``: at
-    least one if there is one (None: all). Stops at the first past the budget, so a
-    lazy ``sizes_newest_first`` reads no further."""
+def count_within(sizes: Iterable[int], max_bytes: int | None) -> int:
+    """How many items, taken in the order of ``sizes`` (newest first for a page read
+    backwards, oldest first for one read forwards), fit in ``max_bytes``: at least one
+    if there is one (None: all). Stops at the first past the budget, so a lazy
+    ``sizes`` reads no further."""
     count = total = 0
-    for size in sizes_newest_first:
+    for size in sizes:
         total += size
         if max_bytes is not None and total > max_bytes and count:
             break
@@ -96,3 +97,10 @@ def page_bounds(count: int, limit: int, before: int | None) -> tuple[int, int]:
     the end) of ``count`` items."""
     end = count if before is None else max(0, min(before, count))
     return max(0, end - max(limit, 0)), end
+
+
+def forward_bounds(count: int, start: int, limit: int) -> tuple[int, int]:
+    """``(start, end)`` of the oldest ``limit`` items from index ``start`` on of
+    ``count`` items (a ``start`` past the end: an empty range at the end)."""
+    start = max(0, min(start, count))
+    return start, min(count, start + max(limit, 0))

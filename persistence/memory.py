@@ -41,7 +41,8 @@ from .events import (
     check_room,
     check_user_room,
     completed_event,
-    newest_within,
+    count_within,
+    forward_bounds,
     page_bounds,
     stored_size,
     within_bytes,
@@ -191,7 +192,24 @@ class MemoryStorage(MemoryImports):
         start, end = page_bounds(meta.message_count, limit, before)
         log_ = self._logs[session_id]
         newest = reversed(log_.message_seqs[start:end])
-        start = end - newest_within((log_.events[seq - 1].size for seq in newest), max_bytes)
+        start = end - count_within((log_.events[seq - 1].size for seq in newest), max_bytes)
+        return HistoryPage(self._messages(session_id, start, end), start, start > 0)
+
+    async def get_history_from(
+        self,
+        session_id: str,
+        start: int,
+        limit: int,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
+    ) -> HistoryPage:
+        meta = self._meta(session_id, epoch)
+        self._check_not_expired(meta)
+        start, end = forward_bounds(meta.message_count, start, limit)
+        log_ = self._logs[session_id]
+        oldest = log_.message_seqs[start:end]
+        end = start + count_within((log_.events[seq - 1].size for seq in oldest), max_bytes)
         return HistoryPage(self._messages(session_id, start, end), start, start > 0)
 
     async def append_message(

@@ -78,6 +78,18 @@ async def test_an_old_store_reads_back_the_same_sessions(store: str, tmp_path: P
         assert [m.content for m in page.messages] == ["hello"] and page.start == 1
         page = await storage.get_history_page("initial", 5, max_bytes=1 << 20)
         assert [m.content for m in page.messages] == ["be brief", "hello", "hi there"]
+        # Read forwards: the preamble's first, the log's once those fit (at least one).
+        preamble = (await storage.get_session_history("initial"))[:2]
+        both = sum(len(msgspec.json.encode(message)) for message in preamble)
+        for start, budget, contents in [
+            (0, 0, ["be brief"]),
+            (0, both, ["be brief", "hello"]),
+            (0, None, ["be brief", "hello", "hi there"]),
+            (1, 1 << 20, ["hello", "hi there"]),
+            (2, 0, ["hi there"]),
+        ]:
+            page = await storage.get_history_from("initial", start, 5, max_bytes=budget)
+            assert [m.content for m in page.messages] == contents and page.start == start
     # Converted: checkpoints of the new format, the initial messages in a preamble.
     assert saved(config, "initial").preamble == 2
     assert config.layout.preamble("initial").exists()

@@ -21,7 +21,7 @@ from bamboo_session.protocol.codec import free_form_values
 from bamboo_session.protocol.free_form import FREE_VALUE_BYTES, held_by_strings
 from bamboo_session.protocol.models import Message
 
-from ..events import newest_within
+from ..events import count_within
 from ..keys import KeyWindow
 
 SESSION_SHARE = 32  # a session's tail holds at most 1/SESSION_SHARE of the budget
@@ -150,17 +150,26 @@ class MessageCache:
         self.extend(session_id, first, ())
 
     def get(
-        self, session_id: str, start: int, end: int, max_bytes: int | None = None
+        self,
+        session_id: str,
+        start: int,
+        end: int,
+        max_bytes: int | None = None,
+        oldest_first: bool = False,
     ) -> list[Message] | None:
         """History messages ``start .. end``, if all are cached; with ``max_bytes``,
-        only the newest of them whose weights fit it (at least one)."""
+        only the newest of them whose weights fit it (at least one), or the oldest."""
         tail = self._tails.get(session_id)
         if tail is None or start < tail.start or end > tail.end:
             return None
         self._tails.move_to_end(session_id)
         items = tail.items
-        newest = range(end - tail.start - 1, start - tail.start - 1, -1)
-        start = end - newest_within((items[i][1] for i in newest), max_bytes)
+        if oldest_first:
+            oldest = range(start - tail.start, end - tail.start)
+            end = start + count_within((items[i][1] for i in oldest), max_bytes)
+        else:
+            newest = range(end - tail.start - 1, start - tail.start - 1, -1)
+            start = end - count_within((items[i][1] for i in newest), max_bytes)
         return [items[i][0] for i in range(start - tail.start, end - tail.start)]
 
     def drop(self, session_id: str) -> None:

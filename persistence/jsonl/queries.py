@@ -32,7 +32,7 @@ from ..base import (
     StorageError,
 )
 from ..clock import StoreClock
-from ..events import page_bounds
+from ..events import forward_bounds, page_bounds
 from ..feed import CLOSED, Feed, FeedSubscription
 from ..index import SessionIndex, copy_metadata
 from .caches import MessageCache
@@ -110,10 +110,34 @@ class JsonlQueries:
         start = end - len(messages)
         return HistoryPage(messages, start, start > 0)
 
+    async def get_history_from(
+        self,
+        session_id: str,
+        start: int,
+        limit: int,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
+    ) -> HistoryPage:
+        record = self._record(session_id, epoch)
+        self._check_not_expired(record)
+        start, end = forward_bounds(record.meta.message_count, start, limit)
+        messages = await self._read_history(record, start, end, max_bytes, oldest_first=True)
+        if epoch is not None:
+            self._record(session_id, epoch)  # replaced while reading: SessionNotFound
+        return HistoryPage(messages, start, start > 0)
+
     async def _read_history(
-        self, record: SessionRecord, start: int, end: int, max_bytes: int | None = None
+        self,
+        record: SessionRecord,
+        start: int,
+        end: int,
+        max_bytes: int | None = None,
+        oldest_first: bool = False,
     ) -> list[Message]:
         try:
+            if oldest_first:
+                return await self._history.read_forward(record, start, end, max_bytes)
             return await self._history.read(record, start, end, max_bytes)
         except StorageError:
             self._record(record.session_id)  # deleted while reading: SessionNotFound

@@ -8,7 +8,7 @@
 - :class:`HistoryReader`: pages of the message history, from the message cache or
   through the message index: a page of N messages reads N entries and N log lines,
   however long the history, and with a budget in bytes only the newest lines the
-  entries' lengths say fit it.
+  entries' lengths say fit it (or the oldest, read forwards).
 
 The functions block (worker threads); :class:`HistoryReader` is the asyncio side.
 """
@@ -22,7 +22,7 @@ import msgspec
 
 from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
 
-from ..events import newest_within
+from ..events import count_within
 from . import message_index
 from .caches import MessageCache
 from .checkpoint import read_preamble
@@ -120,9 +120,24 @@ def _fitting(
         return len(older)
     sizes = (len(_encode(message)) for message in reversed(older))
     if not newer:
-        return newest_within(sizes, max_bytes)
+        return count_within(sizes, max_bytes)
     # The newer ones count as one item: the at-least-one is theirs.
-    return newest_within(chain([sum(size for _, size in newer)], sizes), max_bytes) - 1
+    return count_within(chain([sum(size for _, size in newer)], sizes), max_bytes) - 1
+
+
+def _entries_within(
+    entries: Sequence[Entry], max_bytes: int | None, oldest_first: bool, spent: int | None
+) -> Sequence[Entry]:
+    """The newest of ``entries`` whose lines fit ``max_bytes`` (at least one), or the
+    oldest; ``spent``: what older messages (the preamble's) already took of it, so that
+    the at-least-one is theirs."""
+    if not oldest_first:
+        kept = count_within((length + 1 for _, _, length in reversed(entries)), max_bytes)
+        return entries[len(entries) - kept :]
+    sizes = (length + 1 for _, _, length in entries)
+    if spent is None:
+        return entries[: count_within(sizes, max_bytes)]
+    return entries[: count_within(chain([spent], sizes), max_bytes) - 1]
 
 
 class HistoryReader:
@@ -159,6 +174,30 @@ class HistoryReader:
             messages[:0] = older[len(older) - _fitting(older, found, max_bytes) :]
         return messages
 
+    async def read_forward(
+        self, record: SessionRecord, start: int, end: int, max_bytes: int | None = None
+    ) -> list[Message]:
+        """:meth:`read` oldest first: with ``max_bytes``, only the oldest of the
+        messages ``start .. end`` whose lines fit it (at least one), the rest unread."""
+        cached = self.cache.get(record.session_id, start, end, max_bytes, oldest_first=True)
+        if cached is not None:
+            return cached
+        preamble = record.preamble
+        messages: list[Message] = []
+        spent: int | None = None  # what the preamble's messages took of the budget
+        if start < preamble:
+            older = (await self._preamble(record))[start : min(end, preamble)]
+            sizes = [len(_encode(message)) for message in older]
+            messages = older[: count_within(sizes, max_bytes)]
+            if len(messages) < len(older):
+                return messages
+            spent = sum(sizes)
+        first, last = max(start, preamble) - preamble, end - preamble
+        if last > first:
+            found = await self._log_messages(record, first, last, max_bytes, True, spent)
+            messages += [message for message, _size in found]
+        return messages
+
     async def _preamble(self, record: SessionRecord) -> list[Message]:
         if record.preamble_messages is not None:
             return record.preamble_messages
@@ -168,22 +207,36 @@ class HistoryReader:
         return messages
 
     async def _log_messages(
-        self, record: SessionRecord, first: int, last: int, max_bytes: int | None
+        self,
+        record: SessionRecord,
+        first: int,
+        last: int,
+        max_bytes: int | None,
+        oldest_first: bool = False,
+        spent: int | None = None,
     ) -> list[tuple[Message, int]]:
+        """The log's messages ``first .. last`` within ``max_bytes`` (_entries_within)."""
+        args = (record, first, last, max_bytes, oldest_first, spent)
         try:
-            return await self._try_log_messages(record, first, last, max_bytes)
+            return await self._try_log_messages(*args)
         except StaleIndex:
             record.forget_index()  # rebuilt from the log by the next preparation
-            return await self._try_log_messages(record, first, last, max_bytes)
+            return await self._try_log_messages(*args)
 
     async def _try_log_messages(
-        self, record: SessionRecord, first: int, last: int, max_bytes: int | None
+        self,
+        record: SessionRecord,
+        first: int,
+        last: int,
+        max_bytes: int | None,
+        oldest_first: bool,
+        spent: int | None,
     ) -> list[tuple[Message, int]]:
         entries = await self._entries(record, first, last)
         # The index knows each line's length: lines past the budget are never read.
-        kept = newest_within((length + 1 for _, _, length in reversed(entries)), max_bytes)
+        kept = _entries_within(entries, max_bytes, oldest_first, spent)
         found: list[tuple[Message, int]] = await self.jobs.run(
-            messages_at, self.layout.log_file(record.session_id), entries[len(entries) - kept :]
+            messages_at, self.layout.log_file(record.session_id), kept
         )
         return found
 

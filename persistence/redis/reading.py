@@ -6,6 +6,7 @@ epoch, is never read as the log the caller asked for)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -13,7 +14,7 @@ import msgspec
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import Message, MessageEvent, SessionMetadata, StoredEvent
 
-from ..base import SessionNotFound
+from ..base import HistoryPage, SessionNotFound
 from ..events import within_bytes
 from .layout import event_from_entry
 from .scripts import HistoryLost
@@ -56,10 +57,27 @@ async def read_events(
     return events if max_bytes is None else within_bytes(events, max_bytes)
 
 
+def script_budget(max_bytes: int | None) -> str | int:
+    """A byte budget as the scripts take it (``''``: none)."""
+    return "" if max_bytes is None else max(max_bytes, 0)
+
+
+async def history_page(
+    storage: RedisStorage, session_id: str, args: Sequence[str | int], epoch: str | None
+) -> HistoryPage:
+    """A page of history (``history.lua`` with ``["page", limit, before, budget]`` or
+    ``["from", start, limit, budget]``); with ``epoch``, SessionNotFound if the
+    session's, read with the page in one script, is another."""
+    meta, start, messages = await read_history(storage, session_id, args)
+    if epoch is not None and meta.epoch != epoch:
+        raise SessionNotFound(f"session {session_id!r} not found")
+    return HistoryPage(messages, start, start > 0)
+
+
 async def read_history(
-    storage: RedisStorage, session_id: str, args: list[str | int]
+    storage: RedisStorage, session_id: str, args: Sequence[str | int]
 ) -> tuple[SessionMetadata, int, list[Message]]:
-    """``history.lua`` with ``args`` (``["all"]``, or ``["page", limit, before]``):
+    """``history.lua`` with ``args`` (``["all"]``, or a page's: :func:`history_page`):
     the session's metadata as served, the index of the first message, the messages."""
     session_id = check_session_id(session_id)
     meta, log, _, msgs, _ = storage.layout.session_keys(session_id)

@@ -250,12 +250,21 @@ class RedisStorage(StoreReports):
         epoch: str | None = None,
         max_bytes: int | None = None,
     ) -> HistoryPage:
-        budget = "" if max_bytes is None else max(max_bytes, 0)
-        args: list[str | int] = ["page", limit, "" if before is None else before, budget]
-        meta, start, messages = await reading.read_history(self, session_id, args)
-        if epoch is not None and meta.epoch != epoch:  # read with the page, in one script
-            raise SessionNotFound(f"session {session_id!r} not found")
-        return HistoryPage(messages, start, start > 0)
+        end = "" if before is None else before  # '': the end
+        args: list[str | int] = ["page", limit, end, reading.script_budget(max_bytes)]
+        return await reading.history_page(self, session_id, args, epoch)
+
+    async def get_history_from(
+        self,
+        session_id: str,
+        start: int,
+        limit: int,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
+    ) -> HistoryPage:
+        args: list[str | int] = ["from", start, limit, reading.script_budget(max_bytes)]
+        return await reading.history_page(self, session_id, args, epoch)
 
     async def append_message(
         self, session_id: str, message: Message, key: str | None = None

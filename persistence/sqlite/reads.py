@@ -24,7 +24,7 @@ import msgspec
 from bamboo_session.protocol.models import Message, SessionMetadata, StoredEvent
 
 from ..base import SessionExpired, SessionFilter, SessionNotFound, SortBy, SortOrder, StorageError
-from ..events import page_bounds
+from ..events import forward_bounds, page_bounds
 from ..threads import ThreadJobs
 from .schema import (
     EVENT_COLUMNS,
@@ -193,6 +193,24 @@ def history_page(
     return _newest_messages(db, session_id, start, end, max_bytes)
 
 
+def history_from(
+    db: sqlite3.Connection,
+    session_id: str,
+    start: int,
+    limit: int,
+    epoch: str | None,
+    max_bytes: int | None,
+    now: datetime,
+) -> tuple[list[Message], int]:
+    """``get_history_from``: the page's messages, and its start."""
+    db.execute("BEGIN")
+    meta = live(db, session_id, now)
+    if epoch is not None and meta.epoch != epoch:  # another session took its id
+        raise SessionNotFound(f"session {session_id!r} not found")
+    start, end = forward_bounds(meta.message_count, start, limit)
+    return _messages(db, session_id, start, end, max_bytes), start
+
+
 def _newest_messages(
     db: sqlite3.Connection, session_id: str, start: int, end: int, max_bytes: int
 ) -> tuple[list[Message], int]:
@@ -203,19 +221,16 @@ def _newest_messages(
         "AND message_index >= ? AND message_index < ? ORDER BY message_index DESC",
         (session_id, start, end),
     )
-    decode = _message_decoder.decode
-    newest_first: list[Message] = []
-    total = 0
-    for (data,) in rows:  # stepped lazily: rows past the budget are never read
-        total += len(data)
-        if total > max_bytes and newest_first:
-            break
-        newest_first.append(decode(data).message)
+    newest_first = _within(rows, max_bytes)
     newest_first.reverse()
     return newest_first, end - len(newest_first)
 
 
-def _messages(db: sqlite3.Connection, session_id: str, start: int, end: int) -> list[Message]:
+def _messages(
+    db: sqlite3.Connection, session_id: str, start: int, end: int, max_bytes: int | None = None
+) -> list[Message]:
+    """Messages ``start .. end``, oldest first; with ``max_bytes``, only up to the first
+    whose event takes the sum past it (always keeping one)."""
     if end <= start:
         return []
     rows = db.execute(
@@ -223,8 +238,24 @@ def _messages(db: sqlite3.Connection, session_id: str, start: int, end: int) -> 
         "AND message_index >= ? AND message_index < ? ORDER BY message_index",
         (session_id, start, end),
     )
+    if max_bytes is None:
+        decode = _message_decoder.decode
+        return [decode(data).message for (data,) in rows]
+    return _within(rows, max_bytes)
+
+
+def _within(rows: sqlite3.Cursor, max_bytes: int) -> list[Message]:
+    """The messages of ``rows``' events in their order, up to the first whose event
+    takes the sum past ``max_bytes`` (always keeping one)."""
     decode = _message_decoder.decode
-    return [decode(data).message for (data,) in rows]
+    taken: list[Message] = []
+    total = 0
+    for (data,) in rows:  # stepped lazily: rows past the budget are never read
+        total += len(data)
+        if total > max_bytes and taken:
+            break
+        taken.append(decode(data).message)
+    return taken
 
 
 def events(

@@ -230,10 +230,21 @@ class SqliteStorage:
         epoch: str | None = None,
         max_bytes: int | None = None,
     ) -> HistoryPage:
-        query = reads.history_page
-        session_id = check_session_id(session_id)
-        args = (session_id, limit, before, epoch, max_bytes, self.now())
-        messages, start = await self._read(query, *args)
+        args = (check_session_id(session_id), limit, before, epoch, max_bytes, self.now())
+        messages, start = await self._read(reads.history_page, *args)
+        return HistoryPage(messages, start, start > 0)
+
+    async def get_history_from(
+        self,
+        session_id: str,
+        start: int,
+        limit: int,
+        *,
+        epoch: str | None = None,
+        max_bytes: int | None = None,
+    ) -> HistoryPage:
+        args = (check_session_id(session_id), start, limit, epoch, max_bytes, self.now())
+        messages, start = await self._read(reads.history_from, *args)
         return HistoryPage(messages, start, start > 0)
 
     async def append_message(
