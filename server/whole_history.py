@@ -29,7 +29,7 @@ from bamboo_session.persistence.base import SessionNotFound, SessionStorage, Sto
 from bamboo_session.protocol.models import SessionMetadata
 
 from .http_stream import chunk_bytes
-from .pages import FIRST_CHUNK, MAX_CHUNK, PageReads
+from .pages import MAX_CHUNK, PageReads
 from .responses import StreamedResponse
 
 _json = msgspec.json.Encoder()
@@ -48,28 +48,32 @@ async def forward_page(
     epoch: str,
 ) -> list[bytes]:
     """The encoded messages from index ``start`` on, below ``end``: no more than
-    ``max_bytes`` of them, but at least one. Read in chunks sized from what the
-    previous chunk weighed (as pages.history_page does, forward), each from the log
-    of ``epoch`` only. Raises StorageError (SessionNotFound: deleted or replaced)."""
+    ``max_bytes`` of them, but at least one. Read oldest first with the budget left
+    (``get_history_from(max_bytes=…)``: the store stops at the first message past
+    it), at most MAX_CHUNK a read, each from the log of ``epoch`` only. Raises
+    StorageError (SessionNotFound: deleted or replaced)."""
     encoded: list[bytes] = []
     used = 0
     position = start
-    chunk = FIRST_CHUNK
-    while position < end:
-        count = min(chunk, end - position)
-        page = await storage.get_history_page(session_id, count, position + count, epoch=epoch)
-        if page.start != position or len(page.messages) != count:
+    while position < end and used < max_bytes:
+        count = min(MAX_CHUNK, end - position)
+        budget = max_bytes - used
+        page = await storage.get_history_from(
+            session_id, position, count, epoch=epoch, max_bytes=budget
+        )
+        if page.start != position or not 0 < len(page.messages) <= count:
             # Fewer messages than the metadata counted: not the history it described.
             raise StorageError(f"history of {session_id} shorter than its metadata counts")
         for message in page.messages:
             data = _json.encode(message)
             if encoded and used + len(data) > max_bytes:
+                # The store's at-least-one, past what is left: the next page's first.
                 return encoded
             encoded.append(data)
             used += len(data)
-        position += count
-        average = max(1, used // len(encoded))
-        chunk = max(1, min(MAX_CHUNK, (max_bytes - used) // average + 1))
+        position += len(page.messages)
+        if len(page.messages) < count:
+            break  # the budget stopped the store's read: the page is full
     return encoded
 
 
