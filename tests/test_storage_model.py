@@ -1,7 +1,7 @@
 """Model-based test: random operations on every backend of tests/storage_backends.py and
 on a plain in-memory model; after every step the store and the model agree: sessions,
 owners, states, every event with its seq and key (duplicates answered with the first
-seq), message counts, histories and history pages.
+seq), message counts, histories and history pages (read backwards and forwards).
 
 Reopen steps run on durable backends only. The JSONL backend adds rules of its own in a
 subclass: it checkpoints often and caches little, so those paths run too; it reopens
@@ -59,6 +59,7 @@ USERS = st.sampled_from(["u1", "u2", None])
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 KEYS = st.one_of(st.none(), st.sampled_from(["k1", "k2", "k3", "k4"]))
 PAGES = [(1, None), (2, None), (3, 2), (5, 4), (100, None), (0, None)]
+FORWARD_PAGES = [(0, 1), (0, 3), (2, 5), (4, 100), (100, 1), (1, 0)]  # (start, limit)
 
 
 @dataclass
@@ -277,6 +278,11 @@ async def compare(
             end = len(session.messages) if before is None else min(before, len(session.messages))
             start = max(0, end - limit)
             assert [m.content for m in page.messages] == session.messages[start:end]
+            assert (page.start, page.has_more) == (start, start > 0)
+        for start, limit in FORWARD_PAGES:
+            page = await storage.get_history_from(session_id, start, limit)
+            start = min(start, len(session.messages))
+            assert [m.content for m in page.messages] == session.messages[start : start + limit]
             assert (page.start, page.has_more) == (start, start > 0)
 
 
