@@ -55,7 +55,7 @@ async def forward_page(
     encoded: list[bytes] = []
     used = 0
     position = start
-    while position < end and used < max_bytes:
+    while position < end and (used < max_bytes or not encoded):
         count = min(MAX_CHUNK, end - position)
         budget = max_bytes - used
         page = await storage.get_history_from(
