@@ -194,7 +194,9 @@ class HistoryReader:
             spent = sum(sizes)
         first, last = max(start, preamble) - preamble, end - preamble
         if last > first:
-            found = await self._log_messages(record, first, last, max_bytes, True, spent)
+            found = await self._log_messages(
+                record, first, last, max_bytes, oldest_first=True, spent=spent
+            )
             messages += [message for message, _size in found]
         return messages
 
