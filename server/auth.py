@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 ALGORITHMS = ["HS256"]
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as the hash
+TOKEN_REQUIRED = "token required"
+NOT_BEARER = "the Authorization header is not Bearer <token> (RFC 6750 2.1)"
 
 
 class Role(enum.StrEnum):
@@ -122,10 +124,11 @@ class Authenticator:
         required += ["iss"] if issuer is not None else []
         self._required = required
 
-    def verify(self, token: str | None) -> Principal:
-        """The principal of a valid token; :class:`Unauthorized` for anything else."""
+    def verify(self, token: str | None, missing: str = TOKEN_REQUIRED) -> Principal:
+        """The principal of a valid token; :class:`Unauthorized` for anything else
+        (``missing``, its message, when there is no token)."""
         if not token:
-            raise Unauthorized("token required")
+            raise Unauthorized(missing)
         import jwt  # loaded by __init__: only its name is looked up here
 
         try:
@@ -231,13 +234,14 @@ class AccessPolicy:
         token; None when auth is off. Raises :class:`Unauthorized`."""
         if self.authenticator is None:
             return None
-        return self.authenticator.verify(hello.token or bearer_token(authorization))
+        token = hello.token or bearer_token(authorization)
+        return self.authenticator.verify(token, missing_token(authorization))
 
     def authenticate_request(self, authorization: str | None) -> Principal | None:
         """The principal of an HTTP request (``Authorization: Bearer``)."""
         if self.authenticator is None:
             return None
-        return self.authenticator.verify(bearer_token(authorization))
+        return self.authenticator.verify(bearer_token(authorization), missing_token(authorization))
 
     @staticmethod
     def connection_user(
@@ -281,6 +285,14 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return value.strip() or None
+
+
+def missing_token(authorization: str | None) -> str:
+    """Why a request with no bearer token has none: no ``Authorization`` header, or one
+    that is no bearer credential. RFC 9110 11.4 parts the scheme from the token by spaces
+    only, so ``Bearer<TAB>token`` is none, as ``Basic …`` and a bare token are: a 401 or
+    4401 that said "token required" to a peer that sent one sent it looking elsewhere."""
+    return TOKEN_REQUIRED if authorization is None or not authorization.strip() else NOT_BEARER
 
 
 # -- rules -------------------------------------------------------------------------

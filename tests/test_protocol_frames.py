@@ -99,6 +99,7 @@ def test_request_frames() -> None:
         {"type": "state", "id": 1, "state": "expired"},
         {"type": "state", "id": 1},
         {"type": "hello", "role": "admin"},
+        {"type": "hello", "role": ""},
         {"type": "hello", "last_seq": -1},
         {"type": "hello", "create": 1},
         {"type": "history", "id": 1, "limit": 0},
