@@ -54,6 +54,36 @@ export function getToken() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
+// A JWT (RFC 7519, compact form): letters, digits, `-` and `_`, in three parts joined by
+// dots. What a paste brings besides: the scheme of the header it was copied from, line
+// breaks of a terminal that wrapped it, invisible characters of a web page.
+const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+const INVISIBLE = /[\u200b-\u200d\u2060\ufeff]/g;
+
+/**
+ * The token in what the sign-in form was given, or null when it holds none: without a
+ * leading `Bearer` (any case), invisible characters and blanks. A JWT has no blank,
+ * and a paste of one wrapped over lines has them where its line breaks were (an input
+ * field turns each into a space).
+ * @param {string} pasted @returns {string | null}
+ */
+export function tokenOf(pasted) {
+  const text = pasted.replace(INVISIBLE, "").trim();
+  const token = text.replace(/^bearer\s+/i, "").replace(/\s+/g, "");
+  return JWT.test(token) ? token : null;
+}
+
+/**
+ * Whether `token` can travel in a header: a browser's fetch throws a TypeError for
+ * one that cannot (a character past Latin-1, a line break), before anything is sent,
+ * where a token put in the tab's storage other than by the form would make every read
+ * fail the same way.
+ * @param {string} token @returns {boolean}
+ */
+function fitsAHeader(token) {
+  return /^[\x21-\x7e]+$/.test(token);
+}
+
 /** @param {string | null} token */
 export function setToken(token) {
   if (token) sessionStorage.setItem(TOKEN_KEY, token);
@@ -141,6 +171,10 @@ export async function getJson(
     /** @type {Record<string, string>} */
     const headers = { Accept: "application/json" };
     const token = getToken();
+    if (token && !fitsAHeader(token)) {
+      // Refused as the server would refuse it, so that it is forgotten and another asked for.
+      throw new ApiError(401, "unauthorized", "the token cannot be sent in a header", token);
+    }
     if (token) headers.Authorization = `Bearer ${token}`;
     const { response, text } = await fetchText(url, headers, silence);
     let body = null;

@@ -5,7 +5,7 @@
  * one, and keeps the server's figures in the top bar up to date.
  */
 
-import { ApiError, getToken, setToken, tokenClaims, waits } from "./api.js";
+import { ApiError, getToken, setToken, tokenClaims, tokenOf, waits } from "./api.js";
 import { fill, h, notice, refreshTimes } from "./dom.js";
 import { showList } from "./list.js";
 import { showSession } from "./session.js";
@@ -46,7 +46,14 @@ function askForToken(reason) {
       class: "card login",
       onsubmit: (/** @type {SubmitEvent} */ event) => {
         event.preventDefault();
-        setToken(/** @type {HTMLInputElement} */ (input).value.trim());
+        const token = tokenOf(/** @type {HTMLInputElement} */ (input).value);
+        if (token === null) {
+          askForToken(
+            "That is not a token: a JWT is three parts of letters, digits, - and _ joined by dots.",
+          );
+          return;
+        }
+        setToken(token);
         render();
       },
     },
