@@ -121,7 +121,7 @@ class BambooServer:
         # Requests being read, heads and early frames, a sixteenth (16 MiB by default:
         # a thousand heads of the largest size, ten times as many of a browser's).
         unanswered = config.memory_budget // 16 if config.memory_budget > 0 else NO_LIMIT
-        self.unanswered_requests = UnansweredRequests(unanswered)
+        self.unanswered_requests = UnansweredRequests(unanswered, self.metrics.requests_dropped.inc)
         # Messages still arriving: a sixteenth too, and one of the largest always fits.
         arriving = max(config.memory_budget // 16, config.max_frame_bytes + MESSAGE_SLACK)
         self.arriving_frames = ArrivingFrames(arriving if config.memory_budget > 0 else NO_LIMIT)

@@ -28,11 +28,13 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import http
+import time
 import typing
 from collections.abc import Generator
 from types import MethodType
 
 import msgspec
+import structlog
 from websockets.datastructures import Headers
 from websockets.exceptions import (
     HeaderLineTooLong,
@@ -63,7 +65,9 @@ from .request_head import (
     RequestHeadTooLarge,
     parse_head,
 )
+from .stored_caps import RefusalLine
 
+log = structlog.get_logger("bamboo_session.server")
 _json = msgspec.json.Encoder()
 _CODES = {
     http.HTTPStatus.UNAUTHORIZED: "unauthorized",
@@ -102,12 +106,14 @@ class UnansweredRequests:
     keep every new client out for as long as their open timeout (10 s), again and
     again."""
 
-    __slots__ = ("_holders", "limit", "used")
+    __slots__ = ("_holders", "_line", "_on_drop", "limit", "used")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_drop: typing.Callable[[], None] = lambda: None) -> None:
         self.limit = limit
         self.used = 0
         self._holders: dict[Holder, None] = {}  # those with a charge, oldest first
+        self._on_drop = on_drop  # counts a drop (bamboo_http_requests_dropped_total)
+        self._line = RefusalLine()  # the first drop logged, then one line a minute
 
     def take(self, holder: Holder, size: int) -> bool:
         """Charge ``size`` bytes to ``holder``, dropping the oldest other holders while
@@ -120,6 +126,7 @@ class UnansweredRequests:
             if oldest is None:
                 return False
             oldest.evict()
+            self._dropped()
         self.used += size
         self._holders.setdefault(holder, None)
         return True
@@ -128,6 +135,20 @@ class UnansweredRequests:
         """``holder``'s whole charge, ``size`` bytes, is given back."""
         self.used -= size
         del self._holders[holder]
+
+    def _dropped(self) -> None:
+        """A drop is counted, and told in the log: the peers dropped get no answer, so
+        without it a flood of stalled heads (or a burst past the share) was seen nowhere."""
+        self._on_drop()
+        suppressed = self._line.take(time.monotonic())
+        if suppressed is not None:
+            log.warning(
+                "request dropped unanswered: requests not answered yet hold their share",
+                limit=self.limit,
+                suppressed=suppressed,
+                hint="slow or stalled heads (slowloris), or a burst of requests larger "
+                "than a sixteenth of --memory-budget",
+            )
 
 
 def error_body(status: http.HTTPStatus, message: str) -> tuple[bytes, str]:

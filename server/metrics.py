@@ -142,6 +142,12 @@ class Metrics:
             "open already",
             registry=r,
         )
+        self.requests_dropped = Counter(
+            "bamboo_http_requests_dropped",
+            "Requests (heads and early frames) dropped unanswered to make room in the share "
+            "of --memory-budget for requests not answered yet: held there the longest",
+            registry=r,
+        )
         self.live_actors = Gauge("bamboo_live_actors", "Session actors in memory", registry=r)
         self.parked_actors = Gauge(
             "bamboo_parked_actors", "Session actors kept with no connection", registry=r
