@@ -21,7 +21,7 @@ from bamboo_session.persistence.base import SessionFilter, SessionStorage
 from bamboo_session.protocol.models import SessionState
 
 from .list_cursor import BadCursor, ListingPage, cursor_after, position_of
-from .tools import ToolError, short_time
+from .tools import ToolError, short_time, shown
 from .tools_store import get_json, offline_store
 
 _INT64_MAX: Final = 2**63 - 1
@@ -183,12 +183,12 @@ class _Table(_Output):
         rows = [
             [
                 m.id,
-                m.user_id or "-",
+                shown(m.user_id or "-"),
                 m.state.value,
                 str(m.message_count),
                 str(m.last_seq),
                 short_time(m.last_activity_at),
-                m.title or "",
+                shown(m.title or ""),
             ]
             for m in page.sessions
         ]

@@ -21,6 +21,7 @@ from .tools import (
     runner,
     session_id_argument,
     short_time,
+    shown,
     time_argument,
 )
 from .tools_listing import list_sessions
@@ -122,8 +123,8 @@ async def _show(args: argparse.Namespace) -> int:
     meta = session.metadata
     fields = [
         ("id", meta.id),
-        ("user", meta.user_id or "-"),
-        ("title", meta.title or ""),
+        ("user", shown(meta.user_id or "-")),
+        ("title", shown(meta.title or "")),
         ("state", meta.state.value),
         ("created", short_time(meta.created_at)),
         ("last activity", short_time(meta.last_activity_at)),
@@ -137,7 +138,7 @@ async def _show(args: argparse.Namespace) -> int:
         print()
     for message in session.messages:
         created = short_time(message.created_at) if message.created_at else ""
-        print(f"[{created}] {message.role.value}: {message.content}")
+        print(f"[{created}] {message.role.value}: {shown(message.content, lines=True)}")
     return 0
 
 

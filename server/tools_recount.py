@@ -25,7 +25,7 @@ from bamboo_session.persistence import parse_store_url
 from bamboo_session.persistence.base import SessionFilter, SortOrder, Storage
 from bamboo_session.protocol.models import SessionMetadata
 
-from .tools import ToolError, runner, session_id_argument
+from .tools import ToolError, runner, session_id_argument, shown
 from .tools_cleanup import SCAN_PAGE, Progress
 from .tools_store import add_store_options, offline_store, store_url
 
@@ -144,12 +144,12 @@ def _print(report: Recount, *, dry_run: bool = False) -> None:
     would be fixed (and that nothing was)."""
     for fixed in report.fixed:
         before = "no count" if fixed.before is None else f"{fixed.before:,}"
-        user = "" if fixed.user_id is None else f" (user {fixed.user_id})"
+        user = "" if fixed.user_id is None else f" (user {shown(fixed.user_id)})"
         print(f"session {fixed.session_id}{user}: {before} -> {fixed.after:,} bytes")
     for user_id, moved in report.user_moves.items():
         now = report.user_sums.get(user_id)
         tail = "" if now is None else f", now {now:,}"
-        print(f"user {user_id}: sum {moved:+,} bytes{tail}")
+        print(f"user {shown(user_id)}: sum {moved:+,} bytes{tail}")
     done = "to fix" if dry_run else "fixed"
     tail = " (dry run: nothing written)" if dry_run else ""
     print(

@@ -1,0 +1,65 @@
+"""What a peer writes into a session (its title, its ``user_id`` without auth, its
+messages) reaches an operator's terminal through ``bamboo-session ls`` and ``show``:
+a terminal acts on the control characters in it. An escape sequence there retitled the
+window (OSC 0), recoloured or erased what was printed before it (CSI), a carriage
+return overwrote the start of its line, so a peer could make a listing lie, or, in the
+terminals that allow it, write the operator's clipboard (OSC 52). The human output now
+shows every control character as a visible escape (``\\x1b``), keeping only the line
+breaks and tabs of a message's text; ``--json`` is JSON's business (it escapes them).
+
+Against a real server, the session made by a real WebSocket peer, the commands run as
+processes over HTTP and on the data directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from tests.support import run_server, stream_url
+from tests.test_cli_tools import cli
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2K\r\x1b]52;c;Y3VybCBldmlsfHNo\x07\x9b31m\x7f\u202e"
+TITLE = "Quarterly report" + ESCAPES
+USER = "mallory" + ESCAPES[:9]
+CONTENT = "line one\n\tline two" + ESCAPES
+
+
+async def made_by_a_peer(server: object) -> None:
+    async with connect(stream_url(server, "hostile")) as ws:  # type: ignore[arg-type]
+        hello = {"type": "hello", "create": True, "title": TITLE, "user_id": USER}
+        await ws.send(json.dumps(hello))
+        assert json.loads(await ws.recv())["type"] == "welcome"
+        message = {"role": "user", "content": CONTENT}
+        await ws.send(json.dumps({"type": "message", "id": 1, "message": message}))
+        assert json.loads(await ws.recv())["type"] == "ack"
+
+
+def assert_shown_not_acted_on(out: str) -> None:
+    controls = [c for c in out if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
+    assert controls == [], out
+    assert "\u202e" not in out
+    assert "\\x1b]0;owned\\x07\\x1b[2K\\x0d" in out  # shown, for the operator to see
+
+
+async def test_ls_and_show_print_no_control_character_a_peer_sent(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with run_server(data, durability="os") as server:
+        await made_by_a_peer(server)
+        url = f"http://127.0.0.1:{server.port}"
+        for argv in (("ls", "--url", url), ("ls", "--data-dir", str(data))):
+            code, out, err = await cli(*argv)
+            assert code == 0, err
+            assert_shown_not_acted_on(out)
+            assert "Quarterly report" in out and "mallory" in out
+            # One row for the one session: the table's lines are its own.
+            assert len([line for line in out.splitlines() if "hostile" in line]) == 1
+        code, out, err = await cli("show", "hostile", "--url", url)
+        assert code == 0, err
+        assert_shown_not_acted_on(out)
+        # A message's own line breaks and tabs are kept: its text as written.
+        assert "line one\n\tline two" in out
+        code, out, err = await cli("show", "hostile", "--url", url, "--json")
+        assert code == 0, err
+        assert json.loads(out)["metadata"]["title"] == TITLE  # the data itself, untouched
