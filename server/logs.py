@@ -17,6 +17,7 @@ import msgspec
 import structlog
 
 from .process_setup import logs_as_json
+from .terminal_text import controls_shown
 
 _encoder = msgspec.json.Encoder(enc_hook=str)
 # Tracebacks as JSON, without the frames' local variables: a request's locals hold its
@@ -80,8 +81,11 @@ def configure_logging(
         # and a record written in two (print's text, then its end) let another
         # worker's record in between. A pipe keeps writes of up to 4 KiB whole.
         factory = structlog.WriteLoggerFactory(sys.stderr)
+    # A console's fields are written as they are: what peers chose in them (a close
+    # frame's reason) is shown, not acted on by the terminal (terminal_text.py).
+    shown = [] if use_json else [controls_shown]
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, *shown, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=factory,
         cache_logger_on_first_use=True,
@@ -90,7 +94,11 @@ def configure_logging(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *shown,
+                text_renderer,
+            ],
         )
     )
     if use_json:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -28,15 +27,12 @@ from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.errors import InvalidSessionId
 from bamboo_session.protocol.ids import check_session_id
 
+from .terminal_text import shown
+
 if TYPE_CHECKING:  # argparse's class is generic to type checkers only
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 AsyncCommand = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-# What a terminal acts on rather than prints: C0 controls, DEL, C1 controls (0x9b is a
-# CSI of its own), and the bidi controls that reorder the text after them. A message's
-# own line breaks and tabs are its text (``lines=True``); in a table cell they are not.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class ToolError(Exception):
@@ -119,19 +115,6 @@ def runner(command: AsyncCommand) -> Callable[[argparse.Namespace], int]:
 
 def fail(reason: str) -> None:
     print(f"bamboo-session: {shown(reason)}", file=sys.stderr, flush=True)
-
-
-def shown(text: str, *, lines: bool = False) -> str:
-    """``text`` fit for an operator's terminal: what a peer wrote (a title, a user id
-    without auth, a message) may hold escape sequences, which retitled the window,
-    erased or recoloured what was printed, or wrote the clipboard (OSC 52). Each
-    control character is shown as an escape (``\\x1b``) instead."""
-    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escaped, text)
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def short_time(value: datetime) -> str:

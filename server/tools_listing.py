@@ -21,7 +21,8 @@ from bamboo_session.persistence.base import SessionFilter, SessionStorage
 from bamboo_session.protocol.models import SessionState
 
 from .list_cursor import BadCursor, ListingPage, cursor_after, position_of
-from .tools import ToolError, short_time, shown
+from .terminal_text import shown
+from .tools import ToolError, short_time
 from .tools_store import get_json, offline_store
 
 _INT64_MAX: Final = 2**63 - 1

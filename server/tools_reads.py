@@ -14,6 +14,7 @@ from bamboo_session.persistence.base import SessionFilter, SessionStorage, SortB
 from bamboo_session.protocol.models import Message, Session, SessionMetadata, SessionState
 
 from .list_cursor import MAX_CURSOR_CHARS
+from .terminal_text import shown
 from .tools import (
     ToolError,
     non_negative,
@@ -21,7 +22,6 @@ from .tools import (
     runner,
     session_id_argument,
     short_time,
-    shown,
     time_argument,
 )
 from .tools_listing import list_sessions

@@ -25,7 +25,8 @@ from bamboo_session.persistence import parse_store_url
 from bamboo_session.persistence.base import SessionFilter, SortOrder, Storage
 from bamboo_session.protocol.models import SessionMetadata
 
-from .tools import ToolError, runner, session_id_argument, shown
+from .terminal_text import shown
+from .tools import ToolError, runner, session_id_argument
 from .tools_cleanup import SCAN_PAGE, Progress
 from .tools_store import add_store_options, offline_store, store_url
 

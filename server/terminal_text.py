@@ -1,0 +1,46 @@
+"""Text that peers wrote, made fit for an operator's terminal.
+
+A session's title, a ``user_id`` given without auth, a message, a close frame's reason:
+peers choose them, and the CLI's tables (``bamboo-session ls``, ``show``) and the
+server's console log print them. A terminal acts on the control characters in what it
+prints rather than showing them: an escape sequence retitled its window (OSC 0),
+recoloured or erased what was printed (CSI: a carriage return and an erase made a row
+say something else), or, where the terminal allows it, wrote the clipboard (OSC 52).
+:func:`shown` prints each as a visible escape (``\\x1b``) instead, and
+:func:`controls_shown` does so for every text field of a console log line. JSON output
+escapes them itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import MutableMapping
+from typing import Any
+
+# C0 controls, DEL, C1 controls (0x9b is a CSI of its own), and the bidi controls that
+# reorder the text after them. A message's own line breaks and tabs are its text
+# (``lines=True``); in a table cell or a log field they are not.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str, *, lines: bool = False) -> str:
+    """``text`` with each control character as an escape (``\\x1b``, ``\\u202e``)."""
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def controls_shown(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor for the console log: its text fields as :func:`shown`
+    makes them (the console renderer writes a string as it is; other values it writes
+    by ``repr``, which escapes them already)."""
+    for name, value in event.items():
+        if isinstance(value, str) and _CONTROLS.search(value):
+            event[name] = shown(value)
+    return event
