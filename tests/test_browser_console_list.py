@@ -137,7 +137,7 @@ async def test_with_auth_a_user_token_sees_only_its_own_sessions(browser: Any) -
         page.on("request", lambda request: requests.append(request.url))
         await page.goto(console_url(server.port))
         await expect(page.locator("#login")).to_be_visible()
-        await page.fill("#token-input", "not-a-token")
+        await page.fill("#token-input", "not.a.token")
         await page.click("#login button[type=submit]")
         await expect(page.locator("#login .notice")).to_contain_text("refused")
         assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
