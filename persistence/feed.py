@@ -27,14 +27,13 @@ ReadEvents = Callable[[int, int], Awaitable[list[StoredEvent]]]
 
 BUFFER_EVENTS: Final = 1024
 BUFFER_BYTES: Final = 1024 * 1024  # past it, a subscription reads from the store
-# What a Redis subscription's read from the store holds at most (but always one
-# event): its ``read`` asks for this budget beside the count. Without it a read behind
-# an overflowed buffer brought up to ``limit`` events (the actor's 512) at once,
-# whatever their size: 250 MB of 500 KB events, for each session whose viewers' process
-# was behind its pub/sub. (The local stores read unbounded still: a read in several
-# turns let a server's stop overtake the backlog of a slow viewer, whose actor had taken
-# part of it, tests/test_server_shutdown.py; and their feed falls behind only when the
-# actor does behind its own appends.)
+# What a subscription's read from the store holds at most (but always one event), the
+# same rule on every backend: its ``read`` asks for this budget beside the count.
+# Without it a read behind an overflowed buffer brought up to ``limit`` events (the
+# actor's 512) at once, whatever their size: 250 MB of 500 KB events, for each session
+# whose viewers' process was behind its pub/sub (Redis), or whose actor was behind its
+# own appends (a local store: one batch past the buffer). A backlog so comes in several
+# reads: a server's stop delivers the rest before its close (SessionActor.flush_feed).
 READ_BEHIND_BYTES: Final = BUFFER_BYTES
 
 CLOSED: Final = "closed"

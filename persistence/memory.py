@@ -47,7 +47,7 @@ from .events import (
     stored_size,
     within_bytes,
 )
-from .feed import CLOSED, DELETED, Feed, FeedSubscription
+from .feed import CLOSED, DELETED, READ_BEHIND_BYTES, Feed, FeedSubscription
 from .index import SessionIndex, copy_metadata
 from .keys import split_duplicates
 from .memory_imports import MemoryImports, SessionLog
@@ -325,7 +325,7 @@ class MemoryStorage(MemoryImports):
         meta = self._meta(session_id)
 
         async def read(after: int, limit: int) -> list[StoredEvent]:
-            return await self.read_events(session_id, after, limit)
+            return await self.read_events(session_id, after, limit, READ_BEHIND_BYTES)
 
         subscription = self._feed.subscribe(session_id, after_seq, meta.last_seq, read)
         if meta.state == SessionState.CLOSED:

@@ -33,7 +33,7 @@ from ..base import (
 )
 from ..clock import StoreClock
 from ..events import forward_bounds, page_bounds
-from ..feed import CLOSED, Feed, FeedSubscription
+from ..feed import CLOSED, READ_BEHIND_BYTES, Feed, FeedSubscription
 from ..index import SessionIndex, copy_metadata
 from .caches import MessageCache
 from .config import JsonlStorageConfig
@@ -168,7 +168,7 @@ class JsonlQueries:
         record = self._record(session_id)
 
         async def read(after: int, limit: int) -> list[StoredEvent]:
-            return await self.read_events(session_id, after, limit)
+            return await self.read_events(session_id, after, limit, READ_BEHIND_BYTES)
 
         subscription = self._feed.subscribe(session_id, after_seq, record.meta.last_seq, read)
         if record.meta.state == SessionState.CLOSED:

@@ -49,7 +49,7 @@ from ..base import (
 )
 from ..clock import StoreClock
 from ..close_once import CloseOnce
-from ..feed import FeedSubscription
+from ..feed import READ_BEHIND_BYTES, FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
 from . import parking, reads, writes
@@ -332,7 +332,7 @@ class SqliteStorage:
         position = functools.partial(self._read, reads.log_position, session_id)
 
         async def read(after: int, limit: int) -> list[StoredEvent]:
-            return await self.read_events(session_id, after, limit)
+            return await self.read_events(session_id, after, limit, READ_BEHIND_BYTES)
 
         return await self._live.subscribe(session_id, after_seq, position, read)
 

@@ -1,0 +1,86 @@
+"""A session's actor behind its feed on a real server (one batch past the feed's
+buffer, on every backend): the feed reads the backlog from the store at most a
+megabyte at a time (what each read of the store brought is recorded)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bamboo_session.persistence import Storage
+from bamboo_session.persistence.feed import BUFFER_BYTES, READ_BEHIND_BYTES, FeedSubscription
+from bamboo_session.protocol.models import StoredEvent
+from bamboo_session.server.app import BambooServer
+from bamboo_session.server.config import ServerConfig
+from tests.storage_backends import BACKENDS, Backend
+from tests.support import Peer, attach, token
+
+BACKLOG = 30  # events of 60 KB: 1.8 MB, past the feed's buffer (1 MiB) in one append
+EVENT = "x" * 60_000
+MIB = 1024 * 1024
+STORES = ["memory", "jsonl", "sqlite", "redis"]
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b.name in STORES], ids=STORES)
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    backend: Backend = request.param
+    store = await backend.bound(request).open(tmp_path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+class FeedReads:
+    """The reads of the store that a live subscription makes behind its buffer: what
+    each brought (events, bytes)."""
+
+    def __init__(self, subscription: FeedSubscription) -> None:
+        self.reads: list[tuple[int, int]] = []
+        read: Callable[[int, int], Awaitable[list[StoredEvent]]] = subscription._read
+
+        async def recorded(after: int, limit: int) -> list[StoredEvent]:
+            events = await read(after, limit)
+            self.reads.append((len(events), sum(event.size for event in events)))
+            return events
+
+        subscription._read = recorded
+
+
+def server_on(storage: Storage, **overrides: Any) -> BambooServer:
+    # Frames up to 4 MiB: the whole backlog is one batch frame, so one append.
+    config = ServerConfig(host="127.0.0.1", port=0, log_format="console", rate_limit=0)
+    return BambooServer(config.replace(max_frame_bytes=4 * MIB, **overrides), storage)
+
+
+def feed_of(server: BambooServer, session_id: str) -> FeedSubscription:
+    actor = server.manager.live_actor(session_id)
+    assert actor is not None
+    subscription = actor.following.subscription
+    assert isinstance(subscription, FeedSubscription)
+    return subscription
+
+
+async def publish_backlog(agent: Peer) -> None:
+    items = [{"event": token(EVENT)} for _ in range(BACKLOG)]
+    acks = await agent.request({"type": "batch", "id": 1, "items": items}, "acks")
+    assert acks["seqs"] == list(range(1, BACKLOG + 1)), acks
+
+
+async def test_a_backlog_past_the_buffer_is_read_a_megabyte_at_a_time(storage: Storage) -> None:
+    async with (
+        server_on(storage) as server,
+        attach(server, "s1", create=True) as (viewer, _),
+        attach(server, "s1", role="agent") as (agent, _),
+    ):
+        feed = FeedReads(feed_of(server, "s1"))
+        await publish_backlog(agent)
+        seqs = [(await viewer.recv_type("event"))["seq"] for _ in range(BACKLOG)]
+        assert seqs == list(range(1, BACKLOG + 1))
+    assert sum(events for events, _ in feed.reads) == BACKLOG  # all of it came from reads
+    assert BACKLOG * len(EVENT) > BUFFER_BYTES  # (so it was past the buffer)
+    for events, size in feed.reads:
+        assert events == 1 or size <= READ_BEHIND_BYTES, feed.reads
