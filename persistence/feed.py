@@ -33,7 +33,8 @@ BUFFER_BYTES: Final = 1024 * 1024  # past it, a subscription reads from the stor
 # actor's 512) at once, whatever their size: 250 MB of 500 KB events, for each session
 # whose viewers' process was behind its pub/sub (Redis), or whose actor was behind its
 # own appends (a local store: one batch past the buffer). A backlog so comes in several
-# reads: a server's stop delivers the rest before its close (SessionActor.flush_feed).
+# reads: a server's stop delivers the rest before its close (server/control.py,
+# deliver_known).
 READ_BEHIND_BYTES: Final = BUFFER_BYTES
 
 CLOSED: Final = "closed"
@@ -103,6 +104,10 @@ class FeedSubscription:
     @property
     def position(self) -> int:
         return self._position
+
+    @property
+    def known_last(self) -> int:
+        return self._known_last
 
     # -- the producer's side (the store) ----------------------------------------
 

@@ -23,6 +23,12 @@ class Subscription(Protocol):
         ...
 
     @property
+    def known_last(self) -> int:
+        """The newest seq it knows the store holds (from what was published, or
+        :meth:`stored_up_to`): it hands out every event up to it before it waits."""
+        ...
+
+    @property
     def ended(self) -> str | None:
         """Why the subscription ended: ``"closed"``, ``"deleted"``, ``"unsubscribed"``,
         ``"history lost"`` (the store changed the log's epoch), ``"events lost"`` (it

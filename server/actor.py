@@ -35,7 +35,7 @@ from .append_outcomes import append_failed, feed_repeated, over_cap
 from .budget import MemoryBudget
 from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
 from .control import answer_stopped, handle, store_failed
-from .following import Following
+from .following import BATCH_MAX, Following
 from .inbox import Inbox
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
@@ -48,7 +48,6 @@ from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
 
-_BATCH_MAX = 512
 # Read once: a member read off its class goes through EnumType.__getattr__ on Python
 # 3.11 (about 850 machine instructions), and every append asks (models.py's _EXPIRED).
 _IDLE: Final = SessionState.IDLE
@@ -222,7 +221,8 @@ class SessionActor:
     async def _finish(self) -> None:
         self._retire()
         # Commands posted before the actor retired are answered, never dropped; from
-        # the moment the inbox is found empty, new ones are rejected on arrival.
+        # the moment the inbox is found empty, new ones are rejected on arrival. It
+        # follows the log meanwhile: a stop among them delivers what is stored first.
         try:
             while len(self.inbox):
                 await self._handle_taken()
@@ -234,6 +234,8 @@ class SessionActor:
             raise
         finally:
             self.finished = True
+            self.unfollow()
+            self.room.drop_ring()
             for command in self.inbox.take_all():
                 self._reject(command)
 
@@ -241,8 +243,6 @@ class SessionActor:
         """Stop taking commands; from here on the manager spawns a new actor if needed."""
         self.accepting = False
         self.timer.cancel()
-        self.unfollow()
-        self.room.drop_ring()
         self.health.owe(self.status)  # a state still owed: written once the store answers
         self._on_retired(self)
 
@@ -250,7 +250,7 @@ class SessionActor:
 
     async def _handle_taken(self) -> None:
         """The commands taken together: each run of appends in one store append."""
-        batch = self.inbox.take_batch(_BATCH_MAX)
+        batch = self.inbox.take_batch(BATCH_MAX)
         appends: list[Append] = []
         try:
             for command in batch:
@@ -346,15 +346,15 @@ class SessionActor:
         is ready" never runs out. (An end of the feed is left to the caller.)"""
         room, following = self.room, self.following
         while self.accepting and room.published_seq < up_to and following.ready():
-            taken = await following.take(_BATCH_MAX)
+            taken = await following.take(BATCH_MAX)
             if not isinstance(taken, list):
                 return
-            self._give(taken)
+            self.give(taken)
 
     async def _deliver(self) -> None:
-        taken = await self.following.take(_BATCH_MAX)
+        taken = await self.following.take(BATCH_MAX)
         if isinstance(taken, list):
-            self._give(taken)
+            self.give(taken)
         elif taken is not None:
             code, reason, ended = taken
             closed = ended == "closed"
@@ -366,12 +366,12 @@ class SessionActor:
         """Gives what this process appended, at hand, with no coroutine; False if none
         is. Not inline in ``_run``: a local of that loop would hold the last batch (big
         events, decoded and encoded) for as long as the session then stays quiet."""
-        events = self.following.take_buffered(_BATCH_MAX)
+        events = self.following.take_buffered(BATCH_MAX)
         if events:
-            self._give(events)
+            self.give(events)
         return bool(events)
 
-    def _give(self, events: list[StoredEvent]) -> None:
+    def give(self, events: list[StoredEvent]) -> None:
         if repeated := self.room.deliver(events):
             feed_repeated(self, events, repeated)
         # Once per batch, for its oldest event: the lag that batch's viewers saw at

@@ -39,6 +39,7 @@ from .commands import (
     attach_refusal,
 )
 from .failures import subscription_end
+from .following import BATCH_MAX
 from .limits import TooManySessionConnections
 from .status import EXPIRED, attach_is_activity
 
@@ -65,6 +66,7 @@ async def handle(actor: SessionActor, command: Command) -> None:
                 # meanwhile would leave them open, in no room, told nothing.
                 command.hand_over.take(actor.room.hand_over())
             else:
+                await deliver_known(actor)  # events acknowledged before the close
                 actor.room.close_all(command.code, command.reason)
             actor.accepting = False
             if command.future is not None and not command.future.done():
@@ -80,6 +82,22 @@ async def handle(actor: SessionActor, command: Command) -> None:
                 future.set_result(None)
         case _:  # pragma: no cover - Append is batched by the caller
             raise AssertionError(command)
+
+
+async def deliver_known(actor: SessionActor) -> None:
+    """Deliver the events the feed knows are stored, and no further: what a stop gives
+    the connections before it closes them. A backlog the feed reads from the store
+    comes in several reads (a megabyte each), which the close must not overtake; a log
+    another process keeps appending to must not hold the stop."""
+    subscription = actor.following.subscription
+    if subscription is None:
+        return
+    through = subscription.known_last
+    while subscription.position < through and actor.following.ready():
+        taken = await actor.following.take(BATCH_MAX)
+        if not isinstance(taken, list):
+            return  # the feed ended, or had nothing yet: the close says the rest
+        actor.give(taken)
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:

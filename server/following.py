@@ -20,6 +20,9 @@ log = structlog.get_logger("bamboo_session.actor")
 
 Ending = tuple[CloseCode, str, str | None]  # the close, and how the feed ended
 
+# What an actor takes at once: events from its feed, and commands from its inbox.
+BATCH_MAX = 512
+
 
 def _not_following() -> bool:
     return False

@@ -1,9 +1,12 @@
 """A session's actor behind its feed on a real server (one batch past the feed's
 buffer, on every backend): the feed reads the backlog from the store at most a
-megabyte at a time (what each read of the store brought is recorded)."""
+megabyte at a time (what each read of the store brought is recorded), and a server
+stop that comes while it is reading gives the session's viewer the whole backlog
+before ``closed`` and 1012."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.storage_backends import BACKENDS, Backend
 from tests.support import Peer, attach, token
+from tests.test_server_lifecycle import eventually
 
 BACKLOG = 30  # events of 60 KB: 1.8 MB, past the feed's buffer (1 MiB) in one append
 EVENT = "x" * 60_000
@@ -36,13 +40,17 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 class FeedReads:
     """The reads of the store that a live subscription makes behind its buffer: what
-    each brought (events, bytes)."""
+    each brought (events, bytes); with ``hold``, each waits for it to be set first."""
 
-    def __init__(self, subscription: FeedSubscription) -> None:
+    def __init__(self, subscription: FeedSubscription, hold: asyncio.Event | None = None) -> None:
         self.reads: list[tuple[int, int]] = []
+        self.started = asyncio.Event()
         read: Callable[[int, int], Awaitable[list[StoredEvent]]] = subscription._read
 
         async def recorded(after: int, limit: int) -> list[StoredEvent]:
+            self.started.set()
+            if hold is not None:
+                await hold.wait()
             events = await read(after, limit)
             self.reads.append((len(events), sum(event.size for event in events)))
             return events
@@ -84,3 +92,33 @@ async def test_a_backlog_past_the_buffer_is_read_a_megabyte_at_a_time(storage: S
     assert BACKLOG * len(EVENT) > BUFFER_BYTES  # (so it was past the buffer)
     for events, size in feed.reads:
         assert events == 1 or size <= READ_BEHIND_BYTES, feed.reads
+
+
+async def test_a_stop_gives_the_viewer_the_backlog_its_feed_was_reading(storage: Storage) -> None:
+    """The stop comes while the actor reads the first megabyte of the backlog, every
+    event of which was acknowledged before: the viewer gets them all, then ``closed``
+    and 1012 (it got that megabyte only, seqs 1 to 17 of 30, when the actor retired
+    at the stop's first turn with the rest unread)."""
+    hold = asyncio.Event()
+    server = server_on(storage, shutdown_grace=60.0, close_timeout=60.0)
+    await server.start()
+    try:
+        async with attach(server, "s1", create=True) as (viewer, _):
+            async with attach(server, "s1", role="agent") as (agent, _):
+                actor = server.manager.live_actor("s1")
+                assert actor is not None
+                feed = FeedReads(feed_of(server, "s1"), hold)
+                await publish_backlog(agent)
+                await asyncio.wait_for(feed.started.wait(), 10)
+                stopping = asyncio.ensure_future(server.stop())
+                await eventually(lambda: not actor.accepting)  # the stop has retired it
+                hold.set()
+                code, frames = await viewer.closed(timeout=30)
+                await asyncio.wait_for(stopping, 30)
+    finally:
+        hold.set()
+        await server.stop()
+    assert code == 1012 and frames[-1] == {"type": "closed", "reason": "server restarting"}
+    seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
+    assert seqs == list(range(1, BACKLOG + 1))
+    assert len(feed.reads) > 1  # the backlog came in several reads
