@@ -1,14 +1,19 @@
 """Decoding a request read from a connection, and charging the connection's byte rate
 (limits.py ``ByteRate``, sliced_reads.py ``charge_decoded``) for what the decode cost
-beyond the frame's bytes (docs/protocol.md, Byte rate): :func:`decode_charged`."""
+beyond the frame's bytes (docs/protocol.md, Byte rate): :func:`decode_charged`; and
+refusing a MessagePack publish whose event would be over the frame limit in JSON, the
+form JSON viewers get it in (:func:`check_json_sizes`)."""
 
 from __future__ import annotations
 
 from time import perf_counter
 
+import msgspec
+
 from bamboo_session.protocol.codec import Codec
-from bamboo_session.protocol.errors import ProtocolError
-from bamboo_session.protocol.frames import ClientFrame
+from bamboo_session.protocol.errors import ErrorCode, ProtocolError
+from bamboo_session.protocol.frames import ClientFrame, PublishBatch, PublishEvent, PublishMessage
+from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent
 
 from .sliced_reads import SlicedReads
 
@@ -22,15 +27,23 @@ from .sliced_reads import SlicedReads
 # while the second costs about its bytes: charged the most values its bytes could hold,
 # it made its peer wait a minute, longer than --ping-timeout.
 REFUSED_DECODE_BYTES_PER_SECOND = 2 << 30
+# The most JSON bytes one byte of MessagePack becomes: a control character in a string
+# is 6 (``\u0001``), ``false`` in an array 6 with its comma. A frame of at most a sixth
+# of the frame limit holds no event over the limit in JSON: it is not looked at.
+JSON_PER_MSGPACK_BYTE = 6
+_json = msgspec.json.Encoder()
 
 
-def decode_charged(codec: Codec, reads: SlicedReads, data: str | bytes) -> tuple[ClientFrame, int]:
+def decode_charged(
+    codec: Codec, reads: SlicedReads, data: str | bytes, max_event_json: int = 0
+) -> tuple[ClientFrame, int]:
     """``codec.decode_request(data)``, what its free-form values cost beyond its bytes
     (charged as read) charged to ``reads``: many small values cost far more to decode
     than long strings. (What its strings hold decoded beyond its bytes is in the weight
     it is queued with, not in the rate: wide characters decode no slower.) A refused
     frame, its values not counted to its end, is charged for the time its decode took,
-    at most what the most values its bytes could hold would cost."""
+    at most what the most values its bytes could hold would cost. With
+    ``max_event_json``, a MessagePack publish is checked by :func:`check_json_sizes`."""
     started = perf_counter()
     try:
         frame, cost, weight = codec.decode_weighed(data)
@@ -39,4 +52,32 @@ def decode_charged(codec: Codec, reads: SlicedReads, data: str | bytes) -> tuple
         reads.charge_decoded(min(took, codec.refused_weight(data) - len(data)))
         raise
     reads.charge_decoded(cost - len(data))
+    if max_event_json and not codec.text and len(data) * JSON_PER_MSGPACK_BYTE > max_event_json:
+        check_json_sizes(frame, max_event_json)
     return frame, weight
+
+
+def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
+    """``too_large`` for a publish one of whose events is more than ``max_event_json``
+    bytes in JSON (the frame limit: no JSON publisher can send it either). A MessagePack
+    frame within the limit could hold one of 6 times it (1 MiB of control characters),
+    which a JSON viewer would get in one frame over the usual client limit (1009, then
+    its resume into the same frame: never past it)."""
+    events: list[AnyAgentEvent | None]
+    if isinstance(frame, PublishEvent):
+        events = [frame.event]
+    elif isinstance(frame, PublishMessage):
+        events = [MessageEvent(frame.message)]
+    elif isinstance(frame, PublishBatch):
+        events = [i.event if i.message is None else MessageEvent(i.message) for i in frame.items]
+    else:
+        return
+    for index, event in enumerate(events):
+        size = len(_json.encode(event))
+        if size > max_event_json:
+            which = f"item {index}'s event" if isinstance(frame, PublishBatch) else "the event"
+            message = (
+                f"{which} is {size} bytes in JSON, as JSON viewers get it: over the frame"
+                f" limit ({max_event_json}); nothing was stored"
+            )
+            raise ProtocolError(ErrorCode.TOO_LARGE, message, frame.id)
