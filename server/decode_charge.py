@@ -43,7 +43,8 @@ def decode_charged(
     it is queued with, not in the rate: wide characters decode no slower.) A refused
     frame, its values not counted to its end, is charged for the time its decode took,
     at most what the most values its bytes could hold would cost. With
-    ``max_event_json``, a MessagePack publish is checked by :func:`check_json_sizes`."""
+    ``max_event_json`` (a MessagePack connection's: the frame limit), a publish is
+    checked by :func:`check_json_sizes`."""
     started = perf_counter()
     try:
         frame, cost, weight = codec.decode_weighed(data)
@@ -52,7 +53,7 @@ def decode_charged(
         reads.charge_decoded(min(took, codec.refused_weight(data) - len(data)))
         raise
     reads.charge_decoded(cost - len(data))
-    if max_event_json and not codec.text and len(data) * JSON_PER_MSGPACK_BYTE > max_event_json:
+    if max_event_json and len(data) * JSON_PER_MSGPACK_BYTE > max_event_json:
         check_json_sizes(frame, max_event_json)
     return frame, weight
 
