@@ -64,9 +64,11 @@ async def test_a_peer_of_the_old_session_never_moves_the_one_that_replaced_it(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
     """As above, A hearing nothing of ``s1`` for a while (5 s here): alice, still
-    attached to the old ``s1`` there, asks for ``state: idle`` then ``state: closed``
-    while bob is attached to the new one on B. Her actor's writes are fenced by the
-    epoch of the session it serves, as its appends are: each request is ``not_found``,
+    attached to the old ``s1`` there, asks for ``state: active`` (the state her
+    instance holds), ``state: idle`` then ``state: closed`` while bob is attached to
+    the new one on B. Her actor's writes, and its read of the seq the first one's ack
+    would carry, are fenced by the epoch of the session it serves, as its appends are:
+    each request is ``not_found``,
     and bob's session is neither closed nor moved (its state, its activity and its
     expiry, which the activity that comes with a state request would have slid, are
     as they were). Bob goes on appending; alice's connection closes with 4404 once A
@@ -90,6 +92,9 @@ async def test_a_peer_of_the_old_session_never_moves_the_one_that_replaced_it(
                     assert stored.expires_at is not None
                     await asyncio.sleep(0.05)  # a write now would show in the times
                     for request in (
+                        # The state her instance holds: no write, but the seq its ack
+                        # would carry is read from the store, fenced as any read.
+                        {"type": "state", "id": 1, "state": "active"},
                         {"type": "state", "id": 2, "state": "idle"},
                         {"type": "state", "id": 3, "state": "closed"},
                     ):
