@@ -192,6 +192,10 @@ class FeedSubscription:
         self._callback = callback
 
     async def next_batch(self, limit: int = 512) -> list[StoredEvent]:
+        if limit < 1:
+            # Nothing asked, nothing taken: a read of none would find none, and end the
+            # subscription as one whose store lost its events (_read_behind).
+            return []
         while True:
             if self.ended is not None:
                 return []

@@ -46,9 +46,10 @@ class Subscription(Protocol):
         ...
 
     async def next_batch(self, limit: int = 512) -> list[StoredEvent]:
-        """The next events, at most ``limit``; waits for one; empty once ended. Raises
-        StorageError when what it must read from the store cannot be read (the
-        subscription stays usable: a later call tries again)."""
+        """The next events, at most ``limit``; waits for one; empty once ended (and,
+        taking nothing, for a ``limit`` below 1). Raises StorageError when what it must
+        read from the store cannot be read (the subscription stays usable: a later
+        call tries again)."""
         ...
 
     def take_buffered(self, limit: int = 512) -> list[StoredEvent]:

@@ -118,6 +118,22 @@ async def test_take_buffered_hands_out_what_is_at_hand_once_in_order(store: Stor
     assert subscription.take_buffered() == []
 
 
+async def test_next_batch_of_no_events_takes_none_and_ends_nothing(store: Storage) -> None:
+    """``next_batch(0)`` (or less) asks for nothing: it gives nothing and the
+    subscription goes on, its events still to come. Its read of the store asked for
+    none and got none, which it took for a store that lost them: it ended ``events
+    lost``, and every event after it was never given."""
+    await new_session(store)
+    await store.append_events("s1", tokens("a", "b", "c"))
+    subscription = await store.subscribe("s1", after_seq=1)
+    for limit in (0, -1):
+        assert await asyncio.wait_for(subscription.next_batch(limit), RECV) == []
+        assert (subscription.ended, subscription.position) == (None, 1)
+        assert subscription.ready()
+    batch = await asyncio.wait_for(subscription.next_batch(), RECV)
+    assert [event.seq for event in batch] == [2, 3]
+
+
 async def take_mixed(subscription: Subscription, limit: int) -> list[int]:
     """What is at hand, else what ``next_batch`` brings: the actor's way."""
     batch = subscription.take_buffered(limit)
