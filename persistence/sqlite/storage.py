@@ -330,11 +330,15 @@ class SqliteStorage:
     async def subscribe(self, session_id: str, after_seq: int) -> FeedSubscription:
         check_session_id(session_id)
         position = functools.partial(self._read, reads.log_position, session_id)
+        subscription: FeedSubscription | None = None
 
         async def read(after: int, limit: int) -> list[StoredEvent]:
-            return await self.read_events(session_id, after, limit, READ_BEHIND_BYTES)
+            # Only the log it follows: a replace commits before its subscriptions end.
+            epoch = None if subscription is None else subscription.epoch
+            return await self.read_events(session_id, after, limit, READ_BEHIND_BYTES, epoch=epoch)
 
-        return await self._live.subscribe(session_id, after_seq, position, read)
+        subscription = await self._live.subscribe(session_id, after_seq, position, read)
+        return subscription
 
     async def last_seq(self, session_id: str, *, epoch: str | None = None) -> int:
         return (await self._read(reads.log_position, check_session_id(session_id), epoch))[0]
