@@ -88,12 +88,14 @@ async def deliver_known(actor: SessionActor) -> None:
     """Deliver the events the feed knows are stored, and no further: what a stop gives
     the connections before it closes them. A backlog the feed reads from the store
     comes in several reads (a megabyte each), which the close must not overtake; a log
-    another process keeps appending to must not hold the stop."""
+    another process keeps appending to must not hold the stop. Nor a room already
+    closed: an actor cancelled past the grace closed it, and a read of the store that
+    stalled then would keep the actor, its subscription with it, past the stop."""
     subscription = actor.following.subscription
     if subscription is None:
         return
-    through = subscription.known_last
-    while subscription.position < through and actor.following.ready():
+    room, through = actor.room, subscription.known_last
+    while room.outboxes and subscription.position < through and actor.following.ready():
         taken = await actor.following.take(BATCH_MAX)
         if not isinstance(taken, list):
             return  # the feed ended, or had nothing yet: the close says the rest

@@ -122,3 +122,31 @@ async def test_a_stop_gives_the_viewer_the_backlog_its_feed_was_reading(storage:
     seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
     assert seqs == list(range(1, BACKLOG + 1))
     assert len(feed.reads) > 1  # the backlog came in several reads
+
+
+async def test_a_stop_past_its_grace_leaves_no_reader_of_a_stalled_store(storage: Storage) -> None:
+    """The store stalls on the actor's read of the backlog, past the stop's grace: the
+    actor, cancelled, closes its viewer (1012) and ends with the stop, its subscription
+    with it. (It went on reading the stalled store for viewers it had closed, the stop
+    over, the task alive and the subscription held for as long as the store stalled.)"""
+    hold = asyncio.Event()  # never set before the stop: the store stalls
+    server = server_on(storage, shutdown_grace=0.3, close_timeout=0.3)
+    await server.start()
+    try:
+        async with attach(server, "s1", create=True) as (viewer, _):
+            async with attach(server, "s1", role="agent") as (agent, _):
+                actor = server.manager.live_actor("s1")
+                assert actor is not None
+                subscription = feed_of(server, "s1")
+                feed = FeedReads(subscription, hold)
+                await publish_backlog(agent)
+                await asyncio.wait_for(feed.started.wait(), 10)
+                await asyncio.wait_for(server.stop(), 30)
+                code, _frames = await viewer.closed(timeout=10)
+                assert code == 1012
+                assert actor.finished and actor.task is not None and actor.task.done()
+                assert subscription.ended is not None
+                assert feed.reads == []  # (the store stalled throughout)
+    finally:
+        hold.set()
+        await server.stop()
