@@ -11,6 +11,11 @@ user signed out).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
 from typing import Any
 
 import pytest
@@ -23,6 +28,22 @@ playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=10_000)
+
+
+def padded_token(sub: str) -> str:
+    """A token signed over base64 parts that keep their ``=`` padding: RFC 7515 leaves
+    it out, some issuers do not, and the server's PyJWT takes it."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode()
+
+    header = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"sub": sub, "role": "user", "exp": int(time.time()) + 600, "n": "12"}
+    signed = f"{header}.{part(json.dumps(claims).encode())}"
+    signature = hmac.new(SECRET.encode(), signed.encode(), hashlib.sha256).digest()
+    token = f"{signed}.{part(signature)}"
+    assert token.count("=") >= 2  # (padded: its signature and another part at least)
+    return token
 
 
 async def sign_in(page: Any, port: int, pasted: str) -> None:
@@ -49,6 +70,20 @@ async def test_a_pasted_token_is_taken_out_of_its_header_and_its_line_breaks(bro
             assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == alice
             assert [p for p in problems if "status of 401" not in p] == [], pasted
             await page.close()
+
+
+async def test_a_token_whose_parts_keep_their_base64_padding_signs_in(browser: Any) -> None:
+    """The server takes it: the form must not refuse it as no token (it did: its `=`
+    is no letter, digit, `-` or `_`), which locked its holder out of the console."""
+    alice = padded_token("alice")
+    async with run_server(auth_secret=SECRET) as server:
+        await make_session(ws_url(server), "mine", None, "Mine", token=alice)
+        page = await browser.new_page()
+        await sign_in(page, server.port, f"Bearer {alice}")
+        await expect(page.locator("#sessions tbody tr")).to_have_count(1)
+        await expect(page.locator("#who-name")).to_have_text("alice (user)")
+        assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == alice
+        await page.close()
 
 
 async def test_a_paste_that_cannot_be_a_token_is_refused_by_the_form(browser: Any) -> None:

@@ -55,9 +55,11 @@ export function getToken() {
 }
 
 // A JWT (RFC 7519, compact form): letters, digits, `-` and `_`, in three parts joined by
-// dots. What a paste brings besides: the scheme of the header it was copied from, line
-// breaks of a terminal that wrapped it, invisible characters of a web page.
-const JWT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+// dots; each part may end in the `=` of base64 padding, which RFC 7515 leaves out but
+// the server takes (PyJWT), so an issuer that pads locks nobody out. What a paste
+// brings besides: the scheme of the header it was copied from, line breaks of a
+// terminal that wrapped it, invisible characters of a web page.
+const JWT = /^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}$/;
 const INVISIBLE = /[\u200b-\u200d\u2060\ufeff]/g;
 
 /**
