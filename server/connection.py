@@ -185,8 +185,8 @@ class Connection:
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
         actor, outbox = self.actor, self.outbox
-        # In JSON an event is within the frame limit as its frame is (decode_charge.py).
-        max_event_json = 0 if self.codec.text else self.services.config.max_frame_bytes
+        # In either codec an event is stored larger than its frame may be (decode_charge.py).
+        max_event_json = self.services.config.max_frame_bytes
         decode = partial(decode_charged, self.codec, self.ws, max_event_json=max_event_json)
         limiter = self.limiter
         taken = 0

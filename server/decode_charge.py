@@ -1,7 +1,7 @@
 """Decoding a request read from a connection, and charging the connection's byte rate
 (limits.py ``ByteRate``, sliced_reads.py ``charge_decoded``) for what the decode cost
 beyond the frame's bytes (docs/protocol.md, Byte rate): :func:`decode_charged`; and
-refusing a MessagePack publish whose event would be over the frame limit in JSON, the
+refusing a publish whose event would be over the frame limit in JSON as stored, the
 form JSON viewers get it in (:func:`check_json_sizes`)."""
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from .sliced_reads import SlicedReads
 # while the second costs about its bytes: charged the most values its bytes could hold,
 # it made its peer wait a minute, longer than --ping-timeout.
 REFUSED_DECODE_BYTES_PER_SECOND = 2 << 30
-# The most JSON bytes one byte of MessagePack becomes: a control character in a string
-# is 6 (``\u0001``), ``false`` in an array 6 with its comma. A frame of at most a sixth
-# of the frame limit holds no event over the limit in JSON: it is not looked at.
-JSON_PER_MSGPACK_BYTE = 6
+# The most JSON bytes one byte of a frame becomes as stored: in MessagePack a control
+# character in a string is 6 (``\u0001``), ``false`` in an array 6 with its comma; in
+# JSON, whose numbers and defaults are written again, ``1e15,`` is 19
+# (``1000000000000000.0,``), 3.8 a byte. A frame of at most a sixth of the frame limit
+# holds no event over the limit in JSON: it is not looked at.
+JSON_PER_FRAME_BYTE = 6
 _json = msgspec.json.Encoder()
 
 
@@ -43,8 +45,8 @@ def decode_charged(
     it is queued with, not in the rate: wide characters decode no slower.) A refused
     frame, its values not counted to its end, is charged for the time its decode took,
     at most what the most values its bytes could hold would cost. With
-    ``max_event_json`` (a MessagePack connection's: the frame limit), a publish is
-    checked by :func:`check_json_sizes`."""
+    ``max_event_json`` (the frame limit), a publish is checked by
+    :func:`check_json_sizes`."""
     started = perf_counter()
     try:
         frame, cost, weight = codec.decode_weighed(data)
@@ -53,17 +55,18 @@ def decode_charged(
         reads.charge_decoded(min(took, codec.refused_weight(data) - len(data)))
         raise
     reads.charge_decoded(cost - len(data))
-    if max_event_json and len(data) * JSON_PER_MSGPACK_BYTE > max_event_json:
+    if max_event_json and len(data) * JSON_PER_FRAME_BYTE > max_event_json:
         check_json_sizes(frame, max_event_json)
     return frame, weight
 
 
 def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
     """``too_large`` for a publish one of whose events is more than ``max_event_json``
-    bytes in JSON (the frame limit: no JSON publisher can send it either). A MessagePack
-    frame within the limit could hold one of 6 times it (1 MiB of control characters),
-    which a JSON viewer would get in one frame over the usual client limit (1009, then
-    its resume into the same frame: never past it)."""
+    bytes in JSON as stored (the frame limit). A MessagePack frame within the limit
+    could hold one of 6 times it (1 MiB of control characters), a JSON one of 1.2 times
+    it (16,384 numbers sent as ``1e15`` and stored as ``1000000000000000.0``), which a
+    JSON viewer would get in one frame over the usual client limit (1009, then its
+    resume into the same frame: never past it)."""
     events: list[AnyAgentEvent | None]
     if isinstance(frame, PublishEvent):
         events = [frame.event]

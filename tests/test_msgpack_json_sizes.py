@@ -2,13 +2,17 @@
 limit in MessagePack can be 6 times that in JSON (a control character is ``\\u0001``),
 one frame that no client with the usual limit (1 MiB, websockets' default) can read:
 closed 1009, it resumed into the same frame for ever. Such a publish gets
-``too_large``, nothing is stored, and viewers read on."""
+``too_large``, nothing is stored, and viewers read on. A JSON publisher's event is
+written again too, and can come out larger than its frame: ``1e15`` is stored as
+``1000000000000000.0``, 4 bytes as 18."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tests.support import Peer, attach, run_server, token
+
+MIB = 1024 * 1024
 
 CONTROL = "\x01"  # one byte in MessagePack, six in JSON
 
@@ -40,3 +44,25 @@ async def test_a_msgpack_publish_over_the_frame_limit_in_json_is_refused() -> No
             assert ack == {"type": "ack", "id": 3, "seq": 1}  # nothing else was stored
             event = await viewer.recv_type("event")
             assert event["seq"] == 1 and event["event"] == fits
+
+
+async def test_a_json_publish_whose_event_is_stored_over_the_frame_limit_is_refused() -> None:
+    """16,000 numbers written ``1e15`` (4 bytes, 18 as stored) in a frame of just under
+    1 MiB: its event is 1.2 MB in JSON as every JSON viewer would get it (one with the
+    usual limit closed it with 1009, and met it again at each resume)."""
+    numbers = ",".join(["1e15"] * 16_000)
+    head = '{"type":"event","id":1,"event":{"type":"custom","name":"n","data":{"numbers":['
+    filler = "x" * (MIB - 100 - len(head) - len(numbers))
+    frame = f'{head}{numbers}],"text":"{filler}"}}}}}}'
+    assert len(frame) < MIB
+    async with run_server() as server, attach(server, "s1", create=True) as (viewer, _):
+        async with attach(server, "s1", role="agent") as (agent, _):
+            await agent.ws.send(frame)
+            while (error := await agent.recv())["type"] == "presence":
+                pass
+            assert error["type"] == "error" and error["code"] == "too_large", error
+            assert error["id"] == 1 and "bytes in JSON" in error["message"]
+            ack = await reply(agent, {"type": "event", "id": 3, "event": token("fine")})
+            assert ack == {"type": "ack", "id": 3, "seq": 1}  # nothing else was stored
+            event = await viewer.recv_type("event")
+            assert event["seq"] == 1 and event["event"] == token("fine")
