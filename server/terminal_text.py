@@ -8,7 +8,8 @@ recoloured or erased what was printed (CSI: a carriage return and an erase made 
 say something else), or, where the terminal allows it, wrote the clipboard (OSC 52).
 :func:`shown` prints each as a visible escape (``\\x1b``) instead, and
 :func:`controls_shown` does so for every text field of a console log line. JSON output
-escapes them itself.
+escapes C0 controls itself, but writes DEL, C1 controls and bidi controls as they are:
+:func:`json_shown` escapes those too (``\\u009b``), the same JSON, the same data.
 """
 
 from __future__ import annotations
@@ -22,11 +23,23 @@ from typing import Any
 # (``lines=True``); in a table cell or a log field they are not.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What msgspec's JSON writes unescaped of them: only ever inside a string.
+_CONTROLS_JSON_KEEPS = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def shown(text: str, *, lines: bool = False) -> str:
     """``text`` with each control character as an escape (``\\x1b``, ``\\u202e``)."""
     return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_escaped, text)
+
+
+def json_shown(encoded: bytes) -> str:
+    """JSON text with each control character its encoder left as it is escaped
+    (``\\u009b``): it decodes to the same values."""
+    return _CONTROLS_JSON_KEEPS.sub(_json_escaped, encoded.decode())
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def _escaped(match: re.Match[str]) -> str:

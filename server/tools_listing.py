@@ -21,7 +21,7 @@ from bamboo_session.persistence.base import SessionFilter, SessionStorage
 from bamboo_session.protocol.models import SessionState
 
 from .list_cursor import BadCursor, ListingPage, cursor_after, position_of
-from .terminal_text import shown
+from .terminal_text import json_shown, shown
 from .tools import ToolError, short_time
 from .tools_store import get_json, offline_store
 
@@ -155,7 +155,7 @@ class _Json(_Output):
         for meta in page.sessions:
             if self._written:
                 sys.stdout.write(",")
-            sys.stdout.write(msgspec.json.encode(meta).decode())
+            sys.stdout.write(json_shown(msgspec.json.encode(meta)))
             self._written += 1
 
     def end(self, last: ListingPage) -> None:
@@ -167,7 +167,7 @@ class _Json(_Output):
             "limit": self._limit,
             "next_cursor": last.next_cursor,
         }
-        print("]," + msgspec.json.encode(tail).decode()[1:])
+        print("]," + json_shown(msgspec.json.encode(tail))[1:])
 
 
 class _Table(_Output):

@@ -14,7 +14,7 @@ from bamboo_session.persistence.base import SessionFilter, SessionStorage, SortB
 from bamboo_session.protocol.models import Message, Session, SessionMetadata, SessionState
 
 from .list_cursor import MAX_CURSOR_CHARS
-from .terminal_text import shown
+from .terminal_text import json_shown, shown
 from .tools import (
     ToolError,
     non_negative,
@@ -118,7 +118,7 @@ async def _show(args: argparse.Namespace) -> int:
         async with offline_store(args, read_only=True) as storage:
             session = await _session_offline(storage, session_id)
     if args.json:
-        print(msgspec.json.encode(session).decode())
+        print(json_shown(msgspec.json.encode(session)))
         return 0
     meta = session.metadata
     fields = [

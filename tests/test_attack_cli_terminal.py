@@ -5,7 +5,9 @@ window (OSC 0), recoloured or erased what was printed before it (CSI), a carriag
 return overwrote the start of its line, so a peer could make a listing lie, or, in the
 terminals that allow it, write the operator's clipboard (OSC 52). The human output now
 shows every control character as a visible escape (``\\x1b``), keeping only the line
-breaks and tabs of a message's text; ``--json`` is JSON's business (it escapes them).
+breaks and tabs of a message's text. ``--json`` escapes them as JSON does (``\\u009b``):
+JSON's encoders escape C0 controls, but wrote DEL, the C1 controls (``\\x9b``, a CSI
+of its own) and the bidi ones as they are.
 
 Against a real server, the session made by a real WebSocket peer, the commands run as
 processes over HTTP and on the data directory."""
@@ -63,3 +65,18 @@ async def test_ls_and_show_print_no_control_character_a_peer_sent(tmp_path: Path
         code, out, err = await cli("show", "hostile", "--url", url, "--json")
         assert code == 0, err
         assert json.loads(out)["metadata"]["title"] == TITLE  # the data itself, untouched
+        assert_json_shown(out)
+        for argv in (("ls", "--url", url, "--json"), ("ls", "--data-dir", str(data), "--json")):
+            code, out, err = await cli(*argv)
+            assert code == 0, err
+            assert json.loads(out)["sessions"][0]["title"] == TITLE
+            assert_json_shown(out)
+
+
+def assert_json_shown(out: str) -> None:
+    """No control character in ``--json``'s output but its last line break: each in
+    the data is an escape of JSON's (``\\u001b``, ``\\u009b``, ``\\u202e``)."""
+    controls = [c for c in out.rstrip("\n") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0]
+    assert controls == [], out
+    assert "\u202e" not in out
+    assert "\\u009b31m\\u007f\\u202e" in out
