@@ -54,6 +54,8 @@ from bamboo_session.protocol.models import SessionMetadata, utcnow
 
 log = logging.getLogger(__name__)
 
+# datetime.now bound once: read as ``datetime.now`` it is a new bound method a call.
+_wall_clock: Final = datetime.now
 _TICK: Final = timedelta(microseconds=1)  # the finest step a stored time shows
 _NO_STEP: Final = timedelta(0)
 # How far behind the newest time held the wall clock may be before it is said: past
@@ -90,7 +92,7 @@ def far_ahead() -> datetime:
 class StoreClock:
     """The wall clock, held to never give a time earlier than one it gave or saw."""
 
-    __slots__ = ("_held_since", "_lock", "_newest", "_warned_at")
+    __slots__ = ("_held_since", "_lock", "_newest", "_steady", "_warned_at")
 
     def __init__(self) -> None:
         self._newest = datetime.min.replace(tzinfo=UTC)
@@ -98,29 +100,48 @@ class StoreClock:
         # When the wall clock fell behind (monotonic), and the newest time then.
         self._held_since: tuple[float, datetime] | None = None
         self._warned_at: float | None = None  # the last warning (monotonic), if held back
+        # Neither held back nor warned of it: a wall time past the newest is given as
+        # it is, with nothing to clear (the common case, read first).
+        self._steady = True
 
     def now(self) -> datetime:
         """The present on this clock, for comparing stored times with: never behind a
         time given before, and every stamp after it is later (a restart's fence)."""
-        return self._give(_NO_STEP)
+        wall, lock = _wall_clock(UTC), self._lock
+        lock.acquire()  # (a with statement costs twice the calls: two reads an append)
+        try:
+            if wall > self._newest and self._steady:
+                self._newest = wall
+                return wall
+        finally:
+            lock.release()
+        return self._give(wall, _NO_STEP)
 
     def stamp(self) -> datetime:
         """A time to store: later than every time stamped or seen before, so that a
         write is told from the one before it by its time alone (``updated_since``)."""
-        return self._give(_TICK)
+        wall, lock = _wall_clock(UTC), self._lock
+        lock.acquire()  # (a with statement costs twice the calls: two reads an append)
+        try:
+            if wall > self._newest and self._steady:
+                self._newest = wall
+                return wall
+        finally:
+            lock.release()
+        return self._give(wall, _TICK)
 
-    def _give(self, step: timedelta) -> datetime:
-        wall = datetime.now(UTC)  # utcnow(), without its call: three times an append
+    def _give(self, wall: datetime, step: timedelta) -> datetime:
+        """What :meth:`now` and :meth:`stamp` give past their common case (the wall
+        clock ahead of the newest time, as it was): held ahead, or catching up."""
         with self._lock:
             if wall > self._newest:
                 self._newest = wall
-                if self._held_since is None and self._warned_at is None:
-                    return wall  # the wall clock ahead, as it was: nothing to clear
-                self._held_since = None
                 caught_up, self._warned_at = self._warned_at is not None, None
+                self._held_since, self._steady = None, True
                 given, warn = wall, False
             else:
                 caught_up = False
+                self._steady = False
                 given, warn = self._held(wall, step)
         if warn:
             self._warn(wall, given)
