@@ -195,5 +195,8 @@ class JsonlQueries:
         return self._clock.now()
 
     def _check_not_expired(self, record: SessionRecord) -> None:
-        if record.meta.is_expired(self._clock.now()):
+        # The clock is read only for a session that can expire by time (one with a
+        # TTL): every append checks, and most sessions have none.
+        meta = record.meta
+        if meta.is_expired(None if meta.expires_at is None else self._clock.now()):
             raise SessionExpired(f"session {record.meta.id!r} has expired")
