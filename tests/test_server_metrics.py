@@ -12,11 +12,12 @@ from pathlib import Path
 import jwt
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import Histogram as ReferenceHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from bamboo_session.persistence.jsonl import deletes
 from bamboo_session.protocol.models import Session
-from bamboo_session.server.metrics import Histogram, HotCounter
+from bamboo_session.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram, HotCounter
 from bamboo_session.server.store_stats import bytes_on_disk
 from tests.support import attach, get, open_peer, run_server, token
 
@@ -52,6 +53,31 @@ def test_histogram_renders_cumulative_buckets() -> None:
     assert buckets == {"0.1": 2, "1.0": 3, "+Inf": 4}
     count = next(s.value for s in family.samples if s.name == "h_seconds_count")
     assert count == 4 and histogram.sum == 3.65
+
+
+@pytest.mark.parametrize(
+    ("buckets", "observed"),
+    [
+        (BATCH_BUCKETS, (1, 1, 0, 2, 3, 1024, 1025, 1.5, 64)),  # batch sizes: ints
+        (LATENCY_BUCKETS, (0.00005, 0.0001, 0.00011, 0.003, 10.0, 11.0, -0.0, 0.25)),
+    ],
+)
+def test_a_histogram_renders_as_a_prometheus_histogram(
+    buckets: tuple[float, ...], observed: tuple[float, ...]
+) -> None:
+    """The same buckets, sum and count as prometheus_client's own Histogram for the
+    same observations, the first bucket's bound and the values either side of a bound
+    included (observe tells the first bucket apart, and searches ints among ints)."""
+    hot, plain = CollectorRegistry(), CollectorRegistry()
+    histogram = Histogram("h_size", "h", buckets)
+    hot.register(histogram)
+    reference = ReferenceHistogram("h_size", "h", buckets=buckets, registry=plain)
+    for value in observed:
+        histogram.observe(value)
+        reference.observe(value)
+    ours, theirs = samples(generate_latest(hot).decode()), samples(generate_latest(plain).decode())
+    theirs.pop(("h_size_created", ()))
+    assert ours == theirs
 
 
 def test_a_hot_counter_renders_as_a_prometheus_counter() -> None:
