@@ -108,7 +108,7 @@ class StoreClock:
         """The present on this clock, for comparing stored times with: never behind a
         time given before, and every stamp after it is later (a restart's fence)."""
         wall, lock = _wall_clock(UTC), self._lock
-        lock.acquire()  # (a with statement costs twice the calls: two reads an append)
+        lock.acquire()  # not a with statement: half its calls, on two or three reads an event
         try:
             if wall > self._newest and self._steady:
                 self._newest = wall
@@ -121,7 +121,7 @@ class StoreClock:
         """A time to store: later than every time stamped or seen before, so that a
         write is told from the one before it by its time alone (``updated_since``)."""
         wall, lock = _wall_clock(UTC), self._lock
-        lock.acquire()  # (a with statement costs twice the calls: two reads an append)
+        lock.acquire()  # not a with statement: half its calls, on two or three reads an event
         try:
             if wall > self._newest and self._steady:
                 self._newest = wall
