@@ -285,8 +285,15 @@ class MemoryStorage(MemoryImports):
         if not fresh:
             return results
         now = self._clock.stamp()
-        stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
-        adding = sum(stored_size(event.event_json, event.key) for event in stored)
+        if len(fresh) == 1:  # most appends: one event (no comprehension's or generator's frame)
+            seq, event, key = fresh[0]
+            stored = [StoredEvent(seq, now, completed_event(event), key)]
+            adding = stored_size(stored[0].event_json, key)
+        else:
+            stored = [
+                StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh
+            ]
+            adding = sum(stored_size(event.event_json, event.key) for event in stored)
         if capped:
             check_room(meta.stored_bytes, adding, self.max_session_bytes)
             user = meta.user_id
