@@ -162,7 +162,7 @@ class Checkpointer:
             on_disk = self._take_found_on_disk(record)
             try:
                 record.slots, record.stamp = await self._jobs.run(
-                    checkpoint.update, self.layout.checkpoint(session_id), saved, record.slots,
+                    checkpoint.update, self.layout.checkpoint_file(session_id), saved, record.slots,
                     durable, on_disk,
                 )  # fmt: skip
             except BaseException:
