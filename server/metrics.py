@@ -67,8 +67,8 @@ class Histogram(Collector):
         self.name = name
         self.documentation = documentation
         self.bounds = tuple(float(b) for b in buckets)  # as rendered
-        # As given, for the search: an int (a batch's size) compared with an int costs a
-        # fifth of its comparison with a float, and gives the same answer.
+        # As given, for the search: an int (a batch's size) compared with ints, not
+        # floats, costs less (no mixed comparison) and gives the same answer.
         self._search = tuple(buckets)
         self._first = self._search[0]
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
