@@ -9,10 +9,11 @@ attached the actor follows the session with ``storage.subscribe``, and hands eac
 to its :class:`~.room.SessionRoom`, which sends it to every connection but its
 publisher's: events another process appended (a shared store) reach viewers alike.
 
-Spawning an actor reads the session's metadata and nothing else; idempotency is the
-store's. A parked actor (no connection) holds no task, no subscription and a small ring.
-This module holds the task, the appends and the delivery of events (the hot path); the
-other commands (attach, detach, state, stop, tick, presence) are in server/control.py.
+Spawning an actor reads the session's metadata and nothing else (the manager's
+``_load_actor``); idempotency is the store's. A parked actor (no connection) holds no
+task, no subscription and a small ring. This module holds the task, the appends and the
+delivery of events (the hot path); the other commands (attach, detach, state, stop,
+tick, presence) and the timer's looks are in server/control.py.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from typing import Final
 
 import structlog
 
-from bamboo_session.persistence.base import SessionFull, SessionNotFound, Storage, StorageError
+from bamboo_session.persistence.base import SessionFull, Storage, StorageError
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
 
 from .append_outcomes import append_failed, feed_repeated, over_cap
 from .budget import MemoryBudget
-from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
-from .control import answer_stopped, handle, store_failed
+from .commands import Append, Command, Request, Tick, answer_late
+from .control import answer_stopped, arm_timer, handle, store_failed
 from .following import Following
-from .inbox import Inbox
+from .inbox import BATCH_MAX, Inbox
 from .manager_config import SessionManagerConfig
 from .metrics import Metrics
 from .presence import LOCAL, LocalPresence
@@ -48,7 +49,6 @@ from .timers import ActivityTimer
 
 log = structlog.get_logger("bamboo_session.actor")
 
-_BATCH_MAX = 512
 # Read once: a member read off its class goes through EnumType.__getattr__ on Python
 # 3.11 (about 850 machine instructions), and every append asks (models.py's _EXPIRED).
 _IDLE: Final = SessionState.IDLE
@@ -112,25 +112,6 @@ class SessionActor:
         self._wakeup = Wakeup()  # while the task waits for work (_run)
         self.timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
 
-    @classmethod
-    async def load(
-        cls,
-        session_id: str,
-        storage: Storage,
-        config: SessionManagerConfig,
-        metrics: Metrics,
-        on_retired: Callable[[SessionActor], None],
-        presence: LocalPresence = LOCAL,
-        budget: MemoryBudget | None = None,
-        health: AppendHealth | None = None,
-    ) -> SessionActor:
-        """An actor for a stored session: its metadata is all it reads."""
-        metadata = await storage.get_metadata(session_id)
-        refusal = attach_refusal(metadata, session_id, storage.now())
-        if refusal is not None or metadata is None:
-            raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired, presence, budget, health)
-
     @property
     def published_seq(self) -> int:
         return self.room.published_seq
@@ -183,7 +164,7 @@ class SessionActor:
             self.metrics.errors.labels(code=code).inc()
 
     def start(self) -> None:
-        self.arm_timer()
+        arm_timer(self)
 
     # -- the task -------------------------------------------------------------------
 
@@ -250,7 +231,7 @@ class SessionActor:
 
     async def _handle_taken(self) -> None:
         """The commands taken together: each run of appends in one store append."""
-        batch = self.inbox.take_batch(_BATCH_MAX)
+        batch = self.inbox.take_batch(BATCH_MAX)
         appends: list[Append] = []
         try:
             for command in batch:
@@ -268,10 +249,7 @@ class SessionActor:
                 await self.append(appends)
         except asyncio.CancelledError:
             for command in batch:
-                if isinstance(command, Append | SetState):
-                    answer_stopped(command)
-                else:  # a stop or an attach: its waiter (a delete) would wait for ever
-                    answer_late(command, False, self.session_id)
+                answer_stopped(command, self.session_id)
             raise
         finally:
             self.inbox.finished(batch)
@@ -339,20 +317,10 @@ class SessionActor:
         self.following.stop()
         self.room.origins.clear()
 
-    async def catch_up(self) -> None:
-        """Deliver every event already stored and waiting: a close must not overtake
-        events that were acknowledged before it. (An end of the feed is left to the
-        caller, which closes the room itself.)"""
-        while self.accepting and self.following.ready():
-            taken = await self.following.take(_BATCH_MAX)
-            if not isinstance(taken, list):
-                return
-            self._give(taken)
-
     async def _deliver(self) -> None:
-        taken = await self.following.take(_BATCH_MAX)
+        taken = await self.following.take(BATCH_MAX)
         if isinstance(taken, list):
-            self._give(taken)
+            self.give(taken)
         elif taken is not None:
             code, reason, ended = taken
             closed = ended == "closed"
@@ -364,12 +332,12 @@ class SessionActor:
         """Gives what this process appended, at hand, with no coroutine; False if none
         is. Not inline in ``_run``: a local of that loop would hold the last batch (big
         events, decoded and encoded) for as long as the session then stays quiet."""
-        events = self.following.take_buffered(_BATCH_MAX)
+        events = self.following.take_buffered(BATCH_MAX)
         if events:
-            self._give(events)
+            self.give(events)
         return bool(events)
 
-    def _give(self, events: list[StoredEvent]) -> None:
+    def give(self, events: list[StoredEvent]) -> None:
         if repeated := self.room.deliver(events):
             feed_repeated(self, events, repeated)
         # Once per batch, for its oldest event: the lag that batch's viewers saw at
@@ -381,19 +349,3 @@ class SessionActor:
         """Closes every connection (``SessionRoom.close_all``) and retires."""
         self.room.close_all(code, reason, replays_go_on=replays_go_on)
         self.accepting = False
-
-    # -- timers: idleness while connected, the end of parking when not -----------
-
-    def arm_timer(self) -> None:
-        """Look again after a while: for idleness while connections are attached; when
-        none is, for the session's end in the store (its expiry, or a delete no notice
-        told this process of), the state its store is owed, and the end of parking."""
-        config, ttl = self.config, self.status.ttl
-        # Often enough that peers who keep sending frames keep a short-lived session
-        # alive: their traffic is recorded as activity at every look.
-        look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
-        if self.room.outboxes:
-            self.status.expires_at = None  # their activity moves it: read again once parked
-            self.timer.arm(look)
-        else:
-            self.timer.park(config.disconnect_retention, self.status.parked_look(look))

@@ -36,9 +36,11 @@ from .commands import (
     Settle,
     Stop,
     Tick,
+    answer_late,
     attach_refusal,
 )
 from .failures import subscription_end
+from .inbox import BATCH_MAX
 from .limits import TooManySessionConnections
 from .status import EXPIRED, attach_is_activity
 
@@ -92,7 +94,7 @@ def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> No
         if not command.future.done():
             command.future.set_exception(exc)
     elif isinstance(command, Tick):
-        actor.arm_timer()  # look again later
+        arm_timer(actor)  # look again later
 
 
 async def attach(actor: SessionActor, command: Attach) -> None:
@@ -151,7 +153,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # from one of them (seen on that instance) resumes, rather than is told its
         # seq is beyond the log's end and sent it again.
         actor.following.stored_up_to(metadata.last_seq)
-        await actor.catch_up()
+        await catch_up(actor)
         if command.future.done():  # its caller gave up waiting meanwhile
             return await given_up(actor, was, stored)
     if attach_is_activity(actor.state, actor.presence.shared, bool(actor.room.outboxes)):
@@ -185,7 +187,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         actor.metrics.events_replayed.inc(welcome.replay)
     actor.timer.note_traffic()
     if len(actor.room.outboxes) == 1:
-        actor.arm_timer()  # parked until now: from here on, watch for idleness
+        arm_timer(actor)  # parked until now: from here on, watch for idleness
     command.future.set_result(welcome)
 
 
@@ -216,7 +218,7 @@ async def given_up(actor: SessionActor, was: SessionState, stored: SessionState)
             log.warning("restoring the session's idle state failed", error=str(exc))
     await actor.status.park(elsewhere=True)  # owed: written unless others are attached
     await save_owed(actor, "Attach")
-    actor.arm_timer()
+    arm_timer(actor)
 
 
 async def detach(actor: SessionActor, connection_id: str) -> None:
@@ -233,7 +235,7 @@ async def detach(actor: SessionActor, connection_id: str) -> None:
         if failed := await actor.status.park(elsewhere=bool(connections)):
             actor.health.command_failures.failed("Detach", str(failed))  # told once an outage
         actor.room.shrink_ring(PARKED_RING_SIZE)
-        actor.arm_timer()  # retires it after the retention; saves its state before
+        arm_timer(actor)  # retires it after the retention; saves its state before
 
 
 async def tick(actor: SessionActor, generation: int) -> None:
@@ -252,7 +254,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
         if timer.retires:
             actor.accepting = False  # parked for the whole retention: retire
         else:
-            actor.arm_timer()
+            arm_timer(actor)
         return
     ended = await actor.status.check(
         timer.quiet_for(), actor.config.idle_timeout, traffic=timer.traffic_since_armed()
@@ -270,7 +272,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
         # the notice would tell them.
         actor.end(*subscription_end(actor.following.ended(ended)))
         return
-    actor.arm_timer()
+    arm_timer(actor)
 
 
 async def save_owed(actor: SessionActor, command: str) -> None:
@@ -292,7 +294,7 @@ async def closed_elsewhere(actor: SessionActor) -> None:
     stored = await actor.storage.get_metadata(actor.session_id)
     if stored is not None and stored.epoch == actor.room.epoch:
         actor.following.stored_up_to(stored.last_seq)
-        await actor.catch_up()
+        await catch_up(actor)
     actor.status.state = SessionState.CLOSED
     actor.end(*subscription_end(CLOSED), replays_go_on=True)
 
@@ -330,7 +332,7 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     # Viewers get every acknowledged event before a close; and the ack's seq, the
     # session's last, is never below the acks sent before it (the requester's own
     # appends just stored, their events not yet taken from the feed).
-    await actor.catch_up()
+    await catch_up(actor)
     command.answer(actor.room.published_seq)
     if command.state == SessionState.CLOSED:
         # A replay under way is sent whole first: no resume can bring its rest now.
@@ -338,13 +340,42 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
         actor.accepting = False
 
 
-def answer_stopped(command: Command) -> None:
+def answer_stopped(command: Command, session_id: str) -> None:
     """A request of the in-process API whose actor was stopped while handling it (the
     server's close, past its grace): its caller must not wait for ever. A peer's is
-    not answered: its connection closes with 1012, and it sends the request again."""
+    not answered: its connection closes with 1012, and it sends the request again. A
+    stop's or an attach's waiter is told the actor is gone (a delete would wait for
+    ever)."""
     if not isinstance(command, Append | SetState):
+        answer_late(command, False, session_id)
         return
     reply = command.batch if isinstance(command, Append) and command.batch else command
     if reply.future is not None:
         reason = "the server stopped before the store answered (it may have been stored)"
         command.refuse(StorageError(f"{reason}; retry with the same key"))
+
+
+async def catch_up(actor: SessionActor) -> None:
+    """Deliver every event already stored and waiting: a close must not overtake
+    events that were acknowledged before it. (An end of the feed is left to the
+    caller, which closes the room itself.)"""
+    while actor.accepting and actor.following.ready():
+        taken = await actor.following.take(BATCH_MAX)
+        if not isinstance(taken, list):
+            return
+        actor.give(taken)
+
+
+def arm_timer(actor: SessionActor) -> None:
+    """Look again after a while: for idleness while connections are attached; when
+    none is, for the session's end in the store (its expiry, or a delete no notice
+    told this process of), the state its store is owed, and the end of parking."""
+    config, ttl = actor.config, actor.status.ttl
+    # Often enough that peers who keep sending frames keep a short-lived session
+    # alive: their traffic is recorded as activity at every look.
+    look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
+    if actor.room.outboxes:
+        actor.status.expires_at = None  # their activity moves it: read again once parked
+        actor.timer.arm(look)
+    else:
+        actor.timer.park(config.disconnect_retention, actor.status.parked_look(look))

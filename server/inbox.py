@@ -14,6 +14,9 @@ import collections
 from .budget import NO_LIMIT, MemoryBudget
 from .commands import Append, Command
 
+# Commands an actor takes at once, and events it hands its room at once, at most.
+BATCH_MAX = 512
+
 
 class Inbox:
     """The actor's command queue, bounded in commands and in bytes (and charged to the
