@@ -9,6 +9,10 @@ attached the actor follows the session with ``storage.subscribe``, and hands eac
 to its :class:`~.room.SessionRoom`, which sends it to every connection but its
 publisher's: events another process appended (a shared store) reach viewers alike.
 
+A lone append to an actor with nothing to do, on a store whose appends are in process,
+runs in its sender's task instead (``append_now``): the same step, under the same
+exclusion, one task wake-up fewer.
+
 Spawning an actor reads the session's metadata and nothing else (the manager's
 ``_load_actor``); idempotency is the store's. A parked actor (no connection) holds no
 task, no subscription and a small ring. This module holds the task, the appends and the
@@ -28,6 +32,7 @@ from typing import Final
 import structlog
 
 from bamboo_session.persistence.base import SessionFull, Storage, StorageError
+from bamboo_session.persistence.capabilities import AppendsInProcess
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
@@ -52,6 +57,8 @@ log = structlog.get_logger("bamboo_session.actor")
 # Read once: a member read off its class goes through EnumType.__getattr__ on Python
 # 3.11 (about 850 machine instructions), and every append asks (models.py's _EXPIRED).
 _IDLE: Final = SessionState.IDLE
+# A step in a sender's task cancelled with the actor's task: that task goes on.
+_STEP_STOPPED: Final = "the session's actor was stopped"
 
 
 class SessionActor:
@@ -73,6 +80,8 @@ class SessionActor:
         "room",
         "session_id",
         "status",
+        "stepping",
+        "steps_inline",
         "storage",
         "task",
         "timer",
@@ -110,6 +119,9 @@ class SessionActor:
         self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
         self._wakeup = Wakeup()  # while the task waits for work (_run)
+        # Not where appends are network round trips (Redis): the reader would wait on them.
+        self.steps_inline = isinstance(storage, AppendsInProcess)
+        self.stepping: asyncio.Task[object] | None = None  # the sender's, in append_now
         self.timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
 
     @property
@@ -147,6 +159,8 @@ class SessionActor:
         self._wake()
 
     def _wake(self) -> None:
+        if self.stepping is not None:
+            return  # the step under way (append_now) looks for work as it ends
         if self._wakeup.set():
             return  # the task waits for work, or was just woken from it: it takes this
         task = self.task
@@ -190,6 +204,7 @@ class SessionActor:
                     break
         except asyncio.CancelledError:
             self.accepting = False
+            self._cancel_step()
             self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         except Exception:
@@ -205,12 +220,15 @@ class SessionActor:
         # Commands posted before the actor retired are answered, never dropped; from
         # the moment the inbox is found empty, new ones are rejected on arrival.
         try:
+            while self.stepping is not None:  # cancelled mid-step: the step ends first
+                await self._wakeup.wait()
             while len(self.inbox):
                 await self._handle_taken()
             await self.presence.leave_session(self.session_id, self.room.epoch)
         except asyncio.CancelledError:
             # Past a stop's grace (ActorRegistry.close), as in the main loop: the stop
             # that would have closed the connections may be among those not handled.
+            self._cancel_step()
             self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         finally:
@@ -253,6 +271,44 @@ class SessionActor:
             raise
         finally:
             self.inbox.finished(batch)
+
+    def takes_now(self) -> bool:
+        """Whether a lone append may be handled now in its sender's task (append_now):
+        the store's appends are in process, and the task waits for work, unwoken since
+        (nothing queued, nothing in flight, nothing owed its viewers)."""
+        if self.stepping is not None or not self.steps_inline:
+            return False
+        return self.accepting and self._wakeup.unwoken()
+
+    async def append_now(self, command: Append) -> None:
+        """The actor's step for one append, stored, answered and delivered as ``_run``
+        would, in its sender's task (a peer's reader): only when :meth:`takes_now`, with
+        no await since. Nothing wakes the actor's task meanwhile (``_wake``): what comes
+        is handled, in order, after it. The actor's task, cancelled past a stop's grace,
+        cancels the step (not its sender's task, which reads on to its 1012); the event
+        may be stored then, unanswered (its peer sends it again, with its key)."""
+        step = self.stepping = asyncio.current_task()
+        inbox = self.inbox
+        inbox.hold(command)
+        try:
+            await self.append([command])
+            self._give_at_hand()
+        except asyncio.CancelledError as exc:
+            if exc.args != (_STEP_STOPPED,) or step is None or step.uncancel():
+                raise  # not (only) the actor's stop: the sender's task was cancelled
+        except Exception:  # as _run's: the session's connections close, it retires
+            log.exception("session actor failed")
+            self.accepting = False
+            self.room.close_all(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self.stepping = None
+            inbox.let_go(command)
+            if not self.accepting or len(inbox) or self.following.ready():
+                self._wake()
+
+    def _cancel_step(self) -> None:
+        if self.stepping is not None:
+            self.stepping.cancel(_STEP_STOPPED)
 
     async def append(self, appends: list[Append]) -> None:
         """Store appends taken together, in one store append, and answer each."""

@@ -273,17 +273,24 @@ class Connection:
             case Hello(id=request_id):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already received", request_id)
 
-    @staticmethod
-    async def _submit(actor: SessionActor, outbox: Outbox, command: Append | SetState) -> None:
+    async def _submit(
+        self, actor: SessionActor, outbox: Outbox, command: Append | SetState
+    ) -> None:
         """Posts a request whose reply the actor sends, once this connection may have
-        one more in flight; waits (and so stops reading) only when it may not."""
+        one more in flight; waits (and so stops reading) only when it may not. A lone
+        append to an actor with nothing to do is handled here and now, in this task
+        (SessionActor.append_now); not when more frames are queued behind it, which
+        are read on at once and go to the store together, as one batch of the actor's."""
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
             await actor.inbox.budget.charged_while(_weight(command), outbox.reserve())
         if not actor.inbox.may_post():
             await actor.inbox.budget.charged_while(_weight(command), actor.inbox.wait_for_room())
-        actor.post(command)
+        if type(command) is Append and actor.takes_now() and not self.ws.frames_queued():
+            await actor.append_now(command)
+        else:
+            actor.post(command)
 
     async def _batch(
         self, frame: PublishBatch, actor: SessionActor, outbox: Outbox, size: int
