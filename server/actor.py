@@ -280,21 +280,21 @@ class SessionActor:
             return False
         return self.accepting and self._wakeup.unwoken()
 
-    async def append_now(self, command: Append) -> None:
+    async def append_now(self, command: Append, step: asyncio.Task[object]) -> None:
         """The actor's step for one append, stored, answered and delivered as ``_run``
-        would, in its sender's task (a peer's reader): only when :meth:`takes_now`, with
-        no await since. Nothing wakes the actor's task meanwhile (``_wake``): what comes
-        is handled, in order, after it. The actor's task, cancelled past a stop's grace,
-        cancels the step (not its sender's task, which reads on to its 1012); the event
-        may be stored then, unanswered (its peer sends it again, with its key)."""
-        step = self.stepping = asyncio.current_task()
+        would, in its sender's task (``step``, a peer's reader, which calls it): only
+        when :meth:`takes_now`, with no await since. Nothing wakes the actor's task
+        meanwhile (``_wake``): what comes is handled, in order, after it. The actor's
+        task, cancelled past a stop's grace, cancels the step (not ``step``, which reads
+        on to its 1012); the event may be stored, unanswered (its peer sends it again)."""
+        self.stepping = step
         inbox = self.inbox
         inbox.hold(command)
         try:
             await self.append([command])
             self._give_at_hand()
         except asyncio.CancelledError as exc:
-            if exc.args != (_STEP_STOPPED,) or step is None or step.uncancel():
+            if exc.args != (_STEP_STOPPED,) or step.uncancel():
                 raise  # not (only) the actor's stop: the sender's task was cancelled
         except Exception:  # as _run's: the session's connections close, it retires
             log.exception("session actor failed")

@@ -86,6 +86,7 @@ class Connection:
         "outbox",
         "page_waited",
         "read_allowance",
+        "reader",
         "replay_share",
         "services",
         "session_id",
@@ -122,6 +123,7 @@ class Connection:
         self.page_waited = 0.0  # seconds its pages waited for that allowance
         self.replay_share: ReplayShare | None = None  # its peer's, set at attach
         self.writer: asyncio.Task[None] | None = None  # while it has work (start_writer)
+        self.reader: asyncio.Task[object] | None = None  # this task, once attached (_serve)
 
     async def run(self) -> None:
         self.bind_log_ids(connection_id=self.connection_id, session_id=self.session_id)
@@ -157,6 +159,7 @@ class Connection:
         (Outbox.run_writer_on_demand): the flusher writes the rest, the welcome too.
         Whichever side closes the socket ends the other."""
         assert self.outbox is not None
+        self.reader = asyncio.current_task()
         self.services.metrics.connections.inc()
         try:
             self.outbox.run_writer_on_demand()
@@ -278,9 +281,7 @@ class Connection:
     ) -> None:
         """Posts a request whose reply the actor sends, once this connection may have
         one more in flight; waits (and so stops reading) only when it may not. A lone
-        append to an actor with nothing to do is handled here and now, in this task
-        (SessionActor.append_now); not when more frames are queued behind it, which
-        are read on at once and go to the store together, as one batch of the actor's."""
+        append to an idle actor is handled here and now (SessionActor.append_now)."""
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
@@ -288,7 +289,8 @@ class Connection:
         if not actor.inbox.may_post():
             await actor.inbox.budget.charged_while(_weight(command), actor.inbox.wait_for_room())
         if type(command) is Append and actor.takes_now() and not self.ws.frames_queued():
-            await actor.append_now(command)
+            assert self.reader is not None  # set as the reading began (_serve)
+            await actor.append_now(command, self.reader)
         else:
             actor.post(command)
 
