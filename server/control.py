@@ -3,9 +3,10 @@
 Attach (check the stored session, follow it, join presence and the room, welcome),
 detach (leave; the last connection out parks the session, even while the store fails),
 a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
-another process's presence notice; what a failing store does to each of them; and
-the answer to an in-process request whose actor was stopped (what an append's failure
-does is server/append_outcomes.py's). Appends and the delivery
+another process's presence notice; what a failing store does to each of them; the
+answer to an in-process request whose actor was stopped (what an append's failure
+does is server/append_outcomes.py's); the timer's next look, and the catch-up that
+delivers what is stored before a close. Appends and the delivery
 of events are the actor's hot path and stay in server/actor.py; these run far less
 often, between its batches.
 """
