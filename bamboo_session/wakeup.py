@@ -38,6 +38,11 @@ class Wakeup:
         finally:
             self._waiter = None
 
+    def unwoken(self) -> bool:
+        """Whether a task waits and nobody has woken it since it began."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
     def set(self) -> bool:
         """Wakes the waiter; whether there is one (woken now, or already but not yet
         running)."""

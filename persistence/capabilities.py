@@ -2,7 +2,8 @@
 server looks for with ``isinstance``: the health of its syncs, the risk that its server
 loses acknowledged writes, the directories it writes in, whether it takes writes now,
 why it is not ready, the format of what it stores, the park at a restart of what a
-dead server left attached, and what it still owes its disk (a stop that cannot end)."""
+dead server left attached, what it still owes its disk (a stop that cannot end), and
+whether its appends are this process's own work (no network round trip)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,18 @@ class ParksAttached(Protocol):
         still stored: what a park stopped at a bound (a graceful stop's) left for the
         next start. A read: it moves nothing."""
         ...
+
+
+@runtime_checkable
+class AppendsInProcess(Protocol):
+    """A store one process holds whose appends are that process's own work, in memory
+    or on its disk (memory, JSONL, SQLite): a session's actor may run a lone append in
+    the task of the peer that sent it rather than wake its own (server/actor.py
+    ``append_now``). A store whose appends are round trips to another server (Redis)
+    does not implement it: its appends always go through the actor's task, so that
+    the peer's reader does not wait for the network before it reads on."""
+
+    appends_in_process: bool
 
 
 @dataclass(frozen=True, slots=True)

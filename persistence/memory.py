@@ -66,6 +66,8 @@ class MemoryStorage(MemoryImports):
     """Sessions and their logs in dictionaries. ``async with MemoryStorage() as s``, or
     ``await MemoryStorage.open()``."""
 
+    appends_in_process = True  # AppendsInProcess: no network under an append
+
     def __init__(
         self,
         default_ttl: int | None = None,

@@ -9,10 +9,15 @@ attached the actor follows the session with ``storage.subscribe``, and hands eac
 to its :class:`~.room.SessionRoom`, which sends it to every connection but its
 publisher's: events another process appended (a shared store) reach viewers alike.
 
-Spawning an actor reads the session's metadata and nothing else; idempotency is the
-store's. A parked actor (no connection) holds no task, no subscription and a small ring.
-This module holds the task, the appends and the delivery of events (the hot path); the
-other commands (attach, detach, state, stop, tick, presence) are in server/control.py.
+A lone append to an actor with nothing to do, on a store whose appends are in process,
+runs in its sender's task instead (``append_now``): the same step, under the same
+exclusion, one task wake-up fewer.
+
+Spawning an actor reads the session's metadata and nothing else (the manager's
+``_load_actor``); idempotency is the store's. A parked actor (no connection) holds no
+task, no subscription and a small ring. This module holds the task, the appends and the
+delivery of events (the hot path); the other commands (attach, detach, state, stop,
+tick, presence) and the timer's looks are in server/control.py.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ from typing import Final
 
 import structlog
 
-from bamboo_session.persistence.base import SessionFull, SessionNotFound, Storage, StorageError
+from bamboo_session.persistence.base import SessionFull, Storage, StorageError
+from bamboo_session.persistence.capabilities import AppendsInProcess
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
 
 from .append_outcomes import append_failed, feed_repeated, over_cap
 from .budget import MemoryBudget
-from .commands import Append, Command, Request, SetState, Tick, answer_late, attach_refusal
-from .control import answer_stopped, handle, store_failed
+from .commands import Append, Command, Request, Tick, answer_late
+from .control import answer_stopped, arm_timer, handle, store_failed
 from .following import BATCH_MAX, Following
 from .inbox import Inbox
 from .manager_config import SessionManagerConfig
@@ -51,6 +57,8 @@ log = structlog.get_logger("bamboo_session.actor")
 # Read once: a member read off its class goes through EnumType.__getattr__ on Python
 # 3.11 (about 850 machine instructions), and every append asks (models.py's _EXPIRED).
 _IDLE: Final = SessionState.IDLE
+# A step in a sender's task cancelled with the actor's task: that task goes on.
+_STEP_STOPPED: Final = "the session's actor was stopped"
 
 
 class SessionActor:
@@ -72,6 +80,8 @@ class SessionActor:
         "room",
         "session_id",
         "status",
+        "stepping",
+        "steps_inline",
         "storage",
         "task",
         "timer",
@@ -109,26 +119,10 @@ class SessionActor:
         self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
         self._wakeup = Wakeup()  # while the task waits for work (_run)
+        # Not where appends are network round trips (Redis): the reader would wait on them.
+        self.steps_inline = isinstance(storage, AppendsInProcess)
+        self.stepping: asyncio.Task[object] | None = None  # the sender's, in append_now
         self.timer = ActivityTimer(lambda generation: self.post(Tick(generation)))
-
-    @classmethod
-    async def load(
-        cls,
-        session_id: str,
-        storage: Storage,
-        config: SessionManagerConfig,
-        metrics: Metrics,
-        on_retired: Callable[[SessionActor], None],
-        presence: LocalPresence = LOCAL,
-        budget: MemoryBudget | None = None,
-        health: AppendHealth | None = None,
-    ) -> SessionActor:
-        """An actor for a stored session: its metadata is all it reads."""
-        metadata = await storage.get_metadata(session_id)
-        refusal = attach_refusal(metadata, session_id, storage.now())
-        if refusal is not None or metadata is None:
-            raise refusal or SessionNotFound(session_id)
-        return cls(metadata, storage, config, metrics, on_retired, presence, budget, health)
 
     @property
     def published_seq(self) -> int:
@@ -165,6 +159,8 @@ class SessionActor:
         self._wake()
 
     def _wake(self) -> None:
+        if self.stepping is not None:
+            return  # the step under way (append_now) looks for work as it ends
         if self._wakeup.set():
             return  # the task waits for work, or was just woken from it: it takes this
         task = self.task
@@ -182,7 +178,7 @@ class SessionActor:
             self.metrics.errors.labels(code=code).inc()
 
     def start(self) -> None:
-        self.arm_timer()
+        arm_timer(self)
 
     # -- the task -------------------------------------------------------------------
 
@@ -208,6 +204,7 @@ class SessionActor:
                     break
         except asyncio.CancelledError:
             self.accepting = False
+            self._cancel_step()
             self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         except Exception:
@@ -224,12 +221,15 @@ class SessionActor:
         # the moment the inbox is found empty, new ones are rejected on arrival. It
         # follows the log meanwhile: a stop among them delivers what is stored first.
         try:
+            while self.stepping is not None:  # cancelled mid-step: the step ends first
+                await self._wakeup.wait()
             while len(self.inbox):
                 await self._handle_taken()
             await self.presence.leave_session(self.session_id, self.room.epoch)
         except asyncio.CancelledError:
             # Past a stop's grace (ActorRegistry.close), as in the main loop: the stop
             # that would have closed the connections may be among those not handled.
+            self._cancel_step()
             self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         finally:
@@ -268,13 +268,48 @@ class SessionActor:
                 await self.append(appends)
         except asyncio.CancelledError:
             for command in batch:
-                if isinstance(command, Append | SetState):
-                    answer_stopped(command)
-                else:  # a stop or an attach: its waiter (a delete) would wait for ever
-                    answer_late(command, False, self.session_id)
+                answer_stopped(command, self.session_id)
             raise
         finally:
             self.inbox.finished(batch)
+
+    def takes_now(self) -> bool:
+        """Whether a lone append may be handled now in its sender's task (append_now):
+        the store's appends are in process, and the task waits for work, unwoken since
+        (nothing queued, nothing in flight, nothing owed its viewers)."""
+        if self.stepping is not None or not self.steps_inline:
+            return False
+        return self.accepting and self._wakeup.unwoken()
+
+    async def append_now(self, command: Append, step: asyncio.Task[object]) -> None:
+        """The actor's step for one append, stored, answered and delivered as ``_run``
+        would, in its sender's task (``step``, a peer's reader, which calls it): only
+        when :meth:`takes_now`, with no await since. Nothing wakes the actor's task
+        meanwhile (``_wake``): what comes is handled, in order, after it. The actor's
+        task, cancelled past a stop's grace, cancels the step (not ``step``, which reads
+        on to its 1012); the event may be stored, unanswered (its peer sends it again)."""
+        self.stepping = step
+        inbox = self.inbox
+        inbox.hold(command)
+        try:
+            await self.append([command])
+            self._give_at_hand()
+        except asyncio.CancelledError as exc:
+            if exc.args != (_STEP_STOPPED,) or step.uncancel():
+                raise  # not (only) the actor's stop: the sender's task was cancelled
+        except Exception:  # as _run's: the session's connections close, it retires
+            log.exception("session actor failed")
+            self.accepting = False
+            self.room.close_all(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self.stepping = None
+            inbox.let_go(command)
+            if not self.accepting or len(inbox) or self.following.ready():
+                self._wake()
+
+    def _cancel_step(self) -> None:
+        if self.stepping is not None:
+            self.stepping.cancel(_STEP_STOPPED)
 
     async def append(self, appends: list[Append]) -> None:
         """Store appends taken together, in one store append, and answer each."""
@@ -339,18 +374,6 @@ class SessionActor:
         self.following.stop()
         self.room.origins.clear()
 
-    async def catch_up(self, up_to: int) -> None:
-        """Deliver the events stored up to ``up_to`` (the session's last seq, as the
-        caller read it): a close must not overtake events acknowledged before it. Not
-        further: while another process appends faster than this one reads, "whatever
-        is ready" never runs out. (An end of the feed is left to the caller.)"""
-        room, following = self.room, self.following
-        while self.accepting and room.published_seq < up_to and following.ready():
-            taken = await following.take(BATCH_MAX)
-            if not isinstance(taken, list):
-                return
-            self.give(taken)
-
     async def _deliver(self) -> None:
         taken = await self.following.take(BATCH_MAX)
         if isinstance(taken, list):
@@ -383,19 +406,3 @@ class SessionActor:
         """Closes every connection (``SessionRoom.close_all``) and retires."""
         self.room.close_all(code, reason, replays_go_on=replays_go_on)
         self.accepting = False
-
-    # -- timers: idleness while connected, the end of parking when not -----------
-
-    def arm_timer(self) -> None:
-        """Look again after a while: for idleness while connections are attached; when
-        none is, for the session's end in the store (its expiry, or a delete no notice
-        told this process of), the state its store is owed, and the end of parking."""
-        config, ttl = self.config, self.status.ttl
-        # Often enough that peers who keep sending frames keep a short-lived session
-        # alive: their traffic is recorded as activity at every look.
-        look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
-        if self.room.outboxes:
-            self.status.expires_at = None  # their activity moves it: read again once parked
-            self.timer.arm(look)
-        else:
-            self.timer.park(config.disconnect_retention, self.status.parked_look(look))

@@ -86,6 +86,7 @@ class Connection:
         "outbox",
         "page_waited",
         "read_allowance",
+        "reader",
         "replay_share",
         "services",
         "session_id",
@@ -122,6 +123,7 @@ class Connection:
         self.page_waited = 0.0  # seconds its pages waited for that allowance
         self.replay_share: ReplayShare | None = None  # its peer's, set at attach
         self.writer: asyncio.Task[None] | None = None  # while it has work (start_writer)
+        self.reader: asyncio.Task[object] | None = None  # this task, once attached (_serve)
 
     async def run(self) -> None:
         self.bind_log_ids(connection_id=self.connection_id, session_id=self.session_id)
@@ -157,6 +159,7 @@ class Connection:
         (Outbox.run_writer_on_demand): the flusher writes the rest, the welcome too.
         Whichever side closes the socket ends the other."""
         assert self.outbox is not None
+        self.reader = asyncio.current_task()
         self.services.metrics.connections.inc()
         try:
             self.outbox.run_writer_on_demand()
@@ -275,17 +278,23 @@ class Connection:
             case Hello(id=request_id):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "hello was already received", request_id)
 
-    @staticmethod
-    async def _submit(actor: SessionActor, outbox: Outbox, command: Append | SetState) -> None:
+    async def _submit(
+        self, actor: SessionActor, outbox: Outbox, command: Append | SetState
+    ) -> None:
         """Posts a request whose reply the actor sends, once this connection may have
-        one more in flight; waits (and so stops reading) only when it may not."""
+        one more in flight; waits (and so stops reading) only when it may not. A lone
+        append to an idle actor is handled here and now (SessionActor.append_now)."""
         if outbox.in_flight < outbox.max_in_flight:
             outbox.in_flight += 1
         else:
             await actor.inbox.budget.charged_while(_weight(command), outbox.reserve())
         if not actor.inbox.may_post():
             await actor.inbox.budget.charged_while(_weight(command), actor.inbox.wait_for_room())
-        actor.post(command)
+        if type(command) is Append and actor.takes_now() and not self.ws.frames_queued():
+            assert self.reader is not None  # set as the reading began (_serve)
+            await actor.append_now(command, self.reader)
+        else:
+            actor.post(command)
 
     async def _batch(
         self, frame: PublishBatch, actor: SessionActor, outbox: Outbox, size: int

@@ -3,9 +3,10 @@
 Attach (check the stored session, follow it, join presence and the room, welcome),
 detach (leave; the last connection out parks the session, even while the store fails),
 a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
-another process's presence notice; what a failing store does to each of them; and
-the answer to an in-process request whose actor was stopped (what an append's failure
-does is server/append_outcomes.py's). Appends and the delivery
+another process's presence notice; what a failing store does to each of them; the
+answer to an in-process request whose actor was stopped (what an append's failure
+does is server/append_outcomes.py's); the timer's next look, and the catch-up that
+delivers what is stored before a close. Appends and the delivery
 of events are the actor's hot path and stay in server/actor.py; these run far less
 often, between its batches.
 """
@@ -36,6 +37,7 @@ from .commands import (
     Settle,
     Stop,
     Tick,
+    answer_late,
     attach_refusal,
 )
 from .failures import subscription_end
@@ -112,7 +114,7 @@ def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> No
         if not command.future.done():
             command.future.set_exception(exc)
     elif isinstance(command, Tick):
-        actor.arm_timer()  # look again later
+        arm_timer(actor)  # look again later
 
 
 async def attach(actor: SessionActor, command: Attach) -> None:
@@ -171,7 +173,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         # from one of them (seen on that instance) resumes, rather than is told its
         # seq is beyond the log's end and sent it again.
         actor.following.stored_up_to(metadata.last_seq)
-        await actor.catch_up(metadata.last_seq)
+        await catch_up(actor, metadata.last_seq)
         if command.future.done():  # its caller gave up waiting meanwhile
             return await given_up(actor, was, stored)
     if attach_is_activity(actor.state, actor.presence.shared, bool(actor.room.outboxes)):
@@ -205,7 +207,7 @@ async def attach(actor: SessionActor, command: Attach) -> None:
         actor.metrics.events_replayed.inc(welcome.replay)
     actor.timer.note_traffic()
     if len(actor.room.outboxes) == 1:
-        actor.arm_timer()  # parked until now: from here on, watch for idleness
+        arm_timer(actor)  # parked until now: from here on, watch for idleness
     command.future.set_result(welcome)
 
 
@@ -236,7 +238,7 @@ async def given_up(actor: SessionActor, was: SessionState, stored: SessionState)
             log.warning("restoring the session's idle state failed", error=str(exc))
     await actor.status.park(elsewhere=True)  # owed: written unless others are attached
     await save_owed(actor, "Attach")
-    actor.arm_timer()
+    arm_timer(actor)
 
 
 async def detach(actor: SessionActor, connection_id: str) -> None:
@@ -253,7 +255,7 @@ async def detach(actor: SessionActor, connection_id: str) -> None:
         if failed := await actor.status.park(elsewhere=bool(connections)):
             actor.health.command_failures.failed("Detach", str(failed))  # told once an outage
         actor.room.shrink_ring(PARKED_RING_SIZE)
-        actor.arm_timer()  # retires it after the retention; saves its state before
+        arm_timer(actor)  # retires it after the retention; saves its state before
 
 
 async def tick(actor: SessionActor, generation: int) -> None:
@@ -272,7 +274,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
         if timer.retires:
             actor.accepting = False  # parked for the whole retention: retire
         else:
-            actor.arm_timer()
+            arm_timer(actor)
         return
     ended = await actor.status.check(
         timer.quiet_for(), actor.config.idle_timeout, traffic=timer.traffic_since_armed()
@@ -290,7 +292,7 @@ async def tick(actor: SessionActor, generation: int) -> None:
         # the notice would tell them.
         actor.end(*subscription_end(actor.following.ended(ended)))
         return
-    actor.arm_timer()
+    arm_timer(actor)
 
 
 async def save_owed(actor: SessionActor, command: str) -> None:
@@ -312,7 +314,7 @@ async def closed_elsewhere(actor: SessionActor) -> None:
     stored = await actor.storage.get_metadata(actor.session_id)
     if stored is not None and stored.epoch == actor.room.epoch:
         actor.following.stored_up_to(stored.last_seq)
-        await actor.catch_up(stored.last_seq)
+        await catch_up(actor, stored.last_seq)
     actor.status.state = SessionState.CLOSED
     actor.end(*subscription_end(CLOSED), replays_go_on=True)
 
@@ -344,7 +346,7 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     # stored, their events not yet taken from the feed). Those stored after the change
     # come after the ack, as the feed brings them.
     actor.following.stored_up_to(last_seq)
-    await actor.catch_up(last_seq)
+    await catch_up(actor, last_seq)
     # That seq, whatever the room reached: past it, a batch of the feed's that went on
     # beyond the change; short of it, a store that failed to give the events (the
     # state is stored all the same: they follow, or their read's failure ends the room
@@ -372,13 +374,44 @@ async def change_state(actor: SessionActor, state: SessionState) -> int:
     return await actor.storage.last_seq(actor.session_id, epoch=actor.room.epoch)
 
 
-def answer_stopped(command: Command) -> None:
+def answer_stopped(command: Command, session_id: str) -> None:
     """A request of the in-process API whose actor was stopped while handling it (the
     server's close, past its grace): its caller must not wait for ever. A peer's is
-    not answered: its connection closes with 1012, and it sends the request again."""
+    not answered: its connection closes with 1012, and it sends the request again. A
+    stop's or an attach's waiter is told the actor is gone (a delete would wait for
+    ever)."""
     if not isinstance(command, Append | SetState):
+        answer_late(command, False, session_id)
         return
     reply = command.batch if isinstance(command, Append) and command.batch else command
     if reply.future is not None:
         reason = "the server stopped before the store answered (it may have been stored)"
         command.refuse(StorageError(f"{reason}; retry with the same key"))
+
+
+async def catch_up(actor: SessionActor, up_to: int) -> None:
+    """Deliver the events stored up to ``up_to`` (the session's last seq, as the
+    caller read it): a close must not overtake events acknowledged before it. Not
+    further: while another process appends faster than this one reads, "whatever
+    is ready" never runs out. (An end of the feed is left to the caller.)"""
+    room, following = actor.room, actor.following
+    while actor.accepting and room.published_seq < up_to and following.ready():
+        taken = await following.take(BATCH_MAX)
+        if not isinstance(taken, list):
+            return
+        actor.give(taken)
+
+
+def arm_timer(actor: SessionActor) -> None:
+    """Look again after a while: for idleness while connections are attached; when
+    none is, for the session's end in the store (its expiry, or a delete no notice
+    told this process of), the state its store is owed, and the end of parking."""
+    config, ttl = actor.config, actor.status.ttl
+    # Often enough that peers who keep sending frames keep a short-lived session
+    # alive: their traffic is recorded as activity at every look.
+    look = config.idle_timeout if ttl is None else min(config.idle_timeout, ttl / 3)
+    if actor.room.outboxes:
+        actor.status.expires_at = None  # their activity moves it: read again once parked
+        actor.timer.arm(look)
+    else:
+        actor.timer.park(config.disconnect_retention, actor.status.parked_look(look))

@@ -139,6 +139,19 @@ class Inbox:
                 taken.append(items.popleft())
         return taken
 
+    def hold(self, append: Append) -> None:
+        """An append handled at once, never queued (SessionActor.append_now): its bytes
+        count as a taken batch's do, until :meth:`let_go`."""
+        self.bytes += append.size
+        self.budget.used += append.size
+
+    def let_go(self, append: Append) -> None:
+        """The append :meth:`hold` counted was handled: its bytes are free again."""
+        self.bytes -= append.size
+        self.budget.used -= append.size
+        if self._waiters:
+            self._notify()
+
     def finished(self, batch: list[Command]) -> None:
         """A batch from :meth:`take_batch` was handled: its bytes are free again."""
         size = 0

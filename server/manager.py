@@ -39,7 +39,7 @@ from bamboo_session.protocol.models import (
 from .actor import SessionActor
 from .actors import ActorRegistry
 from .budget import MemoryBudget
-from .commands import AccessRefusal, Detach, in_process_batch
+from .commands import AccessRefusal, Detach, attach_refusal, in_process_batch
 from .creations import Creations
 from .endings import SessionEndings
 from .failures import ServerBusy
@@ -338,15 +338,16 @@ class SessionManager:
     async def _load_actor(
         self, session_id: str, on_retired: Callable[[SessionActor], None]
     ) -> SessionActor:
-        return await SessionActor.load(
-            session_id,
-            self.storage,
-            self.config,
-            self.metrics,
-            on_retired,
-            self.shared_presence or LOCAL,
-            self.budget,
-            self.append_health,
+        """An actor for a stored session: its metadata is all it reads."""
+        storage = self.storage
+        metadata = await storage.get_metadata(session_id)
+        refusal = attach_refusal(metadata, session_id, storage.now())
+        if refusal is not None or metadata is None:
+            raise refusal or SessionNotFound(session_id)
+        presence = self.shared_presence or LOCAL
+        config, metrics, budget, health = self.config, self.metrics, self.budget, self.append_health
+        return SessionActor(
+            metadata, storage, config, metrics, on_retired, presence, budget, health
         )
 
     async def _overlay_live(self, found: list[SessionMetadata]) -> None:

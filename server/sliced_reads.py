@@ -104,6 +104,10 @@ class SlicedReads(ServerConnection):
         self.transport.pause_reading()
         self._begin_queue_wait()
 
+    def frames_queued(self) -> bool:
+        """Whether frames wait in websockets' incoming queue for the handler to take."""
+        return bool(self.recv_messages.frames.queue)
+
     def _frame_taken(self, frames: deque[Frame]) -> None:
         if not frames:
             # A recv cancelled mid-message puts its frames back uncounted: counted

@@ -73,7 +73,10 @@ async def test_a_request_waiting_for_room_in_the_inbox_is_weighed_until_it_goes_
     full inbox: its publisher's reader holds the next request, decoded, waiting for
     room. That request is charged to the memory budget while it waits (before, it was
     held by no count), still once its connection has closed, and given back as it
-    goes into the inbox; once everything is stored the budget holds the ring alone."""
+    goes into the inbox; once everything is stored the budget holds the ring alone.
+    The first append comes from another connection, whose reader handles it itself
+    (the actor was idle: SessionActor.append_now) and waits for the lock; the
+    publisher's reader reads on, its requests going to the inbox."""
     path = tmp_path / "bamboo.db"
     size = 300 * KIB
     async with run_server(store=f"sqlite://{path}", inbox_limit=1) as server:
@@ -81,10 +84,14 @@ async def test_a_request_waiting_for_room_in_the_inbox_is_weighed_until_it_goes_
             session_id = welcome["session"]["id"]
             actor = server.manager.live_actor(session_id)
             assert actor is not None
-            async with write_lock_held(path):
+            async with (
+                attach(server, session_id, role="agent") as (first, _),
+                write_lock_held(path),
+            ):
                 # The first is taken (its append waits for the lock), the second queued.
-                for n in (1, 2):
-                    await agent.send({"type": "event", "id": n, "event": token("x" * size)})
+                await first.send({"type": "event", "id": 1, "event": token("x" * size)})
+                await eventually(lambda: actor.stepping is not None)
+                await agent.send({"type": "event", "id": 2, "event": token("x" * size)})
                 await eventually(lambda: len(actor.inbox) == 1)
                 before = await buffered_bytes(server)
                 await agent.send({"type": "event", "id": 3, "event": token("y" * size)})

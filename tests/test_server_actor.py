@@ -36,8 +36,10 @@ async def store() -> AsyncIterator[MemoryStorage]:
 
 async def spawn(store: MemoryStorage, **config: float) -> SessionActor:
     retired: list[SessionActor] = []
-    actor = await SessionActor.load(
-        "s",
+    metadata = await store.get_metadata("s")
+    assert metadata is not None
+    actor = SessionActor(
+        metadata,
         store,
         SessionManagerConfig(**config),
         Metrics(),

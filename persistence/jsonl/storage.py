@@ -72,6 +72,7 @@ class JsonlStorage(JsonlUpkeep):
     may have a directory open for writing at a time (:class:`StorageLocked`)."""
 
     store_format = f"jsonl/{FORMAT}"  # StoreFormat: as the open found it (set there)
+    appends_in_process = True  # AppendsInProcess: no network under an append
 
     def __init__(self, config: JsonlStorageConfig) -> None:
         super().__init__(config)  # the records, index, feed and caches reads use

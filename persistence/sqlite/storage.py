@@ -81,6 +81,7 @@ class SqliteStorage:
 
     # StoreFormat: an open brings the file to this version, or refuses it.
     store_format = f"sqlite/{SCHEMA_VERSION}"
+    appends_in_process = True  # AppendsInProcess: no network under an append
 
     def __init__(self, config: SqliteStorageConfig) -> None:
         self.config = config
