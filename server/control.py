@@ -5,8 +5,8 @@ detach (leave; the last connection out parks the session, even while the store f
 a peer's state change, stop, the timer's tick (idleness, expiry, the end of parking) and
 another process's presence notice; what a failing store does to each of them; the
 answer to an in-process request whose actor was stopped (what an append's failure
-does is server/append_outcomes.py's); the timer's next look, and the catch-up that
-delivers what is stored before a close. Appends and the delivery
+does is server/append_outcomes.py's); the timer's next look. (What is stored is
+delivered before a close by server/catching_up.py.) Appends and the delivery
 of events are the actor's hot path and stay in server/actor.py; these run far less
 often, between its batches.
 """
@@ -25,6 +25,7 @@ from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionState
 
+from .catching_up import catch_up, deliver_known
 from .commands import (
     ActorRetired,
     Announce,
@@ -41,7 +42,6 @@ from .commands import (
     attach_refusal,
 )
 from .failures import subscription_end
-from .following import BATCH_MAX
 from .limits import TooManySessionConnections
 from .status import EXPIRED, attach_is_activity
 
@@ -84,24 +84,6 @@ async def handle(actor: SessionActor, command: Command) -> None:
                 future.set_result(None)
         case _:  # pragma: no cover - Append is batched by the caller
             raise AssertionError(command)
-
-
-async def deliver_known(actor: SessionActor) -> None:
-    """Deliver the events the feed knows are stored, and no further: what a stop gives
-    the connections before it closes them. A backlog the feed reads from the store
-    comes in several reads (a megabyte each), which the close must not overtake; a log
-    another process keeps appending to must not hold the stop. Nor a room already
-    closed: an actor cancelled past the grace closed it, and a read of the store that
-    stalled then would keep the actor, its subscription with it, past the stop."""
-    subscription = actor.following.subscription
-    if subscription is None:
-        return
-    room, through = actor.room, subscription.known_last
-    while room.outboxes and subscription.position < through and actor.following.ready():
-        taken = await actor.following.take(BATCH_MAX)
-        if not isinstance(taken, list):
-            return  # the feed ended, or had nothing yet: the close says the rest
-        actor.give(taken)
 
 
 def store_failed(actor: SessionActor, command: Command, exc: StorageError) -> None:
@@ -387,19 +369,6 @@ def answer_stopped(command: Command, session_id: str) -> None:
     if reply.future is not None:
         reason = "the server stopped before the store answered (it may have been stored)"
         command.refuse(StorageError(f"{reason}; retry with the same key"))
-
-
-async def catch_up(actor: SessionActor, up_to: int) -> None:
-    """Deliver the events stored up to ``up_to`` (the session's last seq, as the
-    caller read it): a close must not overtake events acknowledged before it. Not
-    further: while another process appends faster than this one reads, "whatever
-    is ready" never runs out. (An end of the feed is left to the caller.)"""
-    room, following = actor.room, actor.following
-    while actor.accepting and room.published_seq < up_to and following.ready():
-        taken = await following.take(BATCH_MAX)
-        if not isinstance(taken, list):
-            return
-        actor.give(taken)
 
 
 def arm_timer(actor: SessionActor) -> None:
