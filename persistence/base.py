@@ -97,6 +97,7 @@ from .subscription import Subscription
 __all__ = [
     "KEY_WINDOW",
     "AppendItem",
+    "AppendOne",
     "Appended",
     "AppendsSuspended",
     "DeletedNotDurably",
@@ -216,6 +217,17 @@ class EventStorage(Protocol):
     async def epoch(self, session_id: str) -> str:
         """The log's epoch; raises SessionNotFound."""
         ...
+
+
+class AppendOne:
+    """``append_event``, an ``append_events`` of one item: for a backend to inherit."""
+
+    __slots__ = ()
+
+    async def append_event(
+        self: EventStorage, session_id: str, event: AnyAgentEvent, key: str | None = None
+    ) -> Appended:
+        return (await self.append_events(session_id, [(event, key)]))[0]
 
 
 @runtime_checkable

@@ -12,7 +12,6 @@ from typing import Final, Self
 
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
-    AnyAgentEvent,
     Message,
     MessageEvent,
     Session,
@@ -25,6 +24,7 @@ from bamboo_session.tasks import cancel_and_wait
 from .base import (
     Appended,
     AppendItem,
+    AppendOne,
     HistoryPage,
     SessionClosed,
     SessionExists,
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 _CLOSED: Final = SessionState.CLOSED
 
 
-class MemoryStorage(MemoryImports):
+class MemoryStorage(MemoryImports, AppendOne):
     """Sessions and their logs in dictionaries. ``async with MemoryStorage() as s``, or
     ``await MemoryStorage.open()``."""
 
@@ -309,11 +309,6 @@ class MemoryStorage(MemoryImports):
         meta.touch(now)
         self._feed.publish(meta.id, stored)
         return results
-
-    async def append_event(
-        self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> Appended:
-        return (await self.append_events(session_id, [(event, key)]))[0]
 
     async def read_events(
         self,

@@ -27,7 +27,6 @@ from typing import Final, Self
 
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
-    AnyAgentEvent,
     Message,
     MessageEvent,
     Session,
@@ -35,7 +34,15 @@ from bamboo_session.protocol.models import (
     SessionState,
 )
 
-from ..base import Appended, AppendItem, SessionClosed, SessionExists, StorageError, StorageFull
+from ..base import (
+    Appended,
+    AppendItem,
+    AppendOne,
+    SessionClosed,
+    SessionExists,
+    StorageError,
+    StorageFull,
+)
 from ..capabilities import DiskDebt
 from ..clock import made_at
 from ..close_once import CloseOnce
@@ -65,7 +72,7 @@ _FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
 _CLOSED: Final = SessionState.CLOSED
 
 
-class JsonlStorage(JsonlUpkeep):
+class JsonlStorage(JsonlUpkeep, AppendOne):
     """Sessions, histories and event logs in plain files under one directory.
 
     Open with ``await JsonlStorage.open(config)`` (or ``async with``); only one storage
@@ -337,11 +344,6 @@ class JsonlStorage(JsonlUpkeep):
         self._checkpoints.changed(record)
 
     # -- events ---------------------------------------------------------------------
-
-    async def append_event(
-        self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> Appended:
-        return (await self.append_events(session_id, [(event, key)]))[0]
 
     async def append_message(
         self, session_id: str, message: Message, key: str | None = None

@@ -25,7 +25,6 @@ from redis.asyncio import Redis
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import (
-    AnyAgentEvent,
     Message,
     MessageEvent,
     Session,
@@ -37,6 +36,7 @@ from bamboo_session.protocol.models import (
 from ..base import (
     Appended,
     AppendItem,
+    AppendOne,
     HistoryPage,
     SessionFilter,
     SessionListResult,
@@ -82,7 +82,7 @@ UNSEEN_RESTARTS: Final = (
 )
 
 
-class RedisStorage(StoreReports):
+class RedisStorage(StoreReports, AppendOne):
     """The storage contract on Redis; ``await RedisStorage.open(config)``; what it says
     of itself beyond that, in reports.py."""
 
@@ -299,11 +299,6 @@ class RedisStorage(StoreReports):
         return await appending.append_events(
             self, session_id, items, epoch, config.max_session_bytes, config.max_user_bytes
         )
-
-    async def append_event(
-        self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> Appended:
-        return (await self.append_events(session_id, [(event, key)]))[0]
 
     async def read_events(
         self,

@@ -30,7 +30,6 @@ from typing import Any, Self, TypeVar
 
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
-    AnyAgentEvent,
     Message,
     MessageEvent,
     Session,
@@ -42,6 +41,7 @@ from bamboo_session.protocol.models import (
 from ..base import (
     Appended,
     AppendItem,
+    AppendOne,
     HistoryPage,
     SessionFilter,
     SessionListResult,
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SqliteStorage:
+class SqliteStorage(AppendOne):
     """Sessions, histories and event logs in one SQLite file. Open with ``await
     SqliteStorage.open(config)``; only one process may hold a file (StorageLocked)."""
 
@@ -310,11 +310,6 @@ class SqliteStorage:
         live = self._live
         results, _stored = await self._write(work, lambda done: live.published(session_id, done[1]))
         return results
-
-    async def append_event(
-        self, session_id: str, event: AnyAgentEvent, key: str | None = None
-    ) -> Appended:
-        return (await self.append_events(session_id, [(event, key)]))[0]
 
     async def read_events(
         self,
