@@ -21,6 +21,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +116,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    on_every_store(measure, args.rounds, "histbench")
+
+
+def on_every_store(
+    measure: Callable[[str, str, int], Coroutine[Any, Any, None]], rounds: int, prefix: str
+) -> None:
+    """``measure(name, url, rounds)`` on memory, JSONL, SQLite and Redis (a redis-server
+    of its own), each in a temporary folder."""
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
-        asyncio.run(measure("memory", "memory://", args.rounds))
-        asyncio.run(measure("jsonl", f"jsonl://{tmp / 'jsonl'}?durability=os", args.rounds))
-        asyncio.run(measure("sqlite", f"sqlite://{tmp / 'store.db'}?durability=os", args.rounds))
+        asyncio.run(measure("memory", "memory://", rounds))
+        asyncio.run(measure("jsonl", f"jsonl://{tmp / 'jsonl'}?durability=os", rounds))
+        asyncio.run(measure("sqlite", f"sqlite://{tmp / 'store.db'}?durability=os", rounds))
         (tmp / "redis").mkdir()
         server = Redis(tmp / "redis", lossy=True)
         server.start()
         try:
-            url = f"redis://127.0.0.1:{server.port}/0?prefix=histbench&accept_lossy=true"
-            asyncio.run(measure("redis", url, args.rounds))
+            url = f"redis://127.0.0.1:{server.port}/0?prefix={prefix}&accept_lossy=true"
+            asyncio.run(measure("redis", url, rounds))
         finally:
             server.kill()
 

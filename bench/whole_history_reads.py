@@ -18,11 +18,8 @@ Run: ``PYTHONPATH=<shim> python -m bench.whole_history_reads [--rounds 3]``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,7 +28,7 @@ from bamboo_session.persistence import open_storage
 from bamboo_session.protocol.models import Message, Session
 from bamboo_session.server.whole_history import forward_page
 
-from .redis_bad_day import Redis
+from .history_page_reads import on_every_store
 
 PAGE_BYTES = 1 << 20
 CASES = {"small then large": [1] * 16 + [900_000] * 32, "small": [200] * 5000}
@@ -118,19 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        tmp = Path(directory)
-        asyncio.run(measure("memory", "memory://", args.rounds))
-        asyncio.run(measure("jsonl", f"jsonl://{tmp / 'jsonl'}?durability=os", args.rounds))
-        asyncio.run(measure("sqlite", f"sqlite://{tmp / 'store.db'}?durability=os", args.rounds))
-        (tmp / "redis").mkdir()
-        server = Redis(tmp / "redis", lossy=True)
-        server.start()
-        try:
-            url = f"redis://127.0.0.1:{server.port}/0?prefix=wholebench&accept_lossy=true"
-            asyncio.run(measure("redis", url, args.rounds))
-        finally:
-            server.kill()
+    on_every_store(measure, args.rounds, "wholebench")
 
 
 if __name__ == "__main__":
