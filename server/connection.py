@@ -293,6 +293,8 @@ class Connection:
         if type(command) is Append and actor.takes_now() and not self.ws.frames_queued():
             assert self.reader is not None  # set as the reading began (_serve)
             await actor.append_now(command, self.reader)
+            if self.ws.frames_queued():  # came while the store held it: not a burst
+                self.limiter.held(outbox.max_in_flight)
         else:
             actor.post(command)
 

@@ -53,12 +53,23 @@ class TokenBucket:
         tokens = self._tokens + (now - self._stamp) * rate
         self._stamp = now
         if tokens > self.burst:
-            tokens = self.burst
+            tokens = max(self.burst, self._tokens)  # a hold's credit (held) stays till spent
         if tokens >= count:
             self._tokens = tokens - count
             return True
         self._tokens = tokens
         return False
+
+    def held(self, most: float) -> None:
+        """Its taker could take nothing since its last take (a peer's reader held by
+        the store, SessionActor.append_now): what refilled meanwhile is kept past
+        ``burst``, by ``most`` at most, until spent. What the peer sent meanwhile came at
+        its pace, and is read in one go now; its rate over time is bounded as before."""
+        if self.rate > 0:
+            now = self._clock()
+            tokens = self._tokens + (now - self._stamp) * self.rate
+            self._tokens = min(tokens, self.burst + most)
+            self._stamp = now
 
     def refund(self, count: float) -> None:
         """Gives back ``count`` tokens taken ahead of a use that turned out smaller (or
@@ -138,6 +149,12 @@ class FrameLimiter:
         (one per item beyond the first); without them it is refused as a whole, and
         only its frame's token is spent."""
         return self._frames.take(extra)
+
+    def held(self, frames: int) -> None:
+        """The reader took no frame since the last, held by the store on the peer's
+        behalf: the frames that came meanwhile, read now in one go, are taken as they
+        came, up to ``frames`` past the burst (what it would have read on meanwhile)."""
+        self._frames.held(frames)
 
     def refuse(self) -> bool:
         """Counts a refused frame; True once the refusals budget is spent."""

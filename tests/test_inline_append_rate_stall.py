@@ -6,12 +6,10 @@ Before the inline append (SessionActor.append_now), the reader read on while the
 actor's task waited on the store, posting up to ``max_in_flight`` requests (half of
 ``--send-queue-frames``, 512 by default): the rate limiter saw those frames as they
 came. The reader that runs the append itself reads nothing until the store answers,
-and then takes the stall's frames in one burst: past ``--rate-limit-burst`` of them the
-limiter refuses the rest (``rate_limited``, the events not stored), and past
-``--rate-limit-refusals`` closes the peer with 4429, for a pause that was the store's.
-A known hole (r439's report), kept here as a strict xfail: it passes on the code before
-the merge of h432, and will pass again once the limiter does not charge the peer for
-the time its reader was held by the store."""
+then takes the stall's frames in one burst: past ``--rate-limit-burst`` of them the
+limiter refused the rest (``rate_limited``, the events not stored), and past
+``--rate-limit-refusals`` closed the peer with 4429, for a pause that was the store's.
+The bucket now keeps what refilled during such a hold (FrameLimiter.held)."""
 
 from __future__ import annotations
 
@@ -20,8 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-
-import pytest
 
 from bamboo_session.persistence.base import Appended
 from bamboo_session.persistence.memory import MemoryStorage
@@ -53,11 +49,6 @@ class StalledAppends(MemoryStorage):
         return await super().append_events(session_id, items, epoch=epoch)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reader held by its own lone event's stalled store takes the frames of "
-    "the stall in one burst, over the rate limit's burst (a known hole: r439's report)",
-)
 async def test_a_store_stall_does_not_rate_limit_a_publisher_under_its_rate(
     tmp_path: Path,
 ) -> None:
