@@ -36,6 +36,7 @@ class StalledAppends(MemoryStorage):
     """The in-memory store whose appends wait while ``gate`` is set."""
 
     gate: asyncio.Event | None = None
+    waiting = 0  # appends waiting at the gate
 
     async def append_events(
         self,
@@ -45,7 +46,11 @@ class StalledAppends(MemoryStorage):
         epoch: str | None = None,
     ) -> list[Appended]:
         if self.gate is not None:
-            await self.gate.wait()
+            self.waiting += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
         return await super().append_events(session_id, items, epoch=epoch)
 
 
@@ -83,5 +88,45 @@ async def test_a_store_stall_does_not_rate_limit_a_publisher_under_its_rate(
             hearing.cancel()
             assert heard["rate_limited"] == 0, heard
             assert heard["ack"] == sent
+    finally:
+        await server.stop()
+
+
+async def test_what_a_hold_keeps_past_the_burst_is_bounded_by_the_requests_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A peer that floods while its event is held gets no more past the burst than the
+    requests it may have in flight (half of --send-queue-frames), however long the hold."""
+    storage = StalledAppends()
+    config = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path))
+    config = config.replace(
+        rate_limit=RATE, rate_limit_burst=RATE, rate_limit_refusals=10_000, send_queue_frames=64
+    )
+    server = BambooServer(config, storage)
+    await server.start()
+    try:
+        async with attach(server, "f", create=True, role="agent") as (agent, _):
+            heard: Counter[str] = Counter()
+
+            async def hear() -> None:
+                while True:
+                    frame = await agent.recv()
+                    heard[frame.get("code") or frame["type"]] += 1
+
+            hearing = asyncio.ensure_future(hear())
+            storage.gate = gate = asyncio.Event()
+            flood = 3 * RATE
+            await agent.send({"type": "event", "id": 0, "event": token("held")})
+            await eventually(lambda: storage.waiting == 1)  # in its reader (append_now)
+            for number in range(1, 1 + flood):
+                await agent.send({"type": "event", "id": number, "event": token(str(number))})
+            await asyncio.sleep(4)  # the hold refills 4 s of tokens: 800
+            storage.gate = None
+            gate.set()
+            await eventually(lambda: heard["ack"] + heard["rate_limited"] == 1 + flood, 10)
+            hearing.cancel()
+            # The burst, the 32 requests in flight, and what refills while they are read
+            # (a fraction of a second): not the 800 of the hold.
+            assert RATE < heard["ack"] <= 1 + RATE + 32 + RATE // 4, heard
     finally:
         await server.stop()
