@@ -53,7 +53,8 @@ class TokenBucket:
         tokens = self._tokens + (now - self._stamp) * rate
         self._stamp = now
         if tokens > self.burst:
-            tokens = max(self.burst, self._tokens)  # a hold's credit (held) stays till spent
+            # A hold's credit (held) stays until spent; else full, as ever.
+            tokens = self.burst if self._tokens <= self.burst else self._tokens
         if tokens >= count:
             self._tokens = tokens - count
             return True
