@@ -53,24 +53,21 @@ class TokenBucket:
         tokens = self._tokens + (now - self._stamp) * rate
         self._stamp = now
         if tokens > self.burst:
-            # A hold's credit (held) stays until spent; else full, as ever.
-            tokens = self.burst if self._tokens <= self.burst else self._tokens
+            tokens = self.burst
         if tokens >= count:
             self._tokens = tokens - count
             return True
         self._tokens = tokens
         return False
 
-    def held(self, most: float) -> None:
-        """Its taker could take nothing since its last take (a peer's reader held by
-        the store, SessionActor.append_now): what refilled meanwhile is kept past
-        ``burst``, by ``most`` at most, until spent. What the peer sent meanwhile came at
-        its pace, and is read in one go now; its rate over time is bounded as before."""
-        if self.rate > 0:
-            now = self._clock()
-            tokens = self._tokens + (now - self._stamp) * self.rate
-            self._tokens = min(tokens, self.burst + most)
-            self._stamp = now
+    def past_burst(self) -> float:
+        """Refills to now, as a take does; what the refill brought past ``burst`` (the
+        tokens the cap threw away)."""
+        now = self._clock()
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        self._stamp = now
+        self._tokens = min(tokens, self.burst)
+        return tokens - self._tokens
 
     def refund(self, count: float) -> None:
         """Gives back ``count`` tokens taken ahead of a use that turned out smaller (or
@@ -127,7 +124,7 @@ class FrameLimiter:
     """One connection's frame rate: :meth:`admit` says whether to process a frame,
     :meth:`exhausted` whether the peer has been refused too much and must go."""
 
-    __slots__ = ("_frames", "_refusals", "refused")
+    __slots__ = ("_credit", "_frames", "_refusals", "refused")
 
     def __init__(
         self,
@@ -141,9 +138,16 @@ class FrameLimiter:
         # that backs off on rate_limited recovers); more means it is not listening.
         self._refusals = TokenBucket(max(1, refusals), max(1, refusals), clock)
         self.refused = 0
+        self._credit = 0.0  # frames a hold let come unread, past the burst (held)
 
     def admit(self) -> bool:
-        return self._frames.take()
+        return self._frames.take() or self._spend_credit()
+
+    def _spend_credit(self) -> bool:
+        if self._credit < 1:
+            return False
+        self._credit -= 1
+        return True
 
     def admit_items(self, extra: int) -> bool:
         """A batch frame, already admitted as one frame, costs ``extra`` tokens more
@@ -154,8 +158,12 @@ class FrameLimiter:
     def held(self, frames: int) -> None:
         """The reader took no frame since the last, held by the store on the peer's
         behalf: the frames that came meanwhile, read now in one go, are taken as they
-        came, up to ``frames`` past the burst (what it would have read on meanwhile)."""
-        self._frames.held(frames)
+        came, up to ``frames`` past the burst (what it would have read on meanwhile),
+        spent once the bucket is empty. Its rate over time is bounded as before: these
+        are tokens the hold's time refilled, which the burst's cap would have thrown away."""
+        frames_bucket = self._frames
+        if frames_bucket.rate > 0:
+            self._credit = min(self._credit + frames_bucket.past_burst(), frames)
 
     def refuse(self) -> bool:
         """Counts a refused frame; True once the refusals budget is spent."""
