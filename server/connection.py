@@ -40,14 +40,15 @@ from bamboo_session.protocol.ids import new_connection_id
 from bamboo_session.protocol.models import NOT_MESSAGES, MessageEvent, SessionState
 
 from .actor import SessionActor
+from .batch_submit import submit_batch
 from .closing import close_within, closed_for_rate, cut_replay
-from .commands import Append, SetState, batch_frame_appends
+from .commands import Append, SetState
 from .connection_end import end_connection
 from .decode_charge import decode_charged
 from .flush import send_frames
 from .handshake import attach, read_hello
 from .http_wire import BambooConnection
-from .limits import FRAME_BYTES, FrameLimiter
+from .limits import FrameLimiter
 from .outbound import Outbound
 from .outbox import CloseRequest, Outbox
 from .page_requests import answer_page
@@ -237,7 +238,7 @@ class Connection:
             await self._dispatch(frame, size, actor, outbox)
         except ProtocolError as exc:
             actor.timer.note_traffic()
-            self._push_error(exc.code, exc.message, exc.request_id)
+            self.push_error(exc.code, exc.message, exc.request_id)
             return True
         return False
 
@@ -251,7 +252,7 @@ class Connection:
         except ProtocolError as exc:
             request_id = exc.request_id
         rate = self.services.config.rate_limit
-        self._push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
+        self.push_error(ErrorCode.RATE_LIMITED, f"over {rate:g} frames/s", request_id)
 
     async def _dispatch(
         self, frame: ClientFrame, size: int, actor: SessionActor, outbox: Outbox
@@ -267,7 +268,7 @@ class Connection:
                 append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
                 await self._submit(actor, outbox, append)
             case PublishBatch():
-                await self._batch(frame, actor, outbox, size)
+                await submit_batch(self, frame, actor, outbox, size)
             case HistoryRequest() | EventsRequest():
                 await answer_page(self, frame, outbox)
             case StateRequest(state=state, id=request_id):
@@ -298,45 +299,12 @@ class Connection:
         else:
             actor.post(command)
 
-    async def _batch(
-        self, frame: PublishBatch, actor: SessionActor, outbox: Outbox, size: int
-    ) -> None:
-        """A batch frame: its items become appends, queued together, answered with one
-        ``acks`` (server/commands.py ``BatchReply``). Each item counts as a frame
-        against the rate and as a request in the inbox; the batch is one request in
-        flight, since it has one reply."""
-        count = len(frame.items)
-        # Each item but the first took about a frame's decode (~2 us): it costs a
-        # frame's FRAME_BYTES against the byte rate, as a frame against the frame rate.
-        self.ws.charge_decoded(FRAME_BYTES * (count - 1))
-        config = self.services.config
-        if not config.batch_frames:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "unknown frame type 'batch'", frame.id)
-        if count > config.max_batch_items:
-            reason = f"a batch holds at most {config.max_batch_items} items, not {count}"
-            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
-        if count > 1 and not self.limiter.admit_items(count - 1):
-            if outbox.closing is None and not closed_for_rate(self.limiter, outbox):
-                reason = f"over {config.rate_limit:g} frames/s (a batch counts each item)"
-                self._push_error(ErrorCode.RATE_LIMITED, reason, frame.id)
-            return
-        self.services.metrics.batch_items.observe(count)
-        appends = batch_frame_appends(frame, outbox, size)
-        if outbox.in_flight < outbox.max_in_flight:
-            outbox.in_flight += 1
-        else:
-            await actor.inbox.budget.charged_while(size, outbox.reserve())
-        # An actor that finished meanwhile refuses them; one still finishing stores them.
-        if not actor.inbox.may_post(count):
-            await actor.inbox.budget.charged_while(size, actor.room_for(count))
-        actor.post_batch(appends)
-
     def count_page_wait(self, seconds: float) -> None:
         """A page of this connection's waited ``seconds`` for its peer's allowance."""
         self.page_waited += seconds
         self.services.metrics.page_wait_seconds.inc(seconds)
 
-    def _push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
+    def push_error(self, code: ErrorCode, message: str, request_id: RequestId) -> None:
         assert self.outbox is not None
         self.outbox.push(Outbound(Error(code.value, message, id=request_id)))
         self.services.metrics.errors.labels(code=code.value).inc()
