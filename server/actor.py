@@ -37,9 +37,9 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
 
-from .append_outcomes import append_failed, feed_repeated, over_cap
+from .append_outcomes import append_failed, feed_repeated, over_cap, refuse
 from .budget import MemoryBudget
-from .commands import Append, Command, Request, Tick, answer_late
+from .commands import Append, Command, Tick, answer_late
 from .control import answer_stopped, arm_timer, handle, store_failed
 from .following import BATCH_MAX, Following
 from .inbox import Inbox
@@ -330,7 +330,7 @@ class SessionActor:
         except (StorageError, ValueError) as exc:
             append_failed(self, exc, len(appends))
             for command in appends:
-                self.refuse(command, exc)
+                refuse(self, command, exc)
             return
         finally:
             health.ended(id(items))
@@ -360,12 +360,6 @@ class SessionActor:
             self.room.restart_at(max(r.seq for r in results if not r.duplicate))
         self.metrics.events_appended.inc(fresh)
         self.timer.note_traffic()
-
-    def refuse(self, command: Request, exc: BaseException) -> None:
-        """Answers a request with the error it failed with, and counts the error."""
-        code = command.refuse(exc)
-        if code is not None:
-            self.metrics.errors.labels(code=code).inc()
 
     # -- live events from the store -------------------------------------------------
 

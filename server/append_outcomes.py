@@ -1,6 +1,7 @@
 """What a session actor does when its appends do not simply succeed: a byte cap that
 refused a batch (each request goes again alone), a store append that failed (the log,
-metrics and /readyz), and events the session's feed handed out again. Off the hot path:
+metrics and /readyz), events the session's feed handed out again, and a request
+refused. Off the hot path:
 server/actor.py calls these only on those outcomes."""
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ from bamboo_session.persistence.base import (
 )
 from bamboo_session.protocol.models import StoredEvent
 
-from .commands import Append, by_request
+from .commands import Append, Request, by_request
 
 if TYPE_CHECKING:
     from .actor import SessionActor
 
 log = structlog.get_logger("bamboo_session.actor")
+
+
+def refuse(actor: SessionActor, command: Request, exc: BaseException) -> None:
+    """Answers a request with the error it failed with, and counts the error."""
+    code = command.refuse(exc)
+    if code is not None:
+        actor.metrics.errors.labels(code=code).inc()
 
 
 async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull) -> None:
@@ -44,7 +52,7 @@ async def over_cap(actor: SessionActor, appends: list[Append], exc: SessionFull)
     else:
         actor.metrics.appends_over_session_cap.inc()
     for command in appends:
-        actor.refuse(command, exc)
+        refuse(actor, command, exc)
 
 
 def append_failed(actor: SessionActor, exc: StorageError | ValueError, events: int) -> None:

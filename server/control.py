@@ -25,6 +25,7 @@ from bamboo_session.persistence.feed import CLOSED, DELETED
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionState
 
+from .append_outcomes import refuse
 from .catching_up import catch_up, deliver_known
 from .commands import (
     ActorRetired,
@@ -319,7 +320,7 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
     try:
         last_seq = await change_state(actor, command.state)
     except (StorageError, ValueError) as exc:
-        actor.refuse(command, exc)
+        refuse(actor, command, exc)
         return
     # The events stored before the change, on any instance (one appended on another
     # moments ago may not have reached this one's feed yet), reach the viewers first: a
