@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from .process_setup import logs_as_json
-from .terminal_text import controls_shown
+from .terminal_text import controls_shown, json_shown
 
 _encoder = msgspec.json.Encoder(enc_hook=str)
 # Tracebacks as JSON, without the frames' local variables: a request's locals hold its
@@ -28,11 +28,12 @@ _TRACEBACKS = structlog.processors.ExceptionRenderer(
 
 
 def _json_bytes(event: Any, **_: Any) -> bytes:
-    return _encoder.encode(event)
+    return json_shown(_encoder.encode(event)).encode()
 
 
 def _json_text(event: Any, **_: Any) -> str:
-    return _encoder.encode(event).decode()
+    # DEL, C1 and bidi controls (a peer's close reason) escaped for a terminal's sake.
+    return json_shown(_encoder.encode(event))
 
 
 # Set by configure_logging: writes one record whatever the level (see announce()), and
