@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final, Self
 
@@ -51,7 +51,6 @@ from .feed import CLOSED, DELETED, READ_BEHIND_BYTES, Feed, FeedSubscription
 from .index import SessionIndex, copy_metadata
 from .keys import split_duplicates
 from .memory_imports import MemoryImports, SessionLog
-from .parking import attached_left_indexed, park_indexed
 from .state_condition import check_condition, updated_since
 from .url import StoreOptions, StoreURL
 
@@ -255,14 +254,6 @@ class MemoryStorage(MemoryImports, AppendOne):
         for session_id in expired:
             self._remove(session_id)
         return len(expired)
-
-    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
-        self._require_open()  # ParksAttached (persistence/parking.py)
-        return park_indexed(self._index, self._clock, since, batch)
-
-    async def attached_left(self, since: datetime) -> bool:
-        self._require_open()
-        return attached_left_indexed(self._index, self._clock, since)
 
     # -- events ---------------------------------------------------------------------
 

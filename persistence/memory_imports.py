@@ -1,11 +1,13 @@
-"""The memory store's log of a session, and its side of ``SessionImport``
-(``persistence/importing.py``, for ``migrate.py``): events appended with their own seq,
-ts and key, and metadata set as given. A base of
-:class:`~.memory.MemoryStorage`, which sets what it uses."""
+"""The memory store's log of a session, its side of ``SessionImport``
+(``persistence/importing.py``, for ``migrate.py``: events appended with their own seq,
+ts and key, and metadata set as given), and its sweeps of ``ParksAttached``
+(persistence/parking.py) over its index. A base of :class:`~.memory.MemoryStorage`,
+which sets what it uses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
 from bamboo_session.protocol.models import (
     NOT_MESSAGES,
@@ -21,6 +23,7 @@ from .feed import CLOSED, Feed
 from .importing import check_importable
 from .index import SessionIndex
 from .keys import KeyWindow
+from .parking import attached_left_indexed, park_indexed
 
 
 class SessionLog:
@@ -43,7 +46,7 @@ class SessionLog:
 
 
 class MemoryImports:
-    """Imports into the memory store's logs and index."""
+    """Imports into the memory store's logs and index, and the parking sweeps."""
 
     _clock: StoreClock
     _feed: Feed
@@ -90,3 +93,11 @@ class MemoryImports:
         self._clock.saw(meta.updated_at, meta.last_activity_at)
         if metadata.state == SessionState.CLOSED:  # as a close does: its viewers are told
             self._feed.end(meta.id, CLOSED)
+
+    def park_attached(self, since: datetime, batch: int) -> AsyncIterator[int]:
+        self._require_open()
+        return park_indexed(self._index, self._clock, since, batch)
+
+    async def attached_left(self, since: datetime) -> bool:
+        self._require_open()
+        return attached_left_indexed(self._index, self._clock, since)

@@ -13,11 +13,9 @@ A lone append to an actor with nothing to do, on a store whose appends are in pr
 runs in its sender's task instead (``append_now``): the same step, under the same
 exclusion, one task wake-up fewer.
 
-Spawning an actor reads the session's metadata and nothing else (the manager's
-``_load_actor``); idempotency is the store's. A parked actor (no connection) holds no
-task, no subscription and a small ring. This module holds the task, the appends and the
-delivery of events (the hot path); the other commands (attach, detach, state, stop,
-tick, presence) and the timer's looks are in server/control.py.
+A parked actor (no connection) holds no task, no subscription and a small ring;
+idempotency is the store's. Here: the task, the appends, the delivery (the hot path);
+the other commands and the timer's looks are in server/control.py.
 """
 
 from __future__ import annotations
