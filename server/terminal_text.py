@@ -8,8 +8,9 @@ recoloured or erased what was printed (CSI: a carriage return and an erase made 
 say something else), or, where the terminal allows it, wrote the clipboard (OSC 52).
 :func:`shown` prints each as a visible escape (``\\x1b``) instead, and
 :func:`controls_shown` does so for every text field of a console log line. JSON output
-escapes C0 controls itself, but writes DEL, C1 controls and bidi controls as they are:
-:func:`json_shown` escapes those too (``\\u009b``), the same JSON, the same data.
+escapes C0 controls itself, but writes DEL, C1 controls, bidi controls and marks and
+the other invisible characters below as they are: :func:`json_shown` escapes those too
+(``\\u009b``), the same JSON, the same data.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ import re
 from collections.abc import MutableMapping
 from typing import Any
 
-# C0 controls, DEL, C1 controls (0x9b is a CSI of its own), and the bidi controls that
-# reorder the text after them. A message's own line breaks and tabs are its text
-# (``lines=True``); in a table cell or a log field they are not.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# The invisible characters that change how the text around them reads: the bidi
+# embeddings, overrides and isolates (U+202A-202E, U+2066-2069) and the marks that do
+# the same unseen (LRM U+200E, RLM U+200F, ALM U+061C), the byte order mark (U+FEFF, a
+# zero-width no-break space), and the line and paragraph separators (U+2028, U+2029),
+# which some terminals and viewers break a line at.
+_INVISIBLE = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff"
+# C0 controls, DEL, C1 controls (0x9b is a CSI of its own), and the invisible ones
+# above. A message's own line breaks and tabs are its text (``lines=True``); in a table
+# cell or a log field they are not.
+_CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_INVISIBLE}]")
+_CONTROLS_BUT_LINES = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_INVISIBLE}]")
 # What msgspec's JSON writes unescaped of them: only ever inside a string.
-_CONTROLS_JSON_KEEPS = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_JSON_KEEPS = re.compile(f"[\x7f-\x9f{_INVISIBLE}]")
 
 
 def shown(text: str, *, lines: bool = False) -> str:

@@ -22,7 +22,10 @@ from websockets.asyncio.client import connect
 from tests.support import run_server, stream_url
 from tests.test_cli_tools import cli
 
-ESCAPES = "\x1b]0;owned\x07\x1b[2K\r\x1b]52;c;Y3VybCBldmlsfHNo\x07\x9b31m\x7f\u202e"
+# The bidi controls and marks, the byte order mark and the line and paragraph
+# separators: invisible, they reorder or break what a terminal shows around them.
+INVISIBLE = "\u202a\u202e\u2066\u2069\u200e\u200f\u061c\ufeff\u2028\u2029"
+ESCAPES = "\x1b]0;owned\x07\x1b[2K\r\x1b]52;c;Y3VybCBldmlsfHNo\x07\x9b31m\x7f" + INVISIBLE
 TITLE = "Quarterly report" + ESCAPES
 USER = "mallory" + ESCAPES[:9]
 CONTENT = "line one\n\tline two" + ESCAPES
@@ -41,8 +44,9 @@ async def made_by_a_peer(server: object) -> None:
 def assert_shown_not_acted_on(out: str) -> None:
     controls = [c for c in out if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
     assert controls == [], out
-    assert "\u202e" not in out
+    assert [c for c in out if c in INVISIBLE] == []
     assert "\\x1b]0;owned\\x07\\x1b[2K\\x0d" in out  # shown, for the operator to see
+    assert "\\x7f\\u202a\\u202e\\u2066\\u2069\\u200e\\u200f\\u061c\\ufeff\\u2028\\u2029" in out
 
 
 async def test_ls_and_show_print_no_control_character_a_peer_sent(tmp_path: Path) -> None:
@@ -78,5 +82,6 @@ def assert_json_shown(out: str) -> None:
     the data is an escape of JSON's (``\\u001b``, ``\\u009b``, ``\\u202e``)."""
     controls = [c for c in out.rstrip("\n") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0]
     assert controls == [], out
-    assert "\u202e" not in out
-    assert "\\u009b31m\\u007f\\u202e" in out
+    assert [c for c in out if c in INVISIBLE] == []
+    assert "\\u009b31m\\u007f\\u202a\\u202e\\u2066\\u2069\\u200e\\u200f\\u061c" in out
+    assert "\\u061c\\ufeff\\u2028\\u2029" in out
