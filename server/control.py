@@ -344,14 +344,17 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
 async def change_state(actor: SessionActor, state: SessionState) -> int:
     """A peer's state change, in the store too; the session's last seq as the store
     held it at the change (read after it where nothing was written: a move to the
-    state the session has, or an expired session's, kept in memory only)."""
+    state the session has). An expired session's is refused (SessionExpired) and
+    changes nothing here either: kept in memory, a close ended its connections while
+    the peer was told ``not_found``, or ``internal`` when the read of the last seq
+    failed (the session removed meanwhile)."""
     if state != actor.state:
         actor.state.check_transition(state)  # a refused move is no activity
     # A state a peer asks for is activity, written first, as at an attach: a failed
     # touch changes nothing, where after the move it left the session moved (closed,
     # even) while the peer was told the request had failed.
     await actor.status.touch()
-    stored = await actor.status.become(state)
+    stored = await actor.status.become(state, refused_if_expired=True)
     if stored is not None:
         return stored.last_seq
     return await actor.storage.last_seq(actor.session_id, epoch=actor.room.epoch)

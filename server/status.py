@@ -109,13 +109,19 @@ class SessionStatus:
         self.expires_at: datetime | None = None
 
     async def become(
-        self, state: SessionState, unless_updated_since: datetime | None = None
+        self,
+        state: SessionState,
+        unless_updated_since: datetime | None = None,
+        *,
+        refused_if_expired: bool = False,
     ) -> SessionMetadata | None:
         """Change to ``state`` (InvalidTransition if it may not), in the store too; the
         metadata the store holds after the change (None if nothing was written). With
         ``unless_updated_since`` (the ``updated_at`` this actor read), not over a write
         since (another process's activity or state): the store left the session as it
-        was, and so does this actor (the metadata returned is the store's)."""
+        was, and so does this actor (the metadata returned is the store's). An expired
+        session takes the state in memory only, or, ``refused_if_expired`` (a peer's
+        request, answered ``not_found``), raises SessionExpired and keeps its own."""
         if state == self.state:
             return None
         self.state.check_transition(state)
@@ -123,6 +129,8 @@ class SessionStatus:
         try:
             stored = await self._write(state, unless_updated_since)
         except SessionExpired:
+            if refused_if_expired:
+                raise
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
             log.info("session expired", state=state.value)
