@@ -22,6 +22,7 @@ from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id
 
 from .actor import SessionActor
+from .catching_up import overflows_close_with
 from .commands import AccessRefusal, ActorRetired, Attach, Detach, Stop
 from .failures import ServerBusy, ServerStopping, is_expected
 from .holds import DeleteHolds, Hold
@@ -224,6 +225,8 @@ class ActorRegistry:
     def retire(self, actor: SessionActor, stop: Stop) -> None:
         """Stop taking commands for ``actor``, which finishes in its own task."""
         actor.accepting = False
+        if stop.hand_over is None:
+            overflows_close_with(actor, stop.code, stop.reason)
         actor.post(stop)  # wakes the actor's task, which retires it
         self.retired(actor)
 

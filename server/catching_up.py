@@ -1,11 +1,14 @@
 """What a session's connections get before it closes them: the events stored before
 the close, delivered first (a close must not overtake an event acknowledged before it),
 and no further (a log another process keeps appending to must not hold it open). Used
-by server/control.py's state change, attach, close elsewhere and stop."""
+by server/control.py's state change, attach, close elsewhere and stop, and at a stop
+the close of a connection that cannot take that delivery."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from bamboo_session.protocol.errors import CloseCode
 
 from .following import BATCH_MAX
 
@@ -42,3 +45,12 @@ async def deliver_known(actor: SessionActor) -> None:
         if not isinstance(taken, list):
             return  # the feed ended, or had nothing yet: the close says the rest
         actor.give(taken)
+
+
+def overflows_close_with(actor: SessionActor, code: CloseCode, reason: str) -> None:
+    """A stop is coming (``code``, ``reason``): a connection whose queue cannot take
+    what is delivered until then (a backlog the feed was reading, deliver_known's) is
+    closed as the stop closes the others, not 4429. A client told it is too slow backs
+    off or gives up; told 1012, it resumes at once, from the last seq it got."""
+    for outbox in actor.room.outboxes.values():
+        outbox.overflow_close = (code, reason)

@@ -75,6 +75,7 @@ class Outbox(WriterLife):
         "max_bytes",
         "max_in_flight",
         "on_close",
+        "overflow_close",
         "read_back_lag",
         "replay_under_way",
         "role",
@@ -112,6 +113,9 @@ class Outbox(WriterLife):
         # other close after a grace period, should the peer stop reading meanwhile).
         self.on_close = on_close
         self.closing: CloseRequest | None = None
+        # How an overflow closes it: 4429, or a stop's close while the stop delivers the
+        # backlog (server/catching_up.py), which promises its peer more than 4429 does.
+        self.overflow_close = (CloseCode.TOO_SLOW, "too slow to read: send queue full")
         self.replay_under_way: Replay | None = None  # the replay it took (get), being sent
         # Made at its first read-back, let go once its replays have made it up.
         self.read_back_lag: ReadBackLag | None = None
@@ -266,8 +270,9 @@ class Outbox(WriterLife):
 
     def overflow(self) -> None:
         """The reader is too slow for its queue: the backlog is dropped, and the
-        connection closed with 4429 as soon as possible; it resumes from the log."""
-        self.drop(CloseCode.TOO_SLOW, "too slow to read: send queue full")
+        connection closed as soon as possible (4429: ``overflow_close``); it resumes
+        from the log."""
+        self.drop(*self.overflow_close)
 
     def drop(self, code: CloseCode, reason: str) -> None:
         """Ends the stream now: the backlog is dropped and the connection closed as soon

@@ -150,3 +150,37 @@ async def test_a_stop_past_its_grace_leaves_no_reader_of_a_stalled_store(storage
     finally:
         hold.set()
         await server.stop()
+
+
+async def test_a_stop_closes_a_viewer_that_cannot_take_the_backlog_1012(storage: Storage) -> None:
+    """The stop delivers the backlog its feed was reading to a viewer whose send queue
+    (4 frames) cannot hold it: the viewer is closed as the stop closes the others,
+    1012, not 4429 (too slow), which tells a client to back off or give up; it resumes
+    from the last seq it got, after the restart, and gets every event once."""
+    hold = asyncio.Event()
+    server = server_on(storage, shutdown_grace=60.0, close_timeout=60.0, send_queue_frames=4)
+    await server.start()
+    try:
+        async with attach(server, "s1", create=True) as (viewer, _):
+            async with attach(server, "s1", role="agent") as (agent, _):
+                actor = server.manager.live_actor("s1")
+                assert actor is not None
+                feed = FeedReads(feed_of(server, "s1"), hold)
+                await publish_backlog(agent)
+                await asyncio.wait_for(feed.started.wait(), 10)
+                stopping = asyncio.ensure_future(server.stop())
+                await eventually(lambda: not actor.accepting)  # the stop has retired it
+                hold.set()
+                code, frames = await viewer.closed(timeout=30)
+                await asyncio.wait_for(stopping, 30)
+    finally:
+        hold.set()
+        await server.stop()
+    assert code == 1012, frames[-1:]
+    seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
+    assert len(seqs) < BACKLOG  # (it could not take them all)
+    restarted = server_on(storage)
+    async with restarted, attach(restarted, "s1", last_seq=seqs[-1] if seqs else 0) as (again, _):
+        while not seqs or seqs[-1] < BACKLOG:
+            seqs.append((await again.recv_type("event"))["seq"])
+    assert seqs == list(range(1, BACKLOG + 1))
