@@ -1,8 +1,8 @@
 """Decoding a request read from a connection, and charging the connection's byte rate
 (limits.py ``ByteRate``, sliced_reads.py ``charge_decoded``) for what the decode cost
 beyond the frame's bytes (docs/protocol.md, Byte rate): :func:`decode_charged`; and
-refusing a publish whose event would be over the frame limit in JSON as stored, the
-form JSON viewers get it in (:func:`check_json_sizes`)."""
+refusing a publish whose event would be over the frame limit in JSON as stored or in
+MessagePack, the forms viewers get it in (:func:`check_json_sizes`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,19 @@ REFUSED_DECODE_BYTES_PER_SECOND = 2 << 30
 # (``1000000000000000.0,``), 3.8 a byte. A frame of at most a sixth of the frame limit
 # holds no event over the limit in JSON: it is not looked at.
 JSON_PER_FRAME_BYTE = 6
+# MessagePack viewers get the event as stored, decoded from its JSON and encoded again:
+# a float is 9 bytes there, at least 4 in JSON (``0.5`` and the comma, colon or bracket
+# after it), 2.25 times; every other value is at most as long as in JSON but a header
+# (an array, map or string of 65,536 or more: 5 bytes, 2 more than JSON's brackets or
+# quotes and the byte after them; a top-level one 3 more). So an event of J bytes in
+# JSON is at most 2.25 J + 3 + 2 J / 65,536 in MessagePack, less than 2.3 J + 8: one
+# under the limit by that bound is not encoded again. (A frame byte becomes at most 3
+# in MessagePack, ``1e5`` a float of 9: fewer than 6, so the frames not looked at
+# above are not here either.)
+MSGPACK_PER_JSON_BYTE = 2.3
+MSGPACK_HEADERS_BYTES = 8
 _json = msgspec.json.Encoder()
+_msgpack = msgspec.msgpack.Encoder()
 
 
 def decode_charged(
@@ -62,11 +74,13 @@ def decode_charged(
 
 def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
     """``too_large`` for a publish one of whose events is more than ``max_event_json``
-    bytes in JSON as stored (the frame limit). A MessagePack frame within the limit
-    could hold one of 6 times it (1 MiB of control characters), a JSON one of 1.2 times
-    it (16,384 numbers sent as ``1e15`` and stored as ``1000000000000000.0``), which a
-    JSON viewer would get in one frame over the usual client limit (1009, then its
-    resume into the same frame: never past it)."""
+    bytes (the frame limit) in JSON as stored or in MessagePack as a MessagePack viewer
+    gets it. A MessagePack frame within the limit could hold one of 6 times it in JSON
+    (1 MiB of control characters), a JSON one of 1.2 times it (16,384 numbers sent as
+    ``1e15`` and stored as ``1000000000000000.0``), and an event within it in JSON one
+    of 2.25 times it in MessagePack (small floats, ``0.5``: 3 bytes and 9), which a
+    viewer would get in one frame over the usual client limit (1009, then its resume
+    into the same frame: never past it)."""
     events: list[AnyAgentEvent | None]
     if isinstance(frame, PublishEvent):
         events = [frame.event]
@@ -77,11 +91,16 @@ def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
     else:
         return
     for index, event in enumerate(events):
-        size = len(_json.encode(event))
+        encoded = _json.encode(event)
+        size, form = len(encoded), "JSON, as JSON viewers get it"
+        bound = size * MSGPACK_PER_JSON_BYTE + MSGPACK_HEADERS_BYTES
+        if size <= max_event_json < bound:
+            size = len(_msgpack.encode(msgspec.json.decode(encoded)))
+            form = "MessagePack, as MessagePack viewers get it"
         if size > max_event_json:
             which = f"item {index}'s event" if isinstance(frame, PublishBatch) else "the event"
             message = (
-                f"{which} is {size} bytes in JSON, as JSON viewers get it: over the frame"
-                f" limit ({max_event_json}); nothing was stored"
+                f"{which} is {size} bytes in {form}: over the frame limit"
+                f" ({max_event_json}); nothing was stored"
             )
             raise ProtocolError(ErrorCode.TOO_LARGE, message, frame.id)

@@ -66,3 +66,32 @@ async def test_a_json_publish_whose_event_is_stored_over_the_frame_limit_is_refu
             assert ack == {"type": "ack", "id": 3, "seq": 1}  # nothing else was stored
             event = await viewer.recv_type("event")
             assert event["seq"] == 1 and event["event"] == token("fine")
+
+
+def floats(text_bytes: int) -> dict[str, Any]:
+    """An event of 16,000 small floats, 4 bytes each in JSON (``0.5,``) and 9 in
+    MessagePack (80,000 bytes more), and a text of ``text_bytes``."""
+    data = {"numbers": [0.5] * 16_000, "text": "x" * text_bytes}
+    return {"type": "custom", "name": "n", "data": data}
+
+
+async def test_a_publish_whose_event_is_over_the_frame_limit_in_msgpack_is_refused() -> None:
+    """An event within the frame limit in JSON but over it in MessagePack, as a
+    MessagePack viewer gets it (1,031,635 bytes in JSON, 1,111,623 in MessagePack),
+    published by a JSON peer. A MessagePack viewer with the usual limit (1 MiB) closed
+    its frame with 1009, and met it again at each resume."""
+    over = floats(MIB - 81_000)  # its frame (json.dumps: "0.5, ") within the limit
+    async with (
+        run_server() as server,
+        attach(server, "s1", create=True, msgpack=True) as (viewer, _),
+    ):
+        async with attach(server, "s1", role="agent") as (agent, _):
+            error = await reply(agent, {"type": "event", "id": 1, "event": over})
+            assert error["type"] == "error" and error["code"] == "too_large", error
+            assert "1111623 bytes in MessagePack" in error["message"], error
+        async with attach(server, "s1", role="agent") as (agent, _):
+            fits = floats(MIB - 181_000)  # 100,000 bytes less: stored, and read
+            ack = await reply(agent, {"type": "event", "id": 3, "event": fits})
+            assert ack == {"type": "ack", "id": 3, "seq": 1}  # nothing else was stored
+            event = await viewer.recv_type("event")
+            assert event["seq"] == 1 and event["event"] == fits
