@@ -25,6 +25,12 @@ A stopped task's cleanup (what it awaits on its cancellation) is cancelled too i
 takes longer than ``again_after``: keep it short. A cleanup it shields is then cut
 loose, not waited for: ``cancel_and_wait`` returns while it runs.
 
+A store's own tasks (its writer, its background checkpoints, a load or a batch that
+serves every caller) start in a context of their own (:func:`detached`), not in the
+context of whichever caller made them start: a task inherits its creator's context
+variables, and with them structlog's bound fields, so a store task started during a
+connection's append or attach logged, for as long as it ran, as that connection's.
+
 It lives in the root package beside :mod:`bamboo_session.wakeup`, for the same reason:
 every layer uses it, and none should import another for it.
 """
@@ -32,7 +38,11 @@ every layer uses it, and none should import another for it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 AGAIN_AFTER = 1.0  # seconds a cancelled task has to end before it is cancelled again
 
@@ -62,3 +72,10 @@ async def ended_within(future: asyncio.Future[Any], seconds: float) -> bool:
         future.cancel()
         raise
     return bool(done)
+
+
+def detached(coroutine: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    """``coroutine`` in a task of its own context (empty): none of its creator's
+    context variables, so none of the log fields bound where it was started."""
+    loop = asyncio.get_running_loop()
+    return loop.create_task(coroutine, name=name, context=contextvars.Context())

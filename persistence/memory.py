@@ -19,7 +19,7 @@ from bamboo_session.protocol.models import (
     SessionState,
     StoredEvent,
 )
-from bamboo_session.tasks import cancel_and_wait
+from bamboo_session.tasks import cancel_and_wait, detached
 
 from .base import (
     Appended,
@@ -101,7 +101,7 @@ class MemoryStorage(MemoryImports, AppendOne):
             default_ttl, max_sessions, cleanup_interval, max_session_bytes, max_user_bytes
         )
         if cleanup_interval is not None:
-            storage._cleanup = asyncio.create_task(storage._cleanup_loop())
+            storage._cleanup = detached(storage._cleanup_loop(), "bamboo-memory-cleanup")
         return storage
 
     async def __aenter__(self) -> Self:

@@ -24,6 +24,7 @@ from typing import Final
 
 from bamboo_session.protocol.log_lines import encode_stored_event
 from bamboo_session.protocol.models import NOT_MESSAGES, Message, MessageEvent, StoredEvent
+from bamboo_session.tasks import detached
 
 from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError
 from ..clock import StoreClock
@@ -225,7 +226,7 @@ class Appender:
             return window
         loading = self._keys_loading.get(session_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._read_key_window(session_id))
+            loading = detached(self._read_key_window(session_id), "bamboo-jsonl-keys")
             self._keys_loading[session_id] = loading
             loading.add_done_callback(lambda _: self._keys_loading.pop(session_id, None))
         record, loaded = await asyncio.shield(loading)

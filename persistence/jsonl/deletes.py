@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+from bamboo_session.tasks import detached
+
 from ..base import DeletedNotDurably, StorageError
 from .files import fsync_dir, unlink_quietly
 from .layout import Layout
@@ -63,7 +65,7 @@ class DeleteBatches:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiting.append((session_id, future))
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="bamboo-jsonl-deletes")
+            self._task = detached(self._run(), name="bamboo-jsonl-deletes")
         outcome = await asyncio.shield(future)  # (the batch is run to its end)
         if isinstance(outcome, BaseException):
             raise outcome

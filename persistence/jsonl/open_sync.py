@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bamboo_session.tasks import detached
+
 from .fs_sync import sync_file_system
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,7 @@ class OpenSync:
     def start(self, directory: Path, device: int, on_failure: Callable[[], None]) -> None:
         """Sync ``directory``'s file system (``device``) in a worker thread."""
         assert self._task is None, "the open's sync runs once"
-        self._task = asyncio.create_task(
-            self._run(directory, device, on_failure), name="bamboo-open-syncfs"
-        )
+        self._task = detached(self._run(directory, device, on_failure), name="bamboo-open-syncfs")
 
     @property
     def pending(self) -> bool:

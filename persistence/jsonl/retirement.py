@@ -12,6 +12,8 @@ import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from bamboo_session.tasks import detached
+
 from .files import datasync, fsync_dir
 from .in_use import FilesInUse
 from .layout import Layout
@@ -62,7 +64,7 @@ class Retirement:
         self._queue.extend(segments)
         self.kept_bytes += sum(segment.size for segment in segments)
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._retire(), name="bamboo-wal-retire")
+            self._task = detached(self._retire(), name="bamboo-wal-retire")
 
     async def finish(self, last: Segment | None) -> None:
         """At close: ``last`` (the current segment, if any) joins the queue, and every

@@ -33,6 +33,7 @@ from bamboo_session.protocol.models import (
     SessionMetadata,
     SessionState,
 )
+from bamboo_session.tasks import detached
 
 from ..base import (
     Appended,
@@ -146,7 +147,7 @@ class JsonlStorage(JsonlUpkeep, AppendOne):
         if self.config.cleanup_interval is not None:
             loops.append((self.config.cleanup_interval, self.cleanup_expired_sessions, "cleanup"))
         self._loops = [
-            asyncio.create_task(every(seconds, work, what), name=f"bamboo-{what}")
+            detached(every(seconds, work, what), name=f"bamboo-{what}")
             for seconds, work, what in loops
         ]
         self._ready = True

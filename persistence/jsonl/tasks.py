@@ -13,6 +13,8 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from bamboo_session.tasks import detached
+
 from ..base import StorageError
 from ..threads import DEFAULT_THREADS, ThreadJobs
 
@@ -146,7 +148,7 @@ class BackgroundTasks:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
+        task = detached(coroutine, "bamboo-jsonl-background")
         self._tasks.add(task)
         task.add_done_callback(self._done)
 

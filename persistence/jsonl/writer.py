@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from bamboo_session.tasks import detached
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
@@ -126,11 +127,11 @@ class LogWriter:
         self._loop = asyncio.get_running_loop()
         if self._wal is not None and self._sync_helper:
             self._syncer = Syncer.start()
-        self._runner = asyncio.create_task(self._run(), name="bamboo-log-writer")
+        self._runner = detached(self._run(), name="bamboo-log-writer")
         self._tasks.append(self._runner)
         if self._durability != "fsync":
             sync_loop = self._syncs.run(self._fsync_interval)
-            self._tasks.append(asyncio.create_task(sync_loop, name="bamboo-log-sync"))
+            self._tasks.append(detached(sync_loop, name="bamboo-log-sync"))
 
     def submit(self, session_id: str, batch: Batch) -> asyncio.Future[None]:
         """Queue the batch's lines for the session's log; the future resolves when they

@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from bamboo_session.protocol.models import SessionMetadata, utcnow
+from bamboo_session.tasks import detached
 
 from ..base import StorageError
 from ..clock import FAR_AHEAD
@@ -235,7 +236,7 @@ class RedisClock:
         except StorageError as exc:
             if not self._absurd:  # (an absurd answer is said already)
                 log.warning("cannot read Redis's clock, this machine's is used: %s", exc)
-        self._task = asyncio.create_task(self._loop(), name="bamboo-redis-clock")
+        self._task = detached(self._loop(), name="bamboo-redis-clock")
 
     async def stop(self) -> None:
         await stop_task(self._task)

@@ -44,6 +44,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
+from bamboo_session.tasks import detached
+
 from ..base import StorageError
 from .client import persistence_danger, read_persistence, stop_task
 from .eviction import eviction_danger, read_policy
@@ -94,7 +96,7 @@ class DurabilityWatch:
         return self._generation.lossy or self.evicting is not None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="bamboo-redis-durability")
+        self._task = detached(self._loop(), name="bamboo-redis-durability")
 
     async def stop(self) -> None:
         await stop_task(self._task)

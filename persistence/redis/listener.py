@@ -54,6 +54,8 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from bamboo_session.tasks import detached
+
 from ..base import StorageError
 from ..feed import CLOSED, DELETED, Feed
 from .client import stop_task
@@ -145,7 +147,7 @@ class Listener:
 
     async def start(self) -> None:
         await self._connect()
-        self._task = asyncio.create_task(self._run(), name="bamboo-redis-listener")
+        self._task = detached(self._run(), name="bamboo-redis-listener")
 
     async def close(self) -> None:
         self._closing = True
@@ -272,8 +274,7 @@ class Listener:
             return
         self._lagging.add(session_id)
         if self._lagging_catch_up is None or self._lagging_catch_up.done():
-            loop = asyncio.get_running_loop()
-            self._lagging_catch_up = loop.create_task(self._catch_up_lagging())
+            self._lagging_catch_up = detached(self._catch_up_lagging(), "bamboo-redis-lagging")
 
     async def _catch_up_lagging(self) -> None:
         """Catches up the sessions an unreadable message left behind, those that come
@@ -316,7 +317,7 @@ class Listener:
         log.info(
             "redis pub/sub connection back; catching %d sessions up", len(self._subscriber.wanted())
         )
-        self._catch_up = asyncio.get_running_loop().create_task(self._resubscribe_and_catch_up())
+        self._catch_up = detached(self._resubscribe_and_catch_up(), "bamboo-redis-catch-up")
 
     async def _resubscribe_and_catch_up(self) -> None:
         try:

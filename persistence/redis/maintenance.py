@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from bamboo_session.protocol.micros import to_micros
-from bamboo_session.tasks import cancel_and_wait
+from bamboo_session.tasks import cancel_and_wait, detached
 
 from ..base import StorageError
 from ..feed import DELETED
@@ -68,7 +68,7 @@ class Maintenance:
 
     def start(self) -> None:
         if self._interval is not None and not self._storage.config.read_only:
-            self._task = asyncio.create_task(self._loop(self._interval), name="bamboo-cleanup")
+            self._task = detached(self._loop(self._interval), name="bamboo-cleanup")
 
     async def stop(self) -> None:
         self._stopping = True

@@ -43,6 +43,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
+from bamboo_session.tasks import detached
+
 from ..errors import SessionNotFound, StorageError
 from ..presence import Parked
 
@@ -96,7 +98,7 @@ async def _sweep_instance(storage: RedisStorage, claim: _Claim) -> int:
     layout = storage.layout
     instance = claim.instance
     key = layout.instance_sessions(instance)
-    renewing = asyncio.create_task(_keep(storage, claim), name="bamboo-redis-claim")
+    renewing = detached(_keep(storage, claim), name="bamboo-redis-claim")
     parked, batch = 0, PARKED_AT_LEAST
     try:
         while not claim.lost:

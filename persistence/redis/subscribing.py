@@ -27,6 +27,8 @@ from typing import Any, Final
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
+from bamboo_session.tasks import detached
+
 from ..base import StorageError
 from ..feed import Feed
 from .client import stop_task
@@ -100,9 +102,7 @@ class Subscriber:
         looks at what is wanted again after each command), else a new one."""
         task = self._task
         if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(
-                self.sync(), name="bamboo-redis-subscribing"
-            )
+            task = detached(self.sync(), name="bamboo-redis-subscribing")
             task.add_done_callback(self._ended)
             self._task = task
         return task

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from bamboo_session.tasks import cancel_and_wait
+from bamboo_session.tasks import cancel_and_wait, detached
 
 from ..failure_log import FailureLog
 from .schema import connect_checkpointer
@@ -64,7 +64,7 @@ class Checkpointer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(self._thread, connect_checkpointer, self._path)
-        self._task = asyncio.create_task(self._run(), name="bamboo-sqlite-checkpoint")
+        self._task = detached(self._run(), name="bamboo-sqlite-checkpoint")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -37,6 +37,7 @@ from bamboo_session.protocol.models import (
     SessionState,
     StoredEvent,
 )
+from bamboo_session.tasks import detached
 
 from ..base import (
     Appended,
@@ -133,7 +134,7 @@ class SqliteStorage(AppendOne):
                 raise
             raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
         if self._writer is not None and self.config.cleanup_interval is not None:
-            self._cleanup = asyncio.create_task(self._cleanup_loop(), name="bamboo-sqlite-cleanup")
+            self._cleanup = detached(self._cleanup_loop(), name="bamboo-sqlite-cleanup")
         self._ready = True
 
     async def __aenter__(self) -> Self:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from bamboo_session.protocol.errors import InvalidSessionId, InvalidTransition
+from bamboo_session.tasks import detached
 from bamboo_session.wakeup import Wakeup
 
 from ..base import StorageError
@@ -89,7 +90,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(self._thread, self._connect)
         await loop.run_in_executor(self._thread, self._fold.at_open, self._db)
-        self._task = asyncio.create_task(self._run(), name="bamboo-sqlite-writer")
+        self._task = detached(self._run(), name="bamboo-sqlite-writer")
 
     def submit(
         self, work: Callable[[Batch], T], after: Callable[[T], None] | None = None
