@@ -4,19 +4,19 @@
 It gives its websockets protocol the JSON refusals and the request parser of
 http_requests.py, charges what a peer sends before its request is answered to the
 account of unanswered requests (and drops a peer that sends more than 64 KiB behind its
-request), keeps of an upgrade's request only what the ``hello`` needs, and reads its
-socket only while it can be written to. An answer whose body is streamed
-(``StreamedResponse``) has its head sent by websockets, and its body written after it
-(http_stream.py), outside websockets' open timeout, which bounds the rest here as it
-did; what an answer holds while its peer has not taken it is the answering side's
-(http_answer.py ``AnsweringConnection``, which this connection is). Once upgraded,
-what it reads goes to websockets' parser a few KiB at a time, each frame charged to
-the connection's byte rate (limits.py); in debt, or with websockets' incoming queue
-full, it stops reading until the debt is repaid or the handler took a frame
-(sliced_reads.py); a message still arriving is charged to its share of the memory
-budget, and held to a floor of rate (arriving_frames.py). A peer's end of stream that
-comes once its request is read waits for the answer (a client may half-close after its
-request, RFC 9112 9.6): websockets, fed it at once, answered nothing.
+request), keeps of an upgrade's request only what the ``hello`` needs (request_wait.py,
+with the wait for the request), and reads its socket only while it can be written to.
+An answer whose body is streamed (``StreamedResponse``) has its head sent by websockets,
+and its body written after it (http_stream.py), outside websockets' open timeout,
+which bounds the rest here as it did; what an answer holds while its peer has not
+taken it is the answering side's (http_answer.py ``AnsweringConnection``, which this
+connection is). Once upgraded, what it reads goes to websockets' parser a few KiB at a
+time, each frame charged to the connection's byte rate (limits.py); in debt, or with
+websockets' incoming queue full, it stops reading until the debt is repaid or the
+handler took a frame (sliced_reads.py); a message still arriving is charged to its share
+of the memory budget, and held to a floor of rate (arriving_frames.py). A peer's end of
+stream that comes once its request is read waits for the answer (a client may half-close
+after its request, RFC 9112 9.6): websockets, fed it at once, answered nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .http_answer import AnsweringConnection
 from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
+from .request_wait import RequestWait
 from .subprotocols import check_extension_offer
 from .upgrade_task import ProcessRequest, answer
 from .whole_frames import WholeFramesProtocol
@@ -53,7 +54,7 @@ EARLY_BYTES = 64 * 1024
 OPEN_TIMEOUT = 10.0
 
 
-class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
+class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection, RequestWait):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
@@ -66,13 +67,10 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
     _request_held = 0
     # Set once attached to a session: its outbox sends ``closed`` and the close.
     closes_itself = False
-    _eof_held = False  # the peer's end of stream, come before its request was answered
     # Called once as the close frame goes out, whoever started the close: what the
     # connection holds for its peer is let go before the peer can see the close (the
     # handler ends only when the socket does, up to the close timeout later).
     on_close_sent: Callable[[], None] | None = None
-    # What the handshake awaits while neither the request nor the loss has come.
-    _handshake_waiter: asyncio.Future[None] | None = None
     # The upgrade's route, parsed once as its request is checked (app.py), for the
     # handler: the path is not parsed again.
     route: Route | None = None
@@ -272,43 +270,6 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection):
             # An upgrade whose peer ended its stream with the request: closed at once,
             # as one that ends it right after the upgrade (1006, no handler).
             self._pass_on_eof()
-
-    async def request_or_loss(self) -> None:
-        """Returns once the request is read or the connection lost: websockets'
-        handshake awaited both futures with asyncio.wait; here one future, woken by
-        whichever comes first (_wake_handshake), and made only if it must be waited."""
-        if self.request is None and not self.connection_lost_waiter.done():
-            waiter = self._handshake_waiter = self.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._handshake_waiter = None
-        if self.request is not None and not self._eof_held:
-            # One turn of the loop reads what came with the request, as websockets'
-            # wait on two futures gave it: an end of stream in the request's segment is
-            # known before the answer, with frames behind the request or without them
-            # (docs/protocol.md: an upgrade sent with its end of stream ends after its
-            # 101, no handler run, no frame sent with it acted on).
-            await asyncio.sleep(0)
-
-    def _wake_handshake(self) -> None:
-        waiter = self._handshake_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _forget_headers(self) -> None:
-        """Keeps of the upgrade's request its path and the one header the ``hello`` may
-        still need (``Authorization``, server/handshake.py), and drops the answer: the
-        rest would stay with the connection, uncharged, while its ``hello`` is awaited."""
-        request = self.request
-        if request is None:
-            return
-        headers = Headers()
-        authorization = request.headers.get("Authorization")
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        self.request = Request(request.path, headers)
-        self.response = None
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         self.peer_ended()

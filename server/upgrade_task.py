@@ -7,7 +7,7 @@ streamed answer's body: http_wire.OPEN_TIMEOUT): a deadline that never comes, at
 look-ups of the running loop, each a ``getpid`` syscall on Python 3.11. Its handshake
 waits for the request with ``asyncio.wait`` on two futures (a set, a waiter, a callback
 on each, a turn of the loop once done), where the connection wakes one future of its
-own (http_wire.py ``_wake_handshake``), and it checks that a ``process_request`` or
+own (request_wait.py ``_wake_handshake``), and it checks that a ``process_request`` or
 ``process_response`` it was handed may be awaited, where this server's is a coroutine
 and it has no other. What a peer sees is websockets' to the byte (but that a refusal of
 a HEAD has no body): the same answers, the same ``Server`` header, the same 500 for a
