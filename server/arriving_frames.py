@@ -147,7 +147,7 @@ class ChargedArrivals(SlicedReads):
             self._fragments = 0  # its last fragment: the message is whole
 
     def _parse_sliced(self, data: bytes) -> None:
-        super()._parse_sliced(data)
+        self._parse_slices(data)
         protocol = self.protocol
         if self._arriving or protocol.reader.buffer or protocol.current_size is not None:
             self._look_at_arrival()

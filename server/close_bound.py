@@ -18,7 +18,9 @@ close of the handler's waits for it, and a handler waiting in ``recv()`` (for a
 ``hello``, or for the next frame) is woken only by the socket's end: a peer that closed
 before its ``hello`` and kept its socket open held its connection until the hello
 timeout (10 s), an attached one until the keepalive's next Ping. So that deadline ends
-the socket itself (``_bound_peer_close``).
+the socket itself (``_bound_peer_close``, called by the reading side, sliced_reads.py,
+which is built on this class: no data_received of its own, which every read would go
+through).
 """
 
 from __future__ import annotations
@@ -45,14 +47,11 @@ class ClosingBound(ServerConnection):
         async with asyncio.timeout_at(deadline):
             await super().drain()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._bound_peer_close()
-
     def _bound_peer_close(self) -> None:
         """The peer's close frame is read (and answered): the socket is dropped at the
-        close deadline websockets set then, unless the peer hangs up first."""
-        if self._peer_close_bound is not None or self.protocol.close_rcvd is None:
+        close deadline websockets set then, unless the peer hangs up first. Called
+        after each slice websockets parsed once it holds that frame (sliced_reads.py)."""
+        if self._peer_close_bound is not None:
             return
         deadline = self.close_deadline
         if deadline is not None and not self.transport.is_closing():

@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from websockets.asyncio.connection import Connection
 from websockets.datastructures import Headers
 from websockets.frames import DATA_OPCODES, Frame
 from websockets.http11 import Request
@@ -34,7 +35,6 @@ from websockets.server import ServerProtocol
 from bamboo_session.protocol.parsed_frames import PARSER_KEEPS_BYTES, handed_on
 
 from .arriving_frames import ArrivingFrames, ChargedArrivals
-from .close_bound import ClosingBound
 from .deadlines import Deadline
 from .http import Route
 from .http_answer import AnsweringConnection
@@ -52,9 +52,16 @@ EARLY_BYTES = 64 * 1024
 # websockets' open_timeout, applied here (serve() gets None): within it a request is
 # read and answered, but for a streamed answer's body, which has its own timeouts.
 OPEN_TIMEOUT = 10.0
+# websockets' own steps of every frame read, called by name, not by super() (a super
+# object and a walk of the bases, some 1,200 machine instructions each, per frame): its
+# handling of a frame (queued if data, a Pong matched to its Ping), which its
+# ServerConnection's process_event passes every frame on to, and its send_data. No base
+# of BambooConnection overrides either.
+_websockets_frame_event = Connection.process_event
+_websockets_send_data = Connection.send_data
 
 
-class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection, RequestWait):
+class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
@@ -112,8 +119,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection, Reque
         if self._discarding:
             return
         # websockets' constant, not State.CONNECTING: a member read off its Enum class
-        # goes through EnumType.__getattr__ on Python 3.11, and every read comes here.
-        if self.protocol.state is not CONNECTING:
+        # goes through EnumType.__getattr__ on Python 3.11, and every read comes here;
+        # the field behind websockets' ``state`` property, a call less (as flush.py).
+        if self.protocol._state is not CONNECTING:
             self.bytes_read += len(data)
             self._parse_sliced(data)
             return
@@ -149,7 +157,9 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection, Reque
                 event = handed_on(event)  # not kept by the parser till the next frame
             if self._close_sent and event.opcode in DATA_OPCODES:
                 return  # nothing can answer it now (RFC 6455 5.5.1): not queued
-        super().process_event(event)
+            _websockets_frame_event(self, event)
+            return
+        super().process_event(event)  # the upgrade's request
 
     def _hold_request(self, size: int) -> bool:
         pending = self._pending
@@ -172,7 +182,7 @@ class BambooConnection(ChargedArrivals, ClosingBound, AnsweringConnection, Reque
         self.transport.abort()
 
     def send_data(self) -> None:
-        super().send_data()
+        _websockets_send_data(self)
         protocol = self.protocol
         if protocol.close_sent is None and not protocol.eof_sent:
             return  # open both ways (every frame read comes here): nothing below applies

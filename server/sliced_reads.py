@@ -16,10 +16,11 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import NoReturn
 
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.messages import Assembler
-from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame
 
+from .close_bound import ClosingBound
 from .limits import ByteRate
 from .link_progress import LinkProgress, OutputStall, stall_window
 from .read_waits import ReadWaits
@@ -34,10 +35,17 @@ PARSE_SLICE = 4096
 # byte rate's burst (8 MiB queued per connection, 900 MB for 100 peers on a server
 # slow to decode them). 1 KiB holds at most about one such frame.
 DEFLATE_PARSE_SLICE = 1024
+# websockets' own data_received, which parses a slice, sends what the protocol owes and
+# hands on each event (the connection's process_event), called by name: every read
+# comes here, and super() costs a super object and a walk of the bases (some 1,200
+# machine instructions) each time. No class of the connection (http_wire.py
+# ``BambooConnection``) between this one and websockets' overrides it: the peer's close
+# is bounded here, after it (close_bound.py).
+_websockets_data_received = Connection.data_received
 
 
-class SlicedReads(ServerConnection):
-    """websockets' server connection, read in slices (``_parse_sliced``), each frame
+class SlicedReads(ClosingBound):
+    """websockets' server connection, read in slices (``_parse_slices``), each frame
     charged to ``_meter`` by the connection (``_debt``)."""
 
     _meter: ByteRate | None = None  # the connection's byte rate, None: no limit
@@ -117,7 +125,7 @@ class SlicedReads(ServerConnection):
         elif self._queued_sizes:
             self._queued_bytes -= self._queued_sizes.pop(0)
 
-    def _parse_sliced(self, data: bytes) -> None:
+    def _parse_slices(self, data: bytes) -> None:
         """``data`` to the parser a slice at a time while the byte rate allows and
         websockets' incoming queue has room; the rest is held, and reading stops,
         until the debt is repaid or the handler has taken frames. What waits in that
@@ -146,9 +154,15 @@ class SlicedReads(ServerConnection):
                 self.transport.pause_reading()
                 self._begin_queue_wait()
                 return
-            super().data_received(data[start : start + size])
+            _websockets_data_received(self, data[start : start + size])
+            if self.protocol.close_rcvd is not None:
+                self._bound_peer_close()  # the peer's close frame, read and answered
         if self._debt > 0:
             self._hold(b"")
+
+    # What a read does with its bytes (arriving_frames.py ``ChargedArrivals`` adds its
+    # look after the slices, calling _parse_slices by name: no super() per read).
+    _parse_sliced = _parse_slices
 
     def _queue_full(self) -> bool:
         """websockets paused reading for its incoming queue (above ``--max-queue``), or
