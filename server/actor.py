@@ -141,8 +141,7 @@ class SessionActor:
         self._wake()
 
     async def room_for(self, count: int) -> bool:
-        """Waits until the inbox has room for ``count`` more commands (back-pressure);
-        whether the actor still takes commands then."""
+        """Waits for room for ``count`` more commands (back-pressure); whether it takes them."""
         if not self.inbox.may_post(count):
             await self.inbox.wait_for_room(count)
         return self.accepting
@@ -345,7 +344,9 @@ class SessionActor:
                 await self.status.become(SessionState.ACTIVE)
         fresh = 0
         following = self.following.active
-        for command, result in zip(appends, results, strict=True):
+        if len(results) != len(appends):  # zip(strict=True)'s test, without its keyword's cost
+            raise ValueError(f"{len(results)} results for {len(appends)} appends")
+        for command, result in zip(appends, results):  # noqa: B905 (tested above)
             if not result.duplicate:
                 fresh += 1
                 if following and command.origin is not None:
@@ -378,9 +379,8 @@ class SessionActor:
             self.end(code, reason, replays_go_on=closed)
 
     def _give_at_hand(self) -> bool:
-        """Gives what this process appended, at hand, with no coroutine; False if none
-        is. Not inline in ``_run``: a local of that loop would hold the last batch (big
-        events, decoded and encoded) for as long as the session then stays quiet."""
+        """Gives what this process appended, at hand, with no coroutine; False if none is.
+        Not in ``_run``: a local there would hold the last batch while the session idles."""
         events = self.following.take_buffered(BATCH_MAX)
         if events:
             self.give(events)
