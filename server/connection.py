@@ -191,7 +191,8 @@ class Connection:
         actor, outbox = self.actor, self.outbox
         # In either codec an event is stored larger than its frame may be (decode_charge.py).
         max_event_json = self.services.config.max_frame_bytes
-        decode = partial(decode_charged, self.codec, self.ws, max_event_json=max_event_json)
+        # Bound by position: a partial with a keyword copies a dict at each call.
+        decode = partial(decode_charged, self.codec, self.ws, max_event_json)
         limiter = self.limiter
         taken = 0
         while True:
@@ -248,7 +249,7 @@ class Connection:
         if outbox.closing is not None or closed_for_rate(limiter, outbox):
             return
         try:
-            request_id = getattr(decode_charged(self.codec, self.ws, data)[0], "id", None)
+            request_id = getattr(decode_charged(self.codec, self.ws, 0, data)[0], "id", None)
         except ProtocolError as exc:
             request_id = exc.request_id
         rate = self.services.config.rate_limit

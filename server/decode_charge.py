@@ -49,7 +49,7 @@ _msgpack = msgspec.msgpack.Encoder()
 
 
 def decode_charged(
-    codec: Codec, reads: SlicedReads, data: str | bytes, max_event_json: int = 0
+    codec: Codec, reads: SlicedReads, max_event_json: int, data: str | bytes
 ) -> tuple[ClientFrame, int]:
     """``codec.decode_request(data)``, what its free-form values cost beyond its bytes
     (charged as read) charged to ``reads``: many small values cost far more to decode
@@ -57,7 +57,7 @@ def decode_charged(
     it is queued with, not in the rate: wide characters decode no slower.) A refused
     frame, its values not counted to its end, is charged for the time its decode took,
     at most what the most values its bytes could hold would cost. With
-    ``max_event_json`` (the frame limit), a publish is checked by
+    ``max_event_json`` (the frame limit; 0: none), a publish is checked by
     :func:`check_json_sizes`."""
     started = perf_counter()
     try:
