@@ -59,6 +59,7 @@ from .replay_shares import ReplayShare
 from .sent_events import WRITER
 from .services import Services
 from .token_expiry import TokenExpiry
+from .whole_frames import next_message
 
 # Frames the reader takes in a row before it gives the loop a turn (a refused one gives
 # it at once): pings, and publishes while the connection has room in flight, await
@@ -200,7 +201,7 @@ class Connection:
             # awaited: a peer that sent a big one and went quiet would have it kept for
             # as long as it stays, and a batch's items would be walked by the cycle
             # collector meanwhile.
-            refused = await self._take(await self.ws.recv(), actor, outbox, decode, limiter)
+            refused = await self._take(await next_message(self.ws), actor, outbox, decode, limiter)
             taken += 1
             if refused or taken >= FRAMES_PER_TURN:
                 # ws.recv() returns at once while frames are queued, and a refusal, a
