@@ -347,13 +347,14 @@ async def change_state(actor: SessionActor, state: SessionState) -> int:
     state the session has). An expired session's is refused (SessionExpired) and
     changes nothing here either: kept in memory, a close ended its connections while
     the peer was told ``not_found``, or ``internal`` when the read of the last seq
-    failed (the session removed meanwhile)."""
+    failed (the session removed meanwhile); a move to the state it has, which writes
+    nothing, was acknowledged as if it lived."""
     if state != actor.state:
         actor.state.check_transition(state)  # a refused move is no activity
     # A state a peer asks for is activity, written first, as at an attach: a failed
     # touch changes nothing, where after the move it left the session moved (closed,
     # even) while the peer was told the request had failed.
-    await actor.status.touch()
+    await actor.status.touch(refused_if_expired=True)
     stored = await actor.status.become(state, refused_if_expired=True)
     if stored is not None:
         return stored.last_seq

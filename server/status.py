@@ -268,11 +268,17 @@ class SessionStatus:
         until = (self.expires_at - self.storage.now()).total_seconds()
         return min(look, max(until, 0.0) + PAST_EXPIRY)
 
-    async def touch(self) -> None:
+    async def touch(self, *, refused_if_expired: bool = False) -> None:
         """Activity: the session's TTL starts again (not a closed one's: the store
-        leaves a closed session's expiry as it closed)."""
-        with contextlib.suppress(SessionExpired, SessionNotFound):
+        leaves a closed session's expiry as it closed). ``refused_if_expired`` (a
+        peer's request, answered ``not_found``): SessionExpired is raised."""
+        try:
             await self.storage.touch(self.session_id, epoch=self.epoch)
+        except SessionExpired:
+            if refused_if_expired:
+                raise
+        except SessionNotFound:
+            pass
 
     async def check(self, quiet_for: float, idle_timeout: float, traffic: bool) -> str | None:
         """A timer's look at a connected session: ``traffic`` (peers sent frames since

@@ -58,3 +58,29 @@ async def test_a_state_request_on_an_expired_session_is_refused_and_changes_noth
     finally:
         assert await asyncio.to_thread(server.stop) == 0
     assert_no_tracebacks(server.log_records())
+
+
+async def test_a_state_request_for_the_state_it_has_on_an_expired_session_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The same for a move to the state the session has (``active``, no write): it was
+    acknowledged, with the last seq read, as if the session lived, where every other
+    request on it gets ``not_found``."""
+    offset = tmp_path / "offset"
+    set_offset(offset, 0)
+    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--default-ttl", "3600")
+    settings = {"FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    await under_faketime(server, **settings).start_in_loop()
+    try:
+        async with connect(server.url("s"), open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "hello", "create": True}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "welcome"
+            live = await request(ws, {"type": "state", "id": "live", "state": "active"})
+            assert live["type"] == "ack", live  # (the session lives: acknowledged)
+            set_offset(offset, 7200)  # two hours on: expired an hour ago, no look yet
+            answer = await request(ws, {"type": "state", "id": "same", "state": "active"})
+            assert (answer["type"], answer.get("code")) == ("error", "not_found"), answer
+            assert (await request(ws, {"type": "ping", "id": "p"}))["type"] == "pong"
+    finally:
+        assert await asyncio.to_thread(server.stop) == 0
+    assert_no_tracebacks(server.log_records())
