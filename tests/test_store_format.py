@@ -64,14 +64,15 @@ async def jsonl_store_with_a_session(base: Path) -> None:
 async def test_a_new_jsonl_store_records_its_format(tmp_path: Path) -> None:
     storage = await open_storage(str(tmp_path / "data"))
     await storage.close()
-    assert json.loads((tmp_path / "data" / "FORMAT").read_text()) == {"format": 1}
+    assert json.loads((tmp_path / "data" / "FORMAT").read_text()) == {"format": 2}
 
 
 async def test_a_jsonl_store_of_an_older_version_is_format_1_and_gets_its_record(
     tmp_path: Path,
 ) -> None:
     """A store made before the record (no ``FORMAT``) opens as it did: read-only, with
-    nothing written; writable, with the record written once."""
+    nothing written; writable, moved to format 2 (its ids have no capital: no file
+    renamed) with the record written once."""
     base = tmp_path / "data"
     await jsonl_store_with_a_session(base)
     (base / "FORMAT").unlink()  # as every version before the record left a store
@@ -82,7 +83,7 @@ async def test_a_jsonl_store_of_an_older_version_is_format_1_and_gets_its_record
     storage = await open_storage(str(base))
     assert (await storage.last_seq("s1")) == 1
     await storage.close()
-    assert json.loads((base / "FORMAT").read_text()) == {"format": 1}
+    assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
 
 
 async def test_a_jsonl_store_of_a_newer_format_is_refused_and_left_as_it_is(
@@ -90,15 +91,15 @@ async def test_a_jsonl_store_of_a_newer_format_is_refused_and_left_as_it_is(
 ) -> None:
     base = tmp_path / "data"
     await jsonl_store_with_a_session(base)
-    (base / "FORMAT").write_text('{"format": 2}\n')
+    (base / "FORMAT").write_text('{"format": 3}\n')
     before = tree_digest(base)
     for read_only in (False, True, False):  # the lock is let go: the same refusal again
-        with pytest.raises(StoreTooNew, match=r"store format 2, newer than .* reads \(1\)"):
+        with pytest.raises(StoreTooNew, match=r"store format 3, newer than .* reads \(2\)"):
             await open_storage(str(base), read_only=read_only)
     event = await refused_start(base, 2)
-    assert "FORMAT" in event and "store format 2" in event and "a newer version" in event
+    assert "FORMAT" in event and "store format 3" in event and "a newer version" in event
     listed = ls(f"jsonl://{base}")
-    assert listed.returncode != 0 and "store format 2" in listed.stderr, listed.stderr
+    assert listed.returncode != 0 and "store format 3" in listed.stderr, listed.stderr
     assert tree_digest(base) == before
 
 

@@ -61,7 +61,7 @@ async def test_a_jsonl_store_without_its_record_starts_on_a_full_disk(tmp_path: 
         storage = await open_storage(str(base))  # room again: the record is written
         assert (await storage.last_seq("s1")) == 1
         await storage.close()
-        assert json.loads((base / "FORMAT").read_text()) == {"format": 1}
+        assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
 
 
 async def test_a_jsonl_format_record_a_crash_cut_short_is_cleared(tmp_path: Path) -> None:

@@ -104,6 +104,9 @@ class JsonlStorageConfig:
     - ``max_user_bytes``: what the log files of one user's sessions may hold together
       (closed and expired ones until they go); past it an append is ``UserFull``,
       nothing of it written. None: no cap.
+    - ``old_names``: not a setting; set by the open, for a store of format 1 whose
+      files it did not rename (read-only, or a format record it could not write): its
+      files are named by the ids themselves (``layout.py``).
     """
 
     base_path: Path
@@ -130,6 +133,7 @@ class JsonlStorageConfig:
     offline: bool = False
     max_session_bytes: int | None = None
     max_user_bytes: int | None = None
+    old_names: bool = False
 
     def __init__(
         self,
@@ -157,6 +161,7 @@ class JsonlStorageConfig:
         offline: bool = False,
         max_session_bytes: int | None = None,
         max_user_bytes: int | None = None,
+        old_names: bool = False,
     ) -> None:
         # A hand-written __init__ so that base_path accepts str and "~" expands once,
         # here, rather than at every use.
@@ -186,6 +191,7 @@ class JsonlStorageConfig:
         set_field(self, "offline", offline)
         set_field(self, "max_session_bytes", max_session_bytes)
         set_field(self, "max_user_bytes", max_user_bytes)
+        set_field(self, "old_names", old_names)
         self._validate()
 
     @classmethod
@@ -274,6 +280,9 @@ class JsonlStorageConfig:
     def with_read_only(self, read_only: bool = True) -> Self:
         return self._replace(read_only=read_only)
 
+    def with_old_names(self, old_names: bool) -> Self:
+        return self._replace(old_names=old_names)
+
     @property
     def uses_wal(self) -> bool:
         """Whether appends go through the shared WAL (``fsync`` mode only: ``os`` mode
@@ -301,4 +310,4 @@ class JsonlStorageConfig:
     @property
     def layout(self) -> Layout:
         """The store's paths (``layout.py``)."""
-        return Layout(self.base_path)
+        return Layout(self.base_path, case_folded=not self.old_names)

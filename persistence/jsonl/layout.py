@@ -5,7 +5,7 @@ file names, and reads names back into session ids.
 
     <base>/LOCK                   flock'ed while a storage has the store open for writing
                                   (exclusive), or an offline reader (shared)
-    <base>/FORMAT                 the store's format, {"format": 1} (store_format.py)
+    <base>/FORMAT                 the store's format, {"format": 2} (store_format.py)
     <base>/CLOCK                  the time of the newest change written lazily, which
                                   the next open's clock starts from (clock_mark.py)
     <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
@@ -16,6 +16,18 @@ file names, and reads names back into session ids.
     <base>/events/<id>.idx        message index: seq and place of each message event
     <base>/wal/<n>.wal            fsync mode's shared write-ahead log segments
     <base>/index/snapshot.msgpack the index snapshot a clean close leaves (fast start)
+
+``<stem>`` is a session's file stem (format 2): its id where the id has no upper-case
+letter, else the id in lower case, ``~`` and the positions of its capitals as a bit
+mask in lower-case hex (bit i: the i-th character; ``Chat`` -> ``chat~1``, ``cHaT`` ->
+``chat~a``). Ids compare exactly, but a case-insensitive file system (macOS's default,
+SMB shares) takes ``Chat.json`` and ``chat.json`` for one file: every name the store
+makes is lower case, and no two ids share a stem even once folded (``~`` is in no id,
+so no lower-case id has the stem of another). A 128-character id's stem is at most 161
+characters: with the longest suffix and a temporary or kept-aside tail, well inside a
+file name's 255 bytes. Format 1 named files by the id itself (a read-only open of
+such a store reads them so: ``Layout.case_folded`` false); the first writable open
+renames them (``case_names.py``).
 
 A session id is ``[A-Za-z0-9_.-]{1,128}``, so suffixes never collide: a name is read
 back by its suffix alone. Files kept aside for inspection carry ``.damaged-`` in their
@@ -58,20 +70,69 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
 
 
-def id_with_suffix(name: str, suffix: str) -> str | None:
-    """The session id of file ``name`` if it ends with ``suffix`` and the rest is a
-    valid id."""
-    if not name.endswith(suffix):
+# Each character of an id as a bit of its capitals' mask (read back to front).
+_CAPITAL_BITS: Final = {c: "1" if chr(c).isupper() else "0" for c in range(128)}
+_MASK: Final = re.compile(r"[1-9a-f][0-9a-f]{0,31}\Z")
+# A format-1 name of a session's file: the id, a suffix, and the tail of a temporary
+# file or of one kept aside (only ever read to rename it: ``case_names.py``).
+_FORMAT_1_NAME: Final = re.compile(
+    r"([A-Za-z0-9_.-]{1,128}?)"
+    r"((?:\.json(?:l|\.deleted|\.replacing)?|\.preamble|\.idx)"
+    r"(?:\.damaged-[0-9-]+|\.[0-9a-f]{8}\.tmp)?)\Z"
+)
+
+
+def file_stem(session_id: str) -> str:
+    """The stem of a (valid) session id's files in format 2."""
+    if session_id.islower():  # the common case: no capital (and some letter)
+        return session_id
+    mask = int(session_id[::-1].translate(_CAPITAL_BITS), 2)
+    return f"{session_id.lower()}~{mask:x}" if mask else session_id
+
+
+def id_of_stem(stem: str) -> str | None:
+    """The session id whose format-2 stem is ``stem``, or None for a stem no id has
+    (only the one spelling :func:`file_stem` makes is read back)."""
+    folded, tilde, mask = stem.partition("~")
+    if not is_valid_session_id(folded) or folded != folded.lower():
         return None
-    session_id = name[: -len(suffix)]
-    return session_id if is_valid_session_id(session_id) else None
+    if not tilde:
+        return folded
+    if _MASK.match(mask) is None:
+        return None
+    bits = int(mask, 16)
+    if bits >> len(folded):
+        return None
+    chars = list(folded)
+    while bits:
+        low = bits & -bits
+        at = low.bit_length() - 1
+        if not "a" <= chars[at] <= "z":
+            return None
+        chars[at] = chars[at].upper()
+        bits ^= low
+    return "".join(chars)
+
+
+def format_2_name(name: str) -> str | None:
+    """The format-2 name of a session's file named ``name`` in format 1; None where
+    both formats name it alike (an id without capitals) or it is no session's."""
+    if name == name.lower():
+        return None
+    match = _FORMAT_1_NAME.match(name)
+    if match is None or not is_valid_session_id(match[1]):
+        return None
+    return file_stem(match[1]) + match[2]
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """The paths of the store under ``base``."""
+    """The paths of the store under ``base``; ``case_folded``: its files named by
+    format 2's stems (false: by the ids themselves, format 1's, for a store of that
+    format opened without renaming them)."""
 
     base: Path
+    case_folded: bool = True
 
     @property
     def sessions(self) -> Path:
@@ -112,41 +173,56 @@ class Layout:
 
     # -- one session's files -----------------------------------------------------------
 
-    @staticmethod
-    def checkpoint_name(session_id: str) -> str:
-        return session_id + CHECKPOINT_SUFFIX
+    def stem(self, session_id: str) -> str:
+        """What the names of the session's files start with."""
+        return file_stem(session_id) if self.case_folded else session_id
 
-    @staticmethod
-    def log_name(session_id: str) -> str:
-        return session_id + LOG_SUFFIX
+    def id_with_suffix(self, name: str, suffix: str) -> str | None:
+        """The session id of file ``name`` if it ends with ``suffix`` and the rest is
+        the stem of a valid id."""
+        if not name.endswith(suffix):
+            return None
+        stem = name[: -len(suffix)]
+        if self.case_folded:
+            return id_of_stem(stem)
+        return stem if is_valid_session_id(stem) else None
+
+    def checkpoint_name(self, session_id: str) -> str:
+        return self.stem(session_id) + CHECKPOINT_SUFFIX
+
+    def log_name(self, session_id: str) -> str:
+        return self.stem(session_id) + LOG_SUFFIX
 
     def checkpoint(self, session_id: str) -> Path:
-        return self.sessions / (session_id + CHECKPOINT_SUFFIX)
+        return self.sessions / (self.stem(session_id) + CHECKPOINT_SUFFIX)
 
     def checkpoint_file(self, session_id: str) -> str:
-        """:meth:`checkpoint` as a string: 100,000 of them at a close (pathlib's cost)."""
-        return f"{self.base}/sessions/{session_id}{CHECKPOINT_SUFFIX}"
+        """:meth:`checkpoint` as a string: 100,000 of them at a close (pathlib's cost).
+        A lower-case id (most) is its own stem: no call for it."""
+        stem = session_id if session_id.islower() else self.stem(session_id)
+        return f"{self.base}/sessions/{stem}{CHECKPOINT_SUFFIX}"
 
     def tombstone(self, session_id: str) -> Path:
-        return self.sessions / (session_id + TOMBSTONE_SUFFIX)
+        return self.sessions / (self.stem(session_id) + TOMBSTONE_SUFFIX)
 
     def replacement(self, session_id: str) -> Path:
         """The checkpoint of a new session that replaces an expired one of its id, until
         it takes the old checkpoint's place (``lifecycle.py``)."""
-        return self.sessions / (session_id + REPLACEMENT_SUFFIX)
+        return self.sessions / (self.stem(session_id) + REPLACEMENT_SUFFIX)
 
     def preamble(self, session_id: str) -> Path:
-        return self.sessions / (session_id + PREAMBLE_SUFFIX)
+        return self.sessions / (self.stem(session_id) + PREAMBLE_SUFFIX)
 
     def log(self, session_id: str) -> Path:
-        return self.events / (session_id + LOG_SUFFIX)
+        return self.events / (self.stem(session_id) + LOG_SUFFIX)
 
     def log_file(self, session_id: str) -> str:
-        """:meth:`log` as a string, for the writer's hot path."""
-        return f"{self.base}/events/{session_id}{LOG_SUFFIX}"
+        """:meth:`log` as a string, for the writer's hot path (as checkpoint_file)."""
+        stem = session_id if session_id.islower() else self.stem(session_id)
+        return f"{self.base}/events/{stem}{LOG_SUFFIX}"
 
     def message_index(self, session_id: str) -> Path:
-        return self.events / (session_id + INDEX_SUFFIX)
+        return self.events / (self.stem(session_id) + INDEX_SUFFIX)
 
     def session_files(self, session_id: str) -> tuple[Path, ...]:
         """Every file of a session but its checkpoint, for a delete to remove."""

@@ -2,7 +2,8 @@
 
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
 time). Then the store's format is checked (``store_format.py``: a newer one is refused
-untouched, a store without the record gets it), recovery (``recovery.py``) runs in a
+untouched, a format-1 store is moved to format 2), before the storage's parts are made:
+they name the files as the store has them (``old_names``). Then recovery (``recovery.py``) runs in a
 worker thread, the file system to sync once is found (so that no checkpoint file on it
 needs a sync of its own before its first write over a slot: ``checkpoint.py``, where
 that holds: ``fs_sync.py``; the sync runs once the open returned: ``open_sync.py``), and
@@ -40,7 +41,7 @@ from .config import JsonlStorageConfig
 from .fs_sync import device_to_sync
 from .record import SessionRecord
 from .recovery import RecoveryReport, recover
-from .store_format import check_format
+from .store_format import FORMAT, check_format
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ def store_lock(config: JsonlStorageConfig) -> StoreFlock:
     )
 
 
-async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> RecoveryReport:
-    """Lock (unless read-only) and recover the store; the lock is released on failure."""
+async def take_store(
+    config: JsonlStorageConfig, lock_file: StoreFlock
+) -> tuple[JsonlStorageConfig, int]:
+    """Lock (unless read-only) and check the store's format (a format-1 store opened
+    for writing is moved to format 2 there): the config that names its files as they
+    are (``old_names``), and the format. The lock is released on failure."""
     base, layout = config.base_path, config.layout
     if config.read_only:
         if not await asyncio.to_thread(layout.is_store):
@@ -81,9 +86,17 @@ async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> Recov
     try:
         # Before anything is read or repaired: a newer format is refused untouched.
         found = await asyncio.to_thread(check_format, layout, not config.read_only)
+    except BaseException:
+        lock_file.release()
+        raise
+    return config.with_old_names(found < FORMAT), found
+
+
+async def open_files(config: JsonlStorageConfig, lock_file: StoreFlock) -> RecoveryReport:
+    """Recover the store :func:`take_store` took; the lock is released on failure."""
+    try:
         with gc_paused():
             report = await asyncio.to_thread(recover, config)
-        report.format = found
         if not config.read_only and report.sessions:
             await asyncio.to_thread(_find_device_to_sync, config, report)
         return report

@@ -61,7 +61,7 @@ from .layout import (
     REPLACEMENT_SUFFIX,
     TMP_SUFFIX,
     TOMBSTONE_SUFFIX,
-    id_with_suffix,
+    Layout,
 )
 from .session_recovery import Directories, RecoveredSession, RecoveryReport, SessionRecovery
 
@@ -111,7 +111,7 @@ class _Recovery:
                 "lacks are not in this view",
                 len(segments),
             )
-        log_ids, index_ids = _ids(self.layout.events, LOG_SUFFIX, INDEX_SUFFIX)
+        log_ids, index_ids = _ids(self.layout, LOG_SUFFIX, INDEX_SUFFIX)
         log_ids -= deleted
         if self.writable:
             # (A deleted session's were tried with its other files: logged once, if they stay.)
@@ -164,6 +164,7 @@ class _Recovery:
         """Checkpoint ids, and ids whose delete was under way; leftovers of interrupted
         checkpoints and deletes are dealt with (when writable)."""
         checkpoint_ids, tombstones, preambles = set(), set(), set()
+        id_with_suffix = self.layout.id_with_suffix
         with os.scandir(self.layout.sessions) as entries:
             for entry in entries:
                 name = entry.name
@@ -199,7 +200,7 @@ class _Recovery:
         replaced = set()
         with os.scandir(self.layout.sessions) as entries:
             for entry in entries:
-                session_id = id_with_suffix(entry.name, REPLACEMENT_SUFFIX)
+                session_id = self.layout.id_with_suffix(entry.name, REPLACEMENT_SUFFIX)
                 if session_id is not None:
                     replaced.add(session_id)
         for session_id in replaced:
@@ -324,10 +325,11 @@ class _Recovery:
     # -- one session ----------------------------------------------------------------------
 
 
-def _ids(directory: Path, *suffixes: str) -> list[set[str]]:
-    """The session ids of the files in ``directory`` with each suffix."""
+def _ids(layout: Layout, *suffixes: str) -> list[set[str]]:
+    """The session ids of the files in the event directory with each suffix."""
     found: list[set[str]] = [set() for _ in suffixes]
-    with os.scandir(directory) as entries:
+    id_with_suffix = layout.id_with_suffix
+    with os.scandir(layout.events) as entries:
         for entry in entries:
             name = entry.name
             for ids, suffix in zip(found, suffixes, strict=True):

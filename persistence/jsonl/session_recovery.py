@@ -83,7 +83,6 @@ class RecoveryReport:
     wal_damaged_removed: int = 0
     # Deletes an obstacle keeps from being finished, or whose failure left one (logged).
     deletes_unfinished: int = 0
-    format: int = 0  # the store's format (store_format.py), as the open found it
     # The device whose file system the open syncs once repaired (opening.py, in a
     # worker thread once it returned: open_sync.py): once that sync returned, every
     # checkpoint file on it, as found, is on disk. None: no such sync (fs_sync.py).
@@ -111,7 +110,7 @@ class Directories:
 
     def checkpoint_stat(self, session_id: str) -> os.stat_result | None:
         try:
-            return os.stat(Layout.checkpoint_name(session_id), dir_fd=self._sessions)
+            return os.stat(self.layout.checkpoint_name(session_id), dir_fd=self._sessions)
         except FileNotFoundError:
             return None
 
@@ -120,7 +119,7 @@ class Directories:
         try:
             # Non-blocking: a FIFO in its place would hold the open until a writer came.
             flags = os.O_RDONLY | os.O_NONBLOCK
-            fd = os.open(Layout.checkpoint_name(session_id), flags, dir_fd=self._sessions)
+            fd = os.open(self.layout.checkpoint_name(session_id), flags, dir_fd=self._sessions)
         except FileNotFoundError:
             return None
         try:
@@ -132,7 +131,7 @@ class Directories:
 
     def log_size(self, session_id: str) -> int | None:
         try:
-            found = os.stat(Layout.log_name(session_id), dir_fd=self._events)
+            found = os.stat(self.layout.log_name(session_id), dir_fd=self._events)
         except FileNotFoundError:
             return None
         file_expected(found, self.layout.log(session_id))

@@ -48,6 +48,7 @@ from ..capabilities import DiskDebt
 from ..clock import made_at
 from ..close_once import CloseOnce
 from ..feed import CLOSED
+from ..flock import StoreFlock
 from ..index import copy_metadata
 from ..state_condition import check_condition, updated_since
 from . import snapshot
@@ -57,7 +58,7 @@ from .config import JsonlStorageConfig
 from .lifecycle import SessionFiles
 from .membership import Membership
 from .open_sync import OpenSync
-from .opening import open_files, records_of, snapshot_entries, store_lock
+from .opening import open_files, records_of, snapshot_entries, store_lock, take_store
 from .record import SessionRecord, check_settled, new_metadata
 from .recovery import RecoveryReport
 from .store_format import FORMAT
@@ -82,9 +83,12 @@ class JsonlStorage(JsonlUpkeep, AppendOne):
     store_format = f"jsonl/{FORMAT}"  # StoreFormat: as the open found it (set there)
     appends_in_process = True  # AppendsInProcess: no network under an append
 
-    def __init__(self, config: JsonlStorageConfig) -> None:
+    def __init__(self, config: JsonlStorageConfig, lock_file: StoreFlock, found: int) -> None:
+        """Made by :meth:`open`, once the store is taken (``lock_file``) and its format
+        ``found``: ``config`` names its files as they are."""
         super().__init__(config)  # the records, index, feed and caches reads use
-        self._lock_file = store_lock(config)
+        self._lock_file = lock_file
+        self.store_format = f"jsonl/{found}"
         self._tasks = BackgroundTasks()
         self._open_sync = OpenSync()  # of the checkpoints' file system, once open
         self._checkpoints = Checkpointer(
@@ -117,13 +121,18 @@ class JsonlStorage(JsonlUpkeep, AppendOne):
     async def open(cls, config: JsonlStorageConfig) -> Self:
         """Lock the directory, repair what a crash left, build the index, start (or,
         read-only: read what is there)."""
-        storage = cls(config)
+        lock_file = store_lock(config)
+        named, found = await take_store(config, lock_file)
+        try:
+            storage = cls(named, lock_file, found)
+        except BaseException:
+            lock_file.release()
+            raise
         await storage._open()
         return storage
 
     async def _open(self) -> None:
         self.recovery = await open_files(self.config, self._lock_file)
-        self.store_format = f"jsonl/{self.recovery.format}"
         for record in records_of(self.recovery):
             self._members.admit(record)  # (each user's sum, rebuilt from the logs)
             meta = record.meta
