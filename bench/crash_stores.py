@@ -22,6 +22,7 @@ from pathlib import Path
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.persistence.jsonl import checkpoint
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import StoredEvent
 
 from .redis_scaling import Redis
@@ -72,12 +73,13 @@ class JsonlStore(SoakStore):
 
     async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
         problems: list[str] = []
-        path = self.data_dir / "sessions" / f"{session_id}.json"
+        layout = Layout(self.data_dir)  # (format 2's names: the server wrote the store)
+        path = layout.checkpoint(session_id)
         try:
             checkpoint.read(path)  # a valid slot, whatever the crash cut short
         except StorageError as exc:
             problems.append(f"{path.name} does not parse: {exc}")
-        raw = (self.data_dir / "events" / f"{session_id}.jsonl").read_bytes()
+        raw = layout.log(session_id).read_bytes()
         if raw and not raw.endswith(b"\n"):
             problems.append(f"{session_id}: torn last line")
         lines = [json.loads(line) for line in raw.splitlines()]
