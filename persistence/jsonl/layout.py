@@ -199,8 +199,9 @@ class Layout:
     def checkpoint_file(self, session_id: str) -> str:
         """:meth:`checkpoint` as a string: 100,000 of them at a close (pathlib's cost).
         A lower-case id (most) is its own stem: no call for it."""
-        stem = session_id if session_id.islower() else self.stem(session_id)
-        return f"{self.base}/sessions/{stem}{CHECKPOINT_SUFFIX}"
+        if session_id.islower() or not self.case_folded:
+            return f"{self.base}/sessions/{session_id}{CHECKPOINT_SUFFIX}"
+        return f"{self.base}/sessions/{file_stem(session_id)}{CHECKPOINT_SUFFIX}"
 
     def tombstone(self, session_id: str) -> Path:
         return self.sessions / (self.stem(session_id) + TOMBSTONE_SUFFIX)
@@ -218,8 +219,9 @@ class Layout:
 
     def log_file(self, session_id: str) -> str:
         """:meth:`log` as a string, for the writer's hot path (as checkpoint_file)."""
-        stem = session_id if session_id.islower() else self.stem(session_id)
-        return f"{self.base}/events/{stem}{LOG_SUFFIX}"
+        if session_id.islower() or not self.case_folded:
+            return f"{self.base}/events/{session_id}{LOG_SUFFIX}"
+        return f"{self.base}/events/{file_stem(session_id)}{LOG_SUFFIX}"
 
     def message_index(self, session_id: str) -> Path:
         return self.events / (self.stem(session_id) + INDEX_SUFFIX)
