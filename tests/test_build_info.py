@@ -24,7 +24,7 @@ from tests.support import get, run_server
 __all__ = ["pytest_generate_tests", "server_store"]
 
 ROOT = Path(__file__).resolve().parent.parent
-FORMATS = {"memory": "none", "jsonl": "jsonl/1", "sqlite": "sqlite/3", "redis": "redis/1"}
+FORMATS = {"memory": "none", "jsonl": "jsonl/2", "sqlite": "sqlite/3", "redis": "redis/1"}
 
 
 def recorded_commit() -> str:

@@ -5,12 +5,16 @@
 
     LOCK                    flock'ed while a storage has the store open for writing
                             (exclusive), or an offline reader (shared: migrate's source)
-    FORMAT                  the store's format, {"format": 1}: a newer one is refused
+    FORMAT                  the store's format, {"format": 2}: a newer one is refused
     CLOCK                   the time of the newest change written lazily (clock_mark)
-    sessions/<id>.json      checkpoint: metadata and log position (two slots, in place)
-    sessions/<id>.preamble  history from the old format that has no log line (rare)
-    events/<id>.jsonl       the event log, one StoredEvent per line: the truth
-    events/<id>.idx         message index: where each message event is (derived)
+    sessions/<stem>.json    checkpoint: metadata and log position (two slots, in place)
+    sessions/<stem>.preamble  history from the old format that has no log line (rare)
+    events/<stem>.jsonl     the event log, one StoredEvent per line: the truth
+    events/<stem>.idx       message index: where each message event is (derived)
+
+``<stem>`` is the session's id, or for an id with capitals its lower case, ``~`` and a
+mask of the capitals (``Chat`` -> ``chat~1``): every name is lower case, so ids that
+differ only in case keep their own files on a case-insensitive file system (layout).
     wal/<n>.wal             fsync mode's shared write-ahead log (one sync per batch)
     index/snapshot.msgpack  the index snapshot a clean close leaves (fast open)
 
@@ -33,7 +37,8 @@ The modules, one concern each:
 - ``writer`` and ``logfiles``: the group-commit writer and its I/O thread; ``wal``:
   fsync mode's shared write-ahead log;
 - ``opening``, ``store_format``, ``recovery``, ``session_recovery``: what open
-  checks (the store's format), repairs, converts and finds; ``repair``: cutting a
+  checks (the store's format), repairs, converts and finds; ``case_names``: format
+  1's file names moved to format 2's at the first writable open; ``repair``: cutting a
   log's tail, telling an ordinary crash from damage;
   ``damaged_wal``: the bound on WAL segments replay kept aside as damaged;
 - ``record``, ``caches``, ``reads``, ``appends``, ``checkpointer``, ``lifecycle``,
