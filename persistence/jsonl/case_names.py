@@ -18,7 +18,7 @@ move renames what is left and nothing twice. A session whose files are half unde
 the old names, half under the new, is read whole once the move ends, and nothing
 reads it before. A file under both names (only by hand, or a copy from elsewhere:
 this code never makes one) is not overwritten: the format-2 one is read, the other
-kept aside as ``<new name>.damaged-<pid>-<n>``, said in a warning.
+kept aside as ``<new name>.damaged-<pid>-<time>-<n>``, said in a warning.
 
 Nothing to rename (no id with a capital) and a record that cannot be written (a full
 disk): the store opens as format 1, as before (``store_format.py``). Everything here
@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..base import StorageError
@@ -58,7 +59,7 @@ def move_names(layout: Layout, moves: list[tuple[Path, str, str]]) -> None:
         source, target = directory / old, directory / new
         try:
             if os.path.lexists(target):
-                aside = layout.damaged(target, f"{os.getpid()}-{number}")
+                aside = layout.damaged(target, f"{os.getpid()}-{time.time_ns()}-{number}")
                 log.warning(
                     "%s has its format-2 name beside it (%s), which is read; it is kept "
                     "aside as %s",
