@@ -35,8 +35,11 @@ from bamboo_session.persistence.jsonl.layout import (
 from bamboo_session.protocol.models import AgentEvent, Message, MessageEvent, Session
 from tests import kills
 from tests.case_names_child import CASE_IDS
+from tests.disk_full_support import mounted_tmpfs
 from tests.forks import ForkedChild
 from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.test_store_format import ls
+from tests.test_store_format_faults import fill_disk
 
 CHILD = Path(__file__).with_name("case_names_child.py")
 NAME_MAX = 255
@@ -163,6 +166,8 @@ async def test_a_format_1_store_is_read_as_it_is_then_renamed(
     assert reader.store_format == "jsonl/1"
     await check_filled(reader)
     await reader.close()
+    listed = await asyncio.to_thread(ls, f"jsonl://{base}")
+    assert listed.returncode == 0 and all(i in listed.stdout for i in CASE_IDS), listed
     assert tree_digest(base) == before  # nothing renamed, nothing written
     with caplog.at_level(logging.WARNING):
         async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
@@ -173,6 +178,31 @@ async def test_a_format_1_store_is_read_as_it_is_then_renamed(
     assert_case_safe(base)
     async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
         await check_filled(storage)
+
+
+async def test_a_format_1_store_on_a_full_disk_opens_by_its_old_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its record cannot be written: it opens as format 1, as before the upgrade,
+    renamed by the first open with room."""
+    with mounted_tmpfs(tmp_path / "disk", "2m") as mount:
+        base = mount / "data"
+        await fill(base)
+        to_format_1(base)
+        await asyncio.to_thread(fill_disk, mount)
+        with caplog.at_level(logging.WARNING):
+            storage = await JsonlStorage.open(JsonlStorageConfig(base))
+        assert storage.store_format == "jsonl/1"
+        await check_filled(storage)
+        await storage.close()
+        assert [r for r in caplog.records if "could not be written" in r.getMessage()]
+        assert (base / "sessions" / "Chat.json").exists()
+        assert json.loads((base / "FORMAT").read_text()) == {"format": 1}
+        (mount / "filler").unlink()
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            assert storage.store_format == "jsonl/2"
+            await check_filled(storage)
+        assert_case_safe(base)
 
 
 @pytest.mark.parametrize("renames", [0, 1, 5, 17])
