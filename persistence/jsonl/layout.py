@@ -8,12 +8,13 @@ file names, and reads names back into session ids.
     <base>/FORMAT                 the store's format, {"format": 2} (store_format.py)
     <base>/CLOCK                  the time of the newest change written lazily, which
                                   the next open's clock starts from (clock_mark.py)
-    <base>/sessions/<id>.json     checkpoint: metadata and log position, two slots
-    <base>/sessions/<id>.preamble history from the old format that has no log line
-    <base>/sessions/<id>.json.replacing  the checkpoint of a session replacing an expired
-                                  one, until it takes the old checkpoint's place
-    <base>/events/<id>.jsonl      the event log: the truth of the session's events
-    <base>/events/<id>.idx        message index: seq and place of each message event
+    <base>/sessions/<stem>.json   checkpoint: metadata and log position, two slots
+    <base>/sessions/<stem>.preamble  history from the old format that has no log line
+    <base>/sessions/<stem>.json.replacing  the checkpoint of a session replacing an
+                                  expired one, until it takes the old checkpoint's place
+    <base>/sessions/<stem>.json.deleted  a delete under way (deletes.py)
+    <base>/events/<stem>.jsonl    the event log: the truth of the session's events
+    <base>/events/<stem>.idx      message index: seq and place of each message event
     <base>/wal/<n>.wal            fsync mode's shared write-ahead log segments
     <base>/index/snapshot.msgpack the index snapshot a clean close leaves (fast start)
 

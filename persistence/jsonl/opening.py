@@ -2,13 +2,14 @@
 
 For writing, the directory is created if need be and locked (``LOCK``: one writer at a
 time). Then the store's format is checked (``store_format.py``: a newer one is refused
-untouched, a format-1 store is moved to format 2), before the storage's parts are made:
-they name the files as the store has them (``old_names``). Then recovery (``recovery.py``) runs in a
-worker thread, the file system to sync once is found (so that no checkpoint file on it
-needs a sync of its own before its first write over a slot: ``checkpoint.py``, where
-that holds: ``fs_sync.py``; the sync runs once the open returned: ``open_sync.py``), and
-its sessions become :class:`~.record.SessionRecord` objects. A clean close writes the
-index snapshot from the records.
+untouched, a format-1 store is moved to format 2), before the storage's parts are
+made, so that they name the files as the store has them (``old_names``). Then
+recovery (``recovery.py``) runs in a worker thread, the file system to sync once is
+found (so that no checkpoint file on it needs a sync of its own before its first write
+over a slot: ``checkpoint.py``, where that holds: ``fs_sync.py``; the sync runs once
+the open returned: ``open_sync.py``), and its sessions become
+:class:`~.record.SessionRecord` objects. A clean close writes the index snapshot from
+the records.
 
 Read-only (``JsonlStorageConfig.read_only``, ``open_storage(url, read_only=True)``) is
 for offline tools. It opens an existing store only (a directory without ``sessions/``
