@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.manager_config import DEFAULT_READ_SLOTS
 from bamboo_session.server.readiness import probe_path
@@ -121,7 +122,7 @@ async def test_a_jsonl_log_that_never_answers_queues_no_jobs(tmp_path: Path) -> 
         run_server(store=f"jsonl://{data}", store_read_timeout=DEADLINE) as server,
         session_with_viewers(server) as (session_id, viewers),
     ):
-        with log_as_fifo(data / "events" / f"{session_id}.jsonl"):
+        with log_as_fifo(Layout(data).log(session_id)):
             await reads_fail_without_queuing(server, session_id, viewers)
         await reads_work_again(server, session_id, viewers)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.pages import StoreTimeout
 from tests.instances import eventually
@@ -134,7 +135,7 @@ async def test_a_jsonl_log_whose_open_hangs_holds_up_appends_not_the_server(
     ):
         session_id = welcome["session"]["id"]
         await agent.request({"type": "event", "id": 1, "event": token("t1")}, "ack")
-    log = data / "events" / f"{session_id}.jsonl"
+    log = Layout(data).log(session_id)
     # A new server has no descriptor of the log open: its next append opens it.
     async with (
         run_server(store=f"jsonl://{data}", store_read_timeout=DEADLINE) as server,
