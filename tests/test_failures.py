@@ -22,6 +22,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from bamboo_session.persistence.jsonl.layout import Layout
 from tests.server_process import ServerProcess, assert_no_tracebacks
 from tests.support import Peer, attach, run_server
 
@@ -52,7 +53,7 @@ def http_json(server: ServerProcess, path: str) -> Any:
 
 def log_lines(data_dir: Path, session_id: str) -> list[dict[str, Any]]:
     """Every line of the session's log, each of which must parse, ending in a newline."""
-    raw = (data_dir / "events" / f"{session_id}.jsonl").read_bytes()
+    raw = Layout(data_dir).log(session_id).read_bytes()
     assert raw == b"" or raw.endswith(b"\n"), "torn last line"
     return [json.loads(line) for line in raw.splitlines()]
 

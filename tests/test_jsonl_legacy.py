@@ -14,6 +14,7 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, SessionFilter
 from bamboo_session.persistence.jsonl import wal
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Message, SessionState
 from tests.jsonl_support import saved
 
@@ -160,7 +161,7 @@ async def test_stored_bytes_are_each_log_s_size_once_open(store: str, tmp_path: 
     storage = await JsonlStorage.open(JsonlStorageConfig(base, cleanup_interval=None))
     try:
         for meta in (await storage.list_sessions(SessionFilter(limit=1000))).sessions:
-            log = base / "events" / f"{meta.id}.jsonl"
+            log = Layout(base).log(meta.id)
             size = log.stat().st_size if log.exists() else 0
             assert meta.stored_bytes == size, meta.id
         await storage.append_event("plain", AgentEvent.token("one more"))

@@ -24,6 +24,7 @@ import msgspec
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, open_storage
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests.support import attach, run_server
 
@@ -36,7 +37,7 @@ async def create_without_log(directory: Path, session: Session) -> Path:
     what a kill between a create's durable checkpoint and its empty log leaves."""
     async with await open_storage(f"jsonl://{directory}", cleanup_interval=None) as store:
         await store.create_session(session)
-    log = directory / "events" / f"{session.metadata.id}.jsonl"
+    log = Layout(directory).log(session.metadata.id)
     log.unlink()
     return log
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from bamboo_session.persistence import UserFull, open_storage
+from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests import kills
 from tests.forks import ForkedChild
@@ -82,7 +83,7 @@ async def _check(url: str, jsonl: Path | None) -> None:
         assert truth <= USER_CAP
         if jsonl is not None:  # the JSONL count is its logs' size, as on disk
             for meta in sessions:
-                log_file = jsonl / "events" / f"{meta.id}.jsonl"
+                log_file = Layout(jsonl).log(meta.id)
                 on_disk = log_file.stat().st_size if log_file.exists() else 0
                 assert meta.stored_bytes == on_disk, (meta.id, meta.stored_bytes, on_disk)
         if not sessions:
