@@ -198,7 +198,8 @@ class SessionManager:
 
     async def close_session(self, session_id: str) -> None:
         """Closes the session: its connections get ``closed`` and code 1000
-        (server/endings.py)."""
+        (server/endings.py). SessionNotFound if there is none, SessionExpired if its
+        time to live has passed (live actor or not)."""
         await self.endings.close(session_id)
 
     async def stored_metadata(
