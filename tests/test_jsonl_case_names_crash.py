@@ -1,0 +1,150 @@
+"""A format-1 JSONL store's move to format 2's case-folded names (persistence/jsonl/
+case_names.py) killed at every one of its renames, on a store holding every kind of
+file a session has (checkpoint, log, message index, a delete cut short, a replacement
+of an expired session, a damaged file kept aside, a temporary file, WAL segments
+holding acknowledged lines the logs lack), and names an operator or a peer may leave
+in the directories that look like a stem and are not: the next open reads exactly
+what an open without the kill reads, every acknowledged event included, and nothing
+is renamed twice, kept aside or removed that it should keep."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
+from bamboo_session.persistence.jsonl.layout import Layout
+from bamboo_session.protocol.models import AgentEvent, Message, Session
+from tests import kills
+from tests.case_names_child import CASE_IDS
+from tests.forks import ForkedChild
+from tests.test_jsonl_case_names import CHILD, assert_case_safe, to_format_1
+
+WITH_CAPITALS = [i for i in CASE_IDS if i != i.lower()]
+# Files a peer or an operator may leave that look like a session's stem and are none:
+# masks of no id (0, leading zeros, past the id's length, on a digit), an upper-case
+# stem, an empty mask, two tildes. Never read as a session, never removed or renamed.
+NOT_STEMS = (
+    "chat~0.json",
+    "chat~01.json",
+    "chat~1f.json",
+    "chat~10.preamble",
+    "c1at~2.json",
+    "Chat~1.json",
+    "chat~.jsonl",
+    "chat~1~1.idx",
+)
+
+
+async def build(base: Path) -> dict[str, set[str]]:
+    """The store, in format 1: CASE_IDS with tokens and messages, then a child's
+    appends killed with -9 and the logs cut back to what they held before it (a power
+    loss: only the WAL has those lines), then files of a delete cut short, of a
+    replacement under way, kept aside, temporary. The child's acknowledged tags."""
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        for session_id in [*CASE_IDS, "Gone", "Old", "ChAt"]:
+            await storage.create_session(Session.new(session_id, user_id="u", title=session_id))
+            await storage.append_event(session_id, AgentEvent.token(f"{session_id}/0"))
+            await storage.append_message(session_id, Message.user(f"{session_id}/said"))
+    layout = Layout(base)
+    sizes = {i: layout.log(i).stat().st_size for i in CASE_IDS}
+    argv = [str(CHILD), "write", str(base), "5"]  # seed 5: a checkpoint every 256 appends
+    acked: dict[str, set[str]] = {i: set() for i in CASE_IDS}
+    for line in kills.run_and_kill_after(argv, random.Random(5), "ack", 30):
+        _ack, session_id, _seq, tag = line.split(" ")
+        acked[session_id].add(tag)
+    assert sum(map(len, acked.values())) >= 30 and list(layout.segments())
+    for session_id, size in sizes.items():  # the appends' lines only in the WAL now
+        with layout.log(session_id).open("r+b") as log_file:
+            log_file.truncate(size)
+    # A delete cut short after its checkpoint became the tombstone.
+    layout.checkpoint("Gone").rename(layout.tombstone("Gone"))
+    # A create replacing an expired Old: its checkpoint written, the old files still there.
+    other = base.parent / "other"
+    async with await JsonlStorage.open(JsonlStorageConfig(other)) as storage:
+        await storage.create_session(Session.new("Old", user_id="u", title="new Old"))
+    shutil.copy(Layout(other).checkpoint("Old"), layout.replacement("Old"))
+    # ChAt's checkpoint and log gone: its index is a stray.
+    layout.checkpoint("ChAt").unlink()
+    layout.log("ChAt").unlink()
+    layout.damaged(layout.log("Chat"), "123-456").write_bytes(b"kept for the operator")
+    layout.checkpoint("Chat").with_name(layout.checkpoint_name("Chat") + ".0a1b2c3d.tmp").touch()
+    to_format_1(base)
+    for name in NOT_STEMS:
+        directory = layout.events if name.endswith((".jsonl", ".idx")) else layout.sessions
+        (directory / name).write_bytes(name.encode())
+    (layout.sessions / "CHAT.json.link").symlink_to("CHAT.json")
+    return acked
+
+
+async def dump(base: Path) -> dict[str, Any]:
+    """What a reader sees of every session, the store opened for writing."""
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        seen: dict[str, Any] = {}
+        for meta in sorted(await storage.list_user_sessions("u"), key=lambda m: m.id):
+            events = await storage.read_events(meta.id)
+            history = await storage.get_session_history(meta.id)
+            seen[meta.id] = {
+                "meta": [meta.title, meta.epoch, meta.last_seq, meta.message_count, meta.stored_bytes],
+                "events": [(e.seq, str(e.ts), e.key, msgspec.json.encode(e.event)) for e in events],
+                "history": [m.content for m in history],
+            }
+        assert storage.store_format == "jsonl/2"
+    return seen
+
+
+def others(base: Path) -> dict[str, bytes]:
+    """The files no session owns (the not-stems, the kept-aside one, the link)."""
+    found = {}
+    for directory in (base / "sessions", base / "events"):
+        for path in directory.iterdir():
+            if path.name in NOT_STEMS or ".damaged-" in path.name or ".link" in path.name:
+                found[path.name] = path.read_bytes() if not path.is_symlink() else b"link"
+    return found
+
+
+async def format_1_store(root: Path) -> tuple[Path, Any, Any]:
+    """The format-1 store, what a plain open of a copy of it reads, its other files."""
+    base = root / "data"
+    acked = await build(base)
+    reference = root / "reference"
+    shutil.copytree(base, reference, symlinks=True)
+    seen = await dump(reference)
+    for session_id, tags in acked.items():
+        tokens = {json.loads(e[3]).get("content") for e in seen[session_id]["events"]}
+        assert tags <= tokens, session_id
+    assert "Gone" not in seen and seen["Old"]["meta"][0] == "new Old"
+    assert seen["Old"]["meta"][2] == 0
+    return base, seen, others(reference)
+
+
+def renames_of(base: Path) -> int:
+    names = [p.name for d in (base / "sessions", base / "events") for p in d.iterdir()]
+    return sum(n != n.lower() and n not in NOT_STEMS and not n.endswith(".link") for n in names)
+
+
+async def test_every_rename_index_killed(tmp_path: Path) -> None:
+    source, seen, kept = await format_1_store(tmp_path)
+    total = renames_of(source)
+    assert total > 20, total
+    for renames in range(total + 1):
+        base = tmp_path / f"k{renames}"
+        shutil.copytree(source, base, symlinks=True)
+        child = ForkedChild([str(CHILD), "migrate", str(base), str(renames)])
+        out, err = child.communicate(timeout=60)
+        if renames < total:  # killed before its renames-th rename: the move unfinished
+            assert child.returncode == -9, (renames, out, err.decode())
+            record = json.loads((base / "FORMAT").read_text())
+            assert record == {"format": 2, "renaming": True}, renames
+        else:
+            assert out == b"opened\n", (child.returncode, err.decode())
+        assert await dump(base) == seen, renames
+        assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
+        assert others(base) == kept, renames
+        Layout(base).snapshot.unlink()  # from every file, not the snapshot the dump left
+        assert await dump(base) == seen, renames
+        shutil.rmtree(base)
