@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl.layout import Layout
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests import kills
 from tests.case_names_child import CASE_IDS
 from tests.forks import ForkedChild
-from tests.test_jsonl_case_names import CHILD, assert_case_safe, to_format_1
+from tests.test_jsonl_case_names import CHILD, to_format_1
 
 WITH_CAPITALS = [i for i in CASE_IDS if i != i.lower()]
 # Files a peer or an operator may leave that look like a session's stem and are none:
@@ -148,3 +149,18 @@ async def test_every_rename_index_killed(tmp_path: Path) -> None:
         Layout(base).snapshot.unlink()  # from every file, not the snapshot the dump left
         assert await dump(base) == seen, renames
         shutil.rmtree(base)
+
+
+async def test_a_record_write_killed_after_the_renames_leaves_no_leftover(tmp_path: Path) -> None:
+    """A kill in the write of the last record (``{"format": 2}``) leaves its temporary
+    file; the next open, which writes the record again, removes it."""
+    base = tmp_path / "data"
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        await storage.create_session(Session.new("Chat", user_id="u", title="Chat"))
+    (base / "FORMAT").write_text('{"format": 2, "renaming": true}\n')
+    (base / "FORMAT.0badc0de.tmp").write_text('{"format": 2}\n')  # killed before its rename
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        assert await storage.get_metadata("Chat") is not None
+    assert sorted(p.name for p in base.iterdir() if p.is_file()) == ["CLOCK", "FORMAT", "LOCK"]
+    assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
+

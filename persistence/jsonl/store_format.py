@@ -75,6 +75,8 @@ def check_format(layout: Layout, writable: bool) -> int:
     if moves or renaming:
         move_names(layout, moves)
         try:
+            if renaming:  # what a kill in the last open's write of the record left
+                _remove_leftovers(layout)
             write_atomic(layout.format, encode(FORMAT), durable=True)
         except OSError as exc:  # names and record agree: the next open writes it
             _warn(layout, exc, "the store's files have format 2's names all the same")
@@ -114,16 +116,21 @@ def _write_record(layout: Layout, record: bytes) -> bool:
     crash cut short left. Not written, the store is format 1 all the same: said, and
     opened (False)."""
     try:
-        with os.scandir(layout.base) as entries:
-            leftovers = [entry.path for entry in entries if _LEFTOVER.fullmatch(entry.name)]
-        for leftover in leftovers:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        _remove_leftovers(layout)
         write_atomic(layout.format, record, durable=True)
     except OSError as exc:
         _warn(layout, exc, "the store is opened as format 1, with its files' old names")
         return False
     return True
+
+
+def _remove_leftovers(layout: Layout) -> None:
+    """The temporary files of writes of the record that a crash cut short."""
+    with os.scandir(layout.base) as entries:
+        leftovers = [entry.path for entry in entries if _LEFTOVER.fullmatch(entry.name)]
+    for leftover in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)
 
 
 def _warn(layout: Layout, exc: OSError, outcome: str) -> None:
