@@ -10,12 +10,15 @@ is renamed twice, kept aside or removed that it should keep."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
 from bamboo_session.persistence.jsonl.layout import Layout
@@ -90,7 +93,13 @@ async def dump(base: Path) -> dict[str, Any]:
             events = await storage.read_events(meta.id)
             history = await storage.get_session_history(meta.id)
             seen[meta.id] = {
-                "meta": [meta.title, meta.epoch, meta.last_seq, meta.message_count, meta.stored_bytes],
+                "meta": [
+                    meta.title,
+                    meta.epoch,
+                    meta.last_seq,
+                    meta.message_count,
+                    meta.stored_bytes,
+                ],
                 "events": [(e.seq, str(e.ts), e.key, msgspec.json.encode(e.event)) for e in events],
                 "history": [m.content for m in history],
             }
@@ -164,3 +173,28 @@ async def test_a_record_write_killed_after_the_renames_leaves_no_leftover(tmp_pa
     assert sorted(p.name for p in base.iterdir() if p.is_file()) == ["CLOCK", "FORMAT", "LOCK"]
     assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
 
+
+async def test_the_renaming_is_said_before_it_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a large store the renames take seconds before the server listens (20,000
+    sessions: bench/RESULTS.md): the log says what is happening first, not only after."""
+    base = tmp_path / "data"
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        for session_id in WITH_CAPITALS:
+            await storage.create_session(Session.new(session_id, user_id="u"))
+    to_format_1(base)
+    said_before: list[list[str]] = []
+    rename = os.rename
+
+    def noting_rename(source: Any, target: Any) -> None:
+        said_before.append([r.getMessage() for r in caplog.records])
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", noting_rename)
+    with caplog.at_level(logging.INFO, logger="bamboo_session.persistence.jsonl"):
+        async with await JsonlStorage.open(JsonlStorageConfig(base)):
+            pass
+    assert said_before
+    told = [m for m in said_before[0] if "renaming" in m and "format 2" in m]
+    assert len(told) == 1 and f"{2 * len(WITH_CAPITALS)} files" in told[0], said_before[0]

@@ -55,6 +55,13 @@ def names_to_move(layout: Layout) -> list[tuple[Path, str, str]]:
 def move_names(layout: Layout, moves: list[tuple[Path, str, str]]) -> None:
     """Rename each file to its format-2 name, then sync both directories. A failure
     is StorageError: the open stops there, and the next one goes on from it."""
+    if moves:  # said first: on a large store the renames take a while, before listening
+        log.info(
+            "store %s: renaming %d files to format 2's names (once, at the first open "
+            "after the upgrade); the server listens once it is done",
+            layout.base,
+            len(moves),
+        )
     for number, (directory, old, new) in enumerate(moves):
         source, target = directory / old, directory / new
         try:
