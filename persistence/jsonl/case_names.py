@@ -8,8 +8,9 @@ Format 1 named a session's files by its id, so on a case-insensitive file system
    from then on a version that reads format 1 only refuses the store
    (``StoreTooNew``) rather than read it half renamed, and a read-only open of this
    version asks for a writable one first.
-2. Every file whose name has a capital (the only ones whose names change) is renamed
-   to its format-2 name; then both directories are synced.
+2. Every session's file whose name has a capital (the only ones whose names change;
+   a name format 1 never made stays as it is) is renamed to its format-2 name; then
+   both directories are synced.
 3. ``FORMAT`` says ``{"format": 2}``.
 
 A crash at any instant leaves a store the next open finishes: each file's new name
