@@ -9,6 +9,7 @@ is renamed twice, kept aside or removed that it should keep."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests import kills
 from tests.case_names_child import CASE_IDS
 from tests.forks import ForkedChild
-from tests.test_jsonl_case_names import CHILD, to_format_1
+from tests.server_process import ServerProcess, assert_no_tracebacks
+from tests.test_jsonl_case_names import CHILD, assert_case_safe, fill, read, to_format_1
 
 WITH_CAPITALS = [i for i in CASE_IDS if i != i.lower()]
 # Files a peer or an operator may leave that look like a session's stem and are none:
@@ -155,6 +157,7 @@ async def test_every_rename_index_killed(tmp_path: Path) -> None:
         assert await dump(base) == seen, renames
         assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
         assert others(base) == kept, renames
+        assert [n for n in others(base) if ".damaged-" in n] == ["chat~1.jsonl.damaged-123-456"]
         Layout(base).snapshot.unlink()  # from every file, not the snapshot the dump left
         assert await dump(base) == seen, renames
         shutil.rmtree(base)
@@ -198,3 +201,31 @@ async def test_the_renaming_is_said_before_it_starts(
     assert said_before
     told = [m for m in said_before[0] if "renaming" in m and "format 2" in m]
     assert len(told) == 1 and f"{2 * len(WITH_CAPITALS)} files" in told[0], said_before[0]
+
+
+async def test_a_server_on_a_format_1_store_says_it_renames_then_serves_it(
+    tmp_path: Path,
+) -> None:
+    """``serve`` on a store an older version left: the log says the renaming before
+    it starts, the server listens once it is done, and every session reads back over
+    HTTP with its own events."""
+    data = tmp_path / "data"
+    await fill(data)
+    renamed = to_format_1(data)
+    server = ServerProcess(data, tmp_path / "server.log")
+    await server.start_in_loop()
+    try:
+        for session_id in CASE_IDS:
+            path = f"{session_id}/events?after_seq=0"
+            log = await asyncio.to_thread(read, server, path)
+            tokens = [r["event"].get("content") for r in log["events"]]
+            assert tokens[:2] == [f"{session_id}/0", f"{session_id}/1"], session_id
+    finally:
+        assert server.stop() == 0
+    said = [str(r.get("event", "")) for r in server.log_records()]
+    starts = [n for n, line in enumerate(said) if f"renaming {renamed} files" in line]
+    ends = [n for n, line in enumerate(said) if f"{renamed} files renamed" in line]
+    listening = [n for n, line in enumerate(said) if line.startswith("listening on")]
+    assert len(starts) == 1 and starts[0] < ends[0] < listening[0], said
+    assert_no_tracebacks(server.log_records())
+    assert_case_safe(data)
