@@ -1,4 +1,4 @@
-"""Checkpoints: ``sessions/<id>.json``, a session's metadata and how far into its log it
+"""Checkpoints: ``sessions/<stem>.json``, a session's metadata and how far into its log it
 reaches. The history is not in it: that is the log's ``message`` events.
 
 A checkpoint file is two *slots* of equal size, each one line: a JSON object
@@ -27,7 +27,7 @@ whatever a crash cuts short, one whole slot is left:
 The old format (up to the storage contract v2) is one JSON object holding the messages
 too: :class:`LegacyCheckpoint`. Recovery converts it (``recovery.py``); messages it
 held that the log does not (a session created with messages) become the session's
-*preamble* (``sessions/<id>.preamble``), written once and never changed.
+*preamble* (``sessions/<stem>.preamble``), written once and never changed.
 
 Everything here blocks; it runs in worker threads.
 """

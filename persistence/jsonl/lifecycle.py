@@ -27,7 +27,7 @@ finishes that delete first, or fails (``clear_unfinished_delete``): never a new
 session over the old one's leftover.
 
 A create that replaces an expired session writes the new checkpoint beside the old one
-first (``<id>.json.replacing``, durably): that decides the replacement, and an open
+first (``<stem>.json.replacing``, durably): that decides the replacement, and an open
 that finds the file finishes it (``recovery.py``). Then the old session is deleted as
 above, then the new checkpoint takes its place, then its empty log is created. A crash
 leaves the old session, or the new one: never the new metadata with the old events. A

@@ -1,5 +1,6 @@
-"""The message index: ``events/<id>.idx``, where each ``message`` event of a session's
-log is, so that a page of history reads those lines and no others.
+"""The message index: ``events/<stem>.idx`` (the stem: ``layout.py``), where each
+``message`` event of a session's log is, so that a page of history reads those lines
+and no others.
 
 The file is a 32-byte header (a magic number and a digest of the session's epoch, so a
 file left by an earlier session of the same id is never taken for this one's) and then

@@ -9,7 +9,7 @@ What follows the last line to keep is either
   level, nothing kept;
 - or *damage*: bytes that are not such a tail (a line that does not decode, or breaks
   the sequence, with more after it). Then the cut part is kept beside the log as
-  ``<id>.jsonl.damaged-<pid>-<offset>`` for inspection, and an error is logged;
+  ``<stem>.jsonl.damaged-<pid>-<offset>`` for inspection, and an error is logged;
   ``JsonlStorage.damaged_files()`` lists such files and ``clear_damaged()`` removes them.
 
 Everything here blocks; it runs in worker threads.

@@ -2,7 +2,7 @@
 
 Without it, a group commit that touched S session logs costs S ``fdatasync`` calls (S
 journal commits). With it, each batch writes every session's lines to its own
-``events/<id>.jsonl`` *without* a sync, appends the same lines to one shared segment
+``events/<stem>.jsonl`` *without* a sync, appends the same lines to one shared segment
 file ``wal/<n>.wal``, syncs that one file, and only then acknowledges. So an
 acknowledged event is always in a synced segment, whatever happens to the page cache of
 the session logs.
