@@ -229,3 +229,32 @@ async def test_a_server_on_a_format_1_store_says_it_renames_then_serves_it(
     assert len(starts) == 1 and starts[0] < ends[0] < listening[0], said
     assert_no_tracebacks(server.log_records())
     assert_case_safe(data)
+
+
+async def test_delete_expiry_and_replace_of_ids_differing_only_in_case(tmp_path: Path) -> None:
+    """Each takes its own session's files and no other's: ``Chat`` deleted, ``CHAT``
+    expired and swept, ``cHaT`` replaced by a create once expired; ``chat`` keeps
+    everything, across a restart (which reads the directories back)."""
+    base, layout = tmp_path / "data", Layout(tmp_path / "data")
+    config = JsonlStorageConfig(base, cleanup_interval=None)
+    async with await JsonlStorage.open(config) as storage:
+        for session_id in ("Chat", "chat", "CHAT", "cHaT"):
+            ttl = 1 if session_id in ("CHAT", "cHaT") else None
+            await storage.create_session(Session.new(session_id, user_id="u", ttl=ttl))
+            await storage.append_message(session_id, Message.user(f"{session_id}/said"))
+        await storage.delete_session("Chat")
+        await asyncio.sleep(1.5)
+        new = Session.new("cHaT", user_id="u", title="new")
+        await storage.create_session(new, replace_expired=True)
+        assert await storage.cleanup_expired_sessions() == 1
+    kept = {"chat": 3, "cHaT": 2, "Chat": 0, "CHAT": 0}  # checkpoint, log, index
+    for session_id, count in kept.items():
+        files = [layout.checkpoint(session_id), *layout.session_files(session_id)]
+        assert sum(path.exists() for path in files) == count, session_id
+    async with await JsonlStorage.open(config) as storage:
+        assert sorted(m.id for m in await storage.list_user_sessions("u")) == ["cHaT", "chat"]
+        history = await storage.get_session_history("chat")
+        assert [m.content for m in history] == ["chat/said"]
+        replaced = await storage.get_metadata("cHaT")
+        assert replaced is not None and replaced.title == "new" and replaced.last_seq == 0
+    assert_case_safe(base)
