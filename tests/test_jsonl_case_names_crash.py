@@ -258,3 +258,32 @@ async def test_delete_expiry_and_replace_of_ids_differing_only_in_case(tmp_path:
         replaced = await storage.get_metadata("cHaT")
         assert replaced is not None and replaced.title == "new" and replaced.last_seq == 0
     assert_case_safe(base)
+
+
+async def test_files_of_format_1_copied_into_a_format_2_store_are_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session restored from a backup taken before the upgrade (its files under
+    format 1's names) is not read, and each of its files is named in a warning with
+    the name that has it read; renamed so, the session is back whole."""
+    backup, base = tmp_path / "backup", tmp_path / "data"
+    async with await JsonlStorage.open(JsonlStorageConfig(backup)) as storage:
+        await storage.create_session(Session.new("Old", user_id="u", title="restored"))
+        await storage.append_message("Old", Message.user("from the backup"))
+    to_format_1(backup)
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        await storage.create_session(Session.new("chat", user_id="u"))
+    for name in ("sessions/Old.json", "events/Old.jsonl", "events/Old.idx"):
+        shutil.copy(backup / name, base / name)
+    with caplog.at_level(logging.WARNING):
+        async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+            assert await storage.get_metadata("Old") is None
+    said = " ".join(r.getMessage() for r in caplog.records)
+    for old, new in (("Old.json", "old~1.json"), ("Old.jsonl", "old~1.jsonl")):
+        assert f"{old}: a name of store format 1" in said and f"names it {new}" in said, said
+    for directory in ("sessions", "events"):
+        for path in (base / directory).glob("Old.*"):
+            path.rename(path.with_name("old~1" + path.name[3:]))
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        history = await storage.get_session_history("Old")
+        assert [m.content for m in history] == ["from the backup"]

@@ -62,6 +62,7 @@ from .layout import (
     TMP_SUFFIX,
     TOMBSTONE_SUFFIX,
     Layout,
+    format_2_name,
 )
 from .session_recovery import Directories, RecoveredSession, RecoveryReport, SessionRecovery
 
@@ -178,7 +179,7 @@ class _Recovery:
                     tombstones.add(session_id)
                 elif (session_id := id_with_suffix(name, PREAMBLE_SUFFIX)) is not None:
                     preambles.add(session_id)
-                elif name.endswith(CHECKPOINT_SUFFIX):
+                elif name.endswith(CHECKPOINT_SUFFIX) and not _old_name(self.layout, entry):
                     log.warning("ignoring %s: not a valid session id", entry.path)
         deleted = tombstones - checkpoint_ids
         if self.writable:
@@ -337,5 +338,23 @@ def _ids(layout: Layout, *suffixes: str) -> list[set[str]]:
                     session_id = id_with_suffix(name, suffix)
                     if session_id is not None:
                         ids.add(session_id)
+                    else:
+                        _old_name(layout, entry)
                     break
     return found
+
+
+def _old_name(layout: Layout, entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` has the name format 1 gave a session's file, in a store of
+    format 2 (a copy from an older version's store, a backup restored): not read, and
+    said, with the name that would have it read."""
+    new = format_2_name(entry.name) if layout.case_folded else None
+    if new is not None:
+        log.warning(
+            "ignoring %s: a name of store format 1 (from an older version's store?) in a "
+            "store of format 2, which names it %s: rename it so, with no server running, "
+            "to have it read",
+            entry.path,
+            new,
+        )
+    return new is not None
