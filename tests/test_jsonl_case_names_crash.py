@@ -5,7 +5,10 @@ of an expired session, a damaged file kept aside, a temporary file, WAL segments
 holding acknowledged lines the logs lack), and names an operator or a peer may leave
 in the directories that look like a stem and are not: the next open reads exactly
 what an open without the kill reads, every acknowledged event included, and nothing
-is renamed twice, kept aside or removed that it should keep."""
+is renamed twice, kept aside or removed that it should keep. Also: any subset of
+the renames undone by a power cut; the renaming said in the log before it starts, and
+a real server on a format-1 store; the record's leftover of a kill; delete, expiry and
+replace of ids differing only in case; format-1 files copied into a format-2 store."""
 
 from __future__ import annotations
 
@@ -22,13 +25,20 @@ import msgspec
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
-from bamboo_session.persistence.jsonl.layout import Layout
+from bamboo_session.persistence.jsonl.layout import Layout, format_2_name
 from bamboo_session.protocol.models import AgentEvent, Message, Session
 from tests import kills
 from tests.case_names_child import CASE_IDS
 from tests.forks import ForkedChild
 from tests.server_process import ServerProcess, assert_no_tracebacks
-from tests.test_jsonl_case_names import CHILD, assert_case_safe, fill, read, to_format_1
+from tests.test_jsonl_case_names import (
+    CHILD,
+    assert_case_safe,
+    check_filled,
+    fill,
+    read,
+    to_format_1,
+)
 
 WITH_CAPITALS = [i for i in CASE_IDS if i != i.lower()]
 # Files a peer or an operator may leave that look like a session's stem and are none:
@@ -287,3 +297,29 @@ async def test_files_of_format_1_copied_into_a_format_2_store_are_named_in_a_war
     async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
         history = await storage.get_session_history("Old")
         assert [m.content for m in history] == ["from the backup"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_any_subset_of_renames_lost_to_a_power_cut_is_finished(
+    tmp_path: Path, seed: int
+) -> None:
+    """A power cut can undo renames not yet synced, not only the last ones: any subset
+    of the files under their new names, the rest under their old ones, is finished by
+    the next open, which still takes the index snapshot a clean close left (the
+    renames keep each file's inode, size and mtime)."""
+    base = tmp_path / "data"
+    await fill(base)
+    to_format_1(base)
+    layout, rng = Layout(base), random.Random(seed)
+    for directory in (layout.sessions, layout.events):
+        for path in directory.iterdir():
+            new = format_2_name(path.name)
+            if new is not None and rng.random() < 0.5:
+                path.rename(directory / new)
+    (base / "FORMAT").write_text('{"format": 2, "renaming": true}\n')
+    async with await JsonlStorage.open(JsonlStorageConfig(base)) as storage:
+        assert storage.recovery.from_snapshot == len(CASE_IDS)
+        await check_filled(storage)
+    assert json.loads((base / "FORMAT").read_text()) == {"format": 2}
+    assert_case_safe(base)
+    assert layout.damaged_files() == []
