@@ -4,7 +4,7 @@ coroutines of websockets' (h442), against websockets' own ``recv()``: the same m
 in the same order, fragmented or not, text or binary, control frames between fragments,
 however often a read is cancelled, reading paused and resumed by the queue's high and
 low marks; the same 1007 for text that is not UTF-8; the same exception as the
-connection ends.
+connection ends; the same ConcurrencyError for a second read while one waits.
 
 Real websockets servers and clients on loopback; a server's handler reads with one or
 the other. next_message reaches into websockets' Assembler (its queue, waiter, lock and
@@ -22,7 +22,12 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+)
 
 from bamboo_session.server.whole_frames import next_message
 
@@ -164,3 +169,35 @@ async def test_the_connection_s_end_while_waiting_raises_what_recv_raises(
             await asyncio.sleep(0.05)
     expected = ConnectionClosedOK if how == "close" else ConnectionClosedError
     assert len(raised) == 1 and type(raised[0]) is expected, raised
+
+
+@READS
+@pytest.mark.parametrize("second", [next_message, recv], ids=["then-next_message", "then-recv"])
+async def test_a_second_read_while_one_waits_is_refused_and_the_first_gets_the_message(
+    read: Read, second: Read
+) -> None:
+    results: list[object] = []
+    refused: list[BaseException] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        first = asyncio.ensure_future(read(ws))
+        await asyncio.sleep(0.05)  # the first read waits
+        try:
+            await second(ws)
+        except Exception as exc:
+            refused.append(exc)
+        results.append(await asyncio.wait_for(first, 10))  # not left waiting for ever
+        results.append(await read(ws))  # and reading goes on
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None) as client:
+            await asyncio.sleep(0.2)
+            await client.send("one")
+            await client.send(b"two")
+            for _ in range(100):
+                if len(results) == 2:
+                    break
+                await asyncio.sleep(0.05)
+    assert [type(exc) for exc in refused] == [ConcurrencyError], refused
+    assert results == ["one", b"two"]
