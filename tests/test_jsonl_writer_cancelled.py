@@ -235,7 +235,7 @@ def test_appends_of_a_writer_cancelled_while_the_helper_syncs_are_all_answered(
         os.kill(helper, signal.SIGSTOP)
         try:
             appending = asyncio.ensure_future(storage.append_event("a", token("in flight")))
-            await until(lambda: syncer._waiter is not None)
+            await until(lambda: syncer._on_answer is not None)  # asked, outside the task
             behind = asyncio.ensure_future(storage.append_event("a", token("queued behind")))
             await until(lambda: writer._queue)
             writer._runner.cancel()

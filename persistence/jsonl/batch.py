@@ -101,6 +101,11 @@ class Commit(Struct):
     cut_done: bool = False  # ``finish`` ran: whatever failed is cut back
 
     @property
+    def batches(self) -> list[Batch]:
+        """Its appends, in queue order (a failure's path only)."""
+        return [batch for group in self.groups for batch in group.batches]
+
+    @property
     def written(self) -> list[Group]:
         """The groups written whole, and not failed since (``ok``): a list made when
         asked, on the paths of a failure or of the logs' own syncs only."""

@@ -43,11 +43,13 @@ log = logging.getLogger(__name__)
 LOOP_WRITE_BYTES: Final = 64 * 1024
 
 # What ``write`` leaves to do: nothing (``os`` mode), the WAL's sync alone (the common
-# commit: the sync helper's, or the I/O thread's), or ``finish`` on the I/O thread.
+# commit: the sync helper's, or the I/O thread's), or ``finish`` on the I/O thread;
+# ``WHOLE``: a commit not for the loop, both steps on the I/O thread (``write_and_finish``).
 Left = int
 NOTHING: Final = 0
 WAL_SYNC: Final = 1
 FINISH: Final = 2
+WHOLE: Final = 3
 
 
 class Committer:

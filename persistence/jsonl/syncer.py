@@ -15,7 +15,10 @@ and for its exit. One that answered is up: it sees the end of its stream and exi
 
 A sync, once asked for, runs to its answer: a cancellation of the task that awaits it
 comes once the answer is in (kept in ``Syncer.cancelled_answer``), so that the writer
-knows its commit's outcome without a task and a shield around each commit.
+knows its commit's outcome without a task and a shield around each commit. A commit
+started outside the writer's task (``writer.py``) asks with ``ask`` instead: no future
+and no task to resume, its callback called from the socket's readable callback (or by
+the helper's failure) with what ``sync`` would have returned.
 
 The helper is optional: where it cannot start (no ``SOCK_SEQPACKET`` or descriptor
 passing on this platform), or once it failed, the writer syncs on its I/O thread.
@@ -31,6 +34,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,7 @@ class Syncer:
         self._process = process
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[bytes] | None = None
+        self._on_answer: Callable[[OSError | None], None] | None = None  # ``ask``'s
         self._file: object = None  # what the helper syncs: set by ``sync``'s ``key``
         self._answered = False  # it answered a sync: its interpreter is up
         self.broken = False
@@ -115,11 +120,32 @@ class Syncer:
             return
         self._file = key
 
+    def ask(self, key: object, fd: int, answered: Callable[[OSError | None], None]) -> bool:
+        """Ask for a sync of ``fd`` (as ``sync``) without awaiting it: ``answered`` is
+        called, never from within this call, with what ``sync`` would return. False, and
+        nothing asked, when the helper cannot take it now (broken, no file, the send
+        failed): then the caller syncs another way."""
+        assert self._waiter is None and self._on_answer is None, "one sync at a time"
+        if fd < 0:
+            return False
+        if key is not self._file:  # a new segment since the last sync
+            self.use(key, fd)
+        if self.broken:
+            return False
+        try:
+            self._channel.send(b"S")
+        except OSError as exc:
+            self._break(exc)
+            return False
+        self._on_answer = answered
+        return True
+
     async def sync(self, key: object, fd: int) -> OSError | None:
         """``fdatasync`` the file ``fd`` refers to. The error, when the sync failed or
         the helper is gone (then nothing may be assumed synced). A cancellation while
         the helper syncs is raised once it answered, and ``cancelled_answer`` holds
         the answer then."""
+        assert self._on_answer is None, "one sync at a time"
         self.cancelled_answer = None
         if fd < 0:  # no file: an "S" now would sync the previous one and say so
             return OSError(errno.EBADF, "no file to sync")
@@ -163,7 +189,11 @@ class Syncer:
             self._break(error or EOFError("the helper closed its end"))
             return
         self._answered = True
-        if waiter is not None and not waiter.done():
+        answered = self._on_answer
+        if answered is not None:  # (``ask``'s: the commit's rest runs here)
+            self._on_answer = None
+            answered(None if answer == _SYNCED else _error(answer))
+        elif waiter is not None and not waiter.done():
             waiter.set_result(answer)
 
     def _break(self, cause: BaseException) -> None:
@@ -182,6 +212,10 @@ class Syncer:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(OSError(errno.EIO, "the WAL sync helper stopped"))
+        answered = self._on_answer
+        if answered is not None:
+            self._on_answer = None
+            answered(OSError(errno.EIO, "the WAL sync helper stopped"))
 
     async def close(self) -> None:
         """Close the socket: the helper sees the end of its stream and exits. One that

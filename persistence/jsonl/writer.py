@@ -40,6 +40,7 @@ if synced), and what is still queued fails, as does any later one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -54,7 +55,7 @@ from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, QueuedControl
-from .commits import NOTHING, WAL_SYNC, Committer
+from .commits import FINISH, NOTHING, WAL_SYNC, WHOLE, Committer, Left
 from .config import Durability
 from .debt import Step, debt_of
 from .in_use import FilesInUse
@@ -112,6 +113,12 @@ class LogWriter:
         self.retirement = Retirement(layout, self._files, self._files_in_use, self._sync_pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
+        # A commit started outside that task (``_begin``), the helper syncing it; one
+        # whose rest the task owes (started outside, then more to do); and whether a
+        # ``_begin`` is due at the loop's next turn.
+        self._outside: Commit | None = None
+        self._handed: tuple[Commit, Left] | None = None
+        self._begin_due = False
         # The group commit under way, since when, and the step it waits on: what a stop
         # that cannot end names as owed to the disk (``disk_debt``).
         self._in_flight: Sequence[Batch | QueuedControl] = ()
@@ -145,7 +152,7 @@ class LogWriter:
         if generations:  # (empty until a session's append fails: 0)
             batch.generation = generations.get(session_id, 0)
         self._queue.append(batch)
-        self._wakeup.set()
+        self._wake()
         return future
 
     async def flush(self) -> None:
@@ -226,15 +233,20 @@ class LogWriter:
             # ever (a delete, or a replacement, still under way when the store closed).
             raise StorageError("storage is closed")
         self._queue.append(QueuedControl(future, forget))
-        self._wakeup.set()
+        self._wake()
         return future
 
     async def _run(self) -> None:
         batch: list[Batch | QueuedControl] = []
         try:
             while True:
-                if not self._queue:
-                    if self._closing:
+                handed = self._handed
+                if handed is not None:  # a commit started outside, its rest is ours
+                    self._handed = None
+                    await self._carry_on(*handed)
+                    self._in_flight = ()
+                if not self._queue or self._outside is not None or self._begin_due:
+                    if self._closing and self._outside is None and not self._queue:
                         return
                     await self._wakeup.wait()
                     continue
@@ -255,6 +267,7 @@ class LogWriter:
             self._closing = True
             left, self._queue = [*batch, *self._queue], []
             self._answers.fail_unanswered(left, repr(exc))
+            await self._end_outside()
             raise
 
     async def _pace(self) -> None:
@@ -291,26 +304,33 @@ class LogWriter:
         return queue
 
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
-        commits = self._commits
-        commit = commits.gather(batch, self._answers)
+        commit = self._commits.gather(batch, self._answers)
         in_use = self._files_in_use
         if not in_use.take_now():  # (a background sync holds the files)
             await in_use.take()
+        await self._carry_on(commit, self._start(commit))
+
+    def _start(self, commit: Commit) -> Left:
+        """The commit's first step, on the loop's thread, the files taken: its lines
+        written if it is small enough (``on_loop``); what is left (``WHOLE``: all of it,
+        on the I/O thread). Never raises (``write`` fails the commit instead)."""
+        if commit.forgets:  # before this commit's appends to a session back
+            self._commits.cut_again(commit.forgets)
+        return self._commits.write(commit) if commit.on_loop else WHOLE
+
+    async def _carry_on(self, commit: Commit, left: Left) -> None:
+        """The rest of a started commit, in the writer's task, then its answers; the
+        files given back."""
+        commits, in_use = self._commits, self._files_in_use
         try:
             # The commit's steps (``commits.py``), here rather than in a coroutine of
             # their own: one frame fewer to make, enter and resume at every commit.
             try:
-                if commit.forgets:  # before this commit's appends to a session back
-                    commits.cut_again(commit.forgets)
                 try:
-                    if commit.on_loop:
-                        left = commits.write(commit)
-                        if left == WAL_SYNC and await self._synced_by_helper(commit):
-                            left = NOTHING
-                        if left:
-                            await to_completion(self._finish(commit))
-                    else:
-                        await to_completion(self._finish(commit, whole=True))
+                    if left == WAL_SYNC and await self._synced_by_helper(commit):
+                        left = NOTHING
+                    if left:
+                        await to_completion(self._finish(commit, whole=left == WHOLE))
                 finally:
                     self.batches += 1
                     commits.conclude(commit)
@@ -332,6 +352,104 @@ class LogWriter:
             if self._syncer is not None and self._wal is not None:
                 # The helper lets go of the retired segment now, not at the next commit.
                 self._syncer.use(self._wal.current, self._wal.fd)
+
+    # -- commits started outside the writer's task ------------------------------------
+
+    def _wake(self) -> None:
+        """Something was queued: have it taken. While the writer's task is idle and the
+        helper syncs, the queue is taken by ``_begin`` at the loop's next turn (what
+        comes in this one joins it) outside that task; while a commit started there is
+        under way, by its end; else by the task."""
+        if self._outside is not None or self._begin_due or self._handed is not None:
+            return  # (taken when that commit ends, or by the task after its handed one)
+        if self._wakeup.unwoken() and self._can_begin():
+            assert self._loop is not None
+            self._begin_due = True
+            self._loop.call_soon(self._begin)
+        else:
+            self._wakeup.set()
+
+    def _can_begin(self) -> bool:
+        """Whether a commit may start outside the writer's task, as far as the writer
+        knows without the queue: the helper syncs, and no commit window paces."""
+        syncer = self._syncer
+        return syncer is not None and not syncer.broken and not self._commit_window
+
+    def _begin(self) -> None:
+        """Take the queue as one group commit outside the writer's task (in a callback
+        of the loop): its lines written and the helper asked for the WAL's sync, whose
+        answer (``_synced_outside``) answers the commit. No task wakes or resumes for
+        it: its callers' awaits are its only ones. What else it needs (a log to open, a
+        failure, a flush or a deletion) is handed to the task once started; anything
+        that keeps it from starting here (a background sync holds the files) leaves
+        the queue to the task."""
+        self._begin_due = False
+        if (
+            not self._queue
+            or not self._wakeup.unwoken()  # the task woke meanwhile: the queue is its
+            or not self._can_begin()
+            or self._files.released
+            or not self._files_in_use.take_now()
+        ):
+            self._wakeup.set()
+            return
+        batch = self._in_flight = self._take_batch()
+        self._in_flight_since, self._waiting_on = time.monotonic(), None
+        commit = self._commits.gather(batch, self._answers)
+        left = self._start(commit)
+        syncer, wal = self._syncer, self._wal
+        if (
+            left == WAL_SYNC
+            and not commit.controls
+            and syncer is not None
+            and wal is not None
+            and syncer.ask(wal.current, wal.fd, self._synced_outside)
+        ):
+            self._outside, self._waiting_on = commit, syncer
+        else:
+            self._hand(commit, left)
+
+    def _synced_outside(self, error: OSError | None) -> None:
+        """The helper's answer to the commit started outside: acknowledged here if
+        synced (then the next commit begins with what was queued meanwhile), else
+        handed to the writer's task (a failed sync is cut back on its I/O thread)."""
+        commit, self._outside = self._outside, None
+        assert commit is not None
+        if error is not None:
+            commit.wal_error = error
+            self._hand(commit, FINISH)
+            return
+        try:
+            self.batches += 1
+            self._commits.conclude(commit)
+            self._answers.settle(commit)
+        except Exception as exc:  # (a bug: as in the task, no append waits for ever)
+            log.exception("log writer failed")
+            self._answers.fail_unanswered(commit.batches, repr(exc))
+        finally:
+            self._files_in_use.give_back()
+            self._in_flight = ()
+        if self._queue:
+            self._begin()
+        elif self._closing:
+            self._wakeup.set()
+
+    def _hand(self, commit: Commit, left: Left) -> None:
+        """The rest of a commit started outside (``left``), to the writer's task."""
+        self._handed = (commit, left)
+        self._wakeup.set()
+
+    async def _end_outside(self) -> None:
+        """The writer's task ends (cancelled, or failed): the commit started outside
+        is carried to its end first, and answered by its outcome, as one of its own
+        would be (``to_completion``), whatever cancellations come meanwhile."""
+        while self._outside is not None or self._handed is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                handed, self._handed = self._handed, None
+                if handed is not None:
+                    await self._carry_on(*handed)
+                else:
+                    await self._wakeup.wait()
 
     async def _synced_by_helper(self, commit: Commit) -> bool:
         """The common commit's one blocking step (all ``write`` left: ``WAL_SYNC``), the

@@ -1,0 +1,188 @@
+"""JSONL group commits started outside the writer's task (persistence/jsonl/writer.py,
+``_begin``): while that task is idle, what is queued in one turn of the loop is
+written and its sync asked of the real helper at the next turn, and the helper's
+answer acknowledges it, with no task woken or resumed but the callers'. The helper is
+held by SIGSTOP so that a commit stays in flight for as long as a test needs: nothing
+is acknowledged before its sync, a caller that leaves mid-commit takes nothing from
+the others, a close or a delete waits for the commit's end, a failed sync fails the
+whole group, on asyncio's loop and on uvloop's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl.writer import LogWriter
+from bamboo_session.protocol.models import AgentEvent, Session
+from bamboo_session.wakeup import Wakeup
+from tests.test_jsonl_writer_cancelled import LOOPS, answered, run, token, turns, until
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+async def opened(config: JsonlStorageConfig, *sessions: str) -> JsonlStorage:
+    """The store with the sessions, each with two events synced (its log open, the
+    helper up: the first commits start a segment, on the writer's thread)."""
+    storage = await JsonlStorage.open(config)
+    for session_id in sessions:
+        await storage.create_session(Session.new(session_id))
+        for text in ("first", "second"):
+            await storage.append_event(session_id, token(text))
+    return storage
+
+
+def helper_of(storage: JsonlStorage) -> Any:
+    syncer = storage._writer._syncer
+    assert syncer is not None and syncer._answered
+    return syncer
+
+
+async def read(config: JsonlStorageConfig, session_id: str) -> list[AgentEvent]:
+    async with await JsonlStorage.open(config) as storage:
+        return [e.event for e in await storage.read_events(session_id)]  # type: ignore[misc]
+
+
+def test_lone_appends_resume_no_task_of_the_writer(tmp_path: Path) -> None:
+    """Counted, not timed: each lone append's commit is begun and answered in loop
+    callbacks; the writer's task (``_run``, its ``Wakeup.wait``) sleeps throughout."""
+    resumed: list[str] = []
+    watched = {LogWriter._run.__code__: "LogWriter._run", Wakeup.wait.__code__: "Wakeup.wait"}
+
+    def profile(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code in watched:
+            resumed.append(watched[frame.f_code])
+
+    async def scenario() -> None:
+        config = JsonlStorageConfig(tmp_path)
+        async with await opened(config, "a") as storage:
+            batches = storage._writer.batches
+            sys.setprofile(profile)
+            try:
+                for i in range(20):
+                    await storage.append_event("a", token(str(i)))
+            finally:
+                sys.setprofile(None)
+            assert storage._writer.batches - batches == 20  # one commit each
+        assert resumed.count("LogWriter._run") == 0
+        assert len(await read(config, "a")) == 22
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_appends_of_one_turn_share_a_commit_a_caller_that_leaves_takes_nothing(
+    loop: str, tmp_path: Path
+) -> None:
+    config = JsonlStorageConfig(tmp_path)
+
+    async def scenario() -> None:
+        storage = await opened(config, "a", "b", "c")
+        writer, syncer = storage._writer, helper_of(storage)
+        batches = writer.batches
+        with stopped(syncer.pid):
+            appends = {
+                s: asyncio.ensure_future(storage.append_event(s, token("one turn"))) for s in "abc"
+            }
+            await until(lambda: syncer._on_answer is not None)  # written, sync asked
+            await turns()
+            assert not any(a.done() for a in appends.values())  # none before its sync
+            appends["b"].cancel()  # its connection gone mid-commit
+            later = asyncio.ensure_future(storage.append_event("a", token("next turn")))
+            await turns()
+            assert not later.done() and writer._queue  # behind the commit under way
+        for append in (appends["a"], appends["c"], later):
+            await answered(append)
+        assert appends["b"].cancelled()
+        assert [appends["a"].result().seq, appends["c"].result().seq] == [3, 3]
+        assert later.result().seq == 4
+        assert writer.batches - batches == 2  # the three in one, the later one alone
+        # The cancelled caller's lines were written all the same: its seq is taken.
+        assert (await storage.append_event("b", token("after"))).seq == 4
+        await storage.close()
+        assert await read(config, "b") == [
+            token("first"),
+            token("second"),
+            token("one turn"),
+            token("after"),
+        ]
+        assert await read(config, "a") == [
+            token("first"),
+            token("second"),
+            token("one turn"),
+            token("next turn"),
+        ]
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_close_or_a_delete_waits_for_the_commit_under_way(loop: str, tmp_path: Path) -> None:
+    config = JsonlStorageConfig(tmp_path)
+
+    async def scenario() -> None:
+        storage = await opened(config, "a", "b")
+        syncer = helper_of(storage)
+        with stopped(syncer.pid):
+            appending = asyncio.ensure_future(storage.append_event("a", token("in flight")))
+            await until(lambda: syncer._on_answer is not None)
+            deleting = asyncio.ensure_future(storage.delete_session("b"))
+            closing = asyncio.ensure_future(storage.close())
+            await turns()
+            assert not appending.done() and not deleting.done() and not closing.done()
+        await answered(appending)
+        assert appending.result().seq == 3
+        await answered(deleting)
+        deleting.result()
+        await answered(closing)
+        closing.result()
+        assert await read(config, "a") == [token("first"), token("second"), token("in flight")]
+        async with await JsonlStorage.open(config) as reopened:
+            assert await reopened.load_session("b") is None
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_helper_killed_mid_commit_fails_the_group_cut_back(loop: str, tmp_path: Path) -> None:
+    """Every waiter of the group fails, nothing of it survives a reopen, and the writer
+    goes on with its I/O thread's syncs."""
+    config = JsonlStorageConfig(tmp_path)
+
+    async def scenario() -> None:
+        storage = await opened(config, "a", "b")
+        syncer = helper_of(storage)
+        sizes = {s: config.layout.log(s).stat().st_size for s in "ab"}
+        with stopped(syncer.pid):
+            appends = [asyncio.ensure_future(storage.append_event(s, token("lost"))) for s in "ab"]
+            await until(lambda: syncer._on_answer is not None)
+            os.kill(syncer.pid, signal.SIGKILL)
+        for append in appends:
+            await answered(append)
+            with pytest.raises(StorageError):
+                append.result()
+        assert {s: config.layout.log(s).stat().st_size for s in "ab"} == sizes
+        assert syncer.broken
+        assert (await storage.append_event("a", token("after"))).seq == 3
+        await storage.close()
+        assert await read(config, "a") == [token("first"), token("second"), token("after")]
+        assert await read(config, "b") == [token("first"), token("second")]
+
+    run(loop, scenario)
