@@ -55,6 +55,11 @@ def helper_of(storage: JsonlStorage) -> Any:
     return syncer
 
 
+def asked(syncer: Any) -> bool:
+    """Whether a sync was asked of the helper (by a callback, or awaited by the task)."""
+    return getattr(syncer, "_on_answer", None) is not None or syncer._waiter is not None
+
+
 async def read(config: JsonlStorageConfig, session_id: str) -> list[AgentEvent]:
     async with await JsonlStorage.open(config) as storage:
         return [e.event for e in await storage.read_events(session_id)]  # type: ignore[misc]
@@ -101,7 +106,7 @@ def test_appends_of_one_turn_share_a_commit_a_caller_that_leaves_takes_nothing(
             appends = {
                 s: asyncio.ensure_future(storage.append_event(s, token("one turn"))) for s in "abc"
             }
-            await until(lambda: syncer._on_answer is not None)  # written, sync asked
+            await until(lambda: asked(syncer))  # written, its sync asked
             await turns()
             assert not any(a.done() for a in appends.values())  # none before its sync
             appends["b"].cancel()  # its connection gone mid-commit
@@ -134,7 +139,10 @@ def test_appends_of_one_turn_share_a_commit_a_caller_that_leaves_takes_nothing(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_close_or_a_delete_waits_for_the_commit_under_way(loop: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("delete", [False, True], ids=["close", "delete and close"])
+def test_a_close_or_a_delete_waits_for_the_commit_under_way(
+    loop: str, delete: bool, tmp_path: Path
+) -> None:
     config = JsonlStorageConfig(tmp_path)
 
     async def scenario() -> None:
@@ -142,20 +150,23 @@ def test_a_close_or_a_delete_waits_for_the_commit_under_way(loop: str, tmp_path:
         syncer = helper_of(storage)
         with stopped(syncer.pid):
             appending = asyncio.ensure_future(storage.append_event("a", token("in flight")))
-            await until(lambda: syncer._on_answer is not None)
-            deleting = asyncio.ensure_future(storage.delete_session("b"))
+            await until(lambda: asked(syncer))
+            if delete:
+                deleting = asyncio.ensure_future(storage.delete_session("b"))
             closing = asyncio.ensure_future(storage.close())
             await turns()
-            assert not appending.done() and not deleting.done() and not closing.done()
+            assert not appending.done() and not closing.done()
+            assert not delete or not deleting.done()
         await answered(appending)
         assert appending.result().seq == 3
-        await answered(deleting)
-        deleting.result()
+        if delete:
+            await answered(deleting)
+            deleting.result()
         await answered(closing)
         closing.result()
         assert await read(config, "a") == [token("first"), token("second"), token("in flight")]
         async with await JsonlStorage.open(config) as reopened:
-            assert await reopened.load_session("b") is None
+            assert (await reopened.load_session("b") is None) == delete
 
     run(loop, scenario)
 
@@ -172,7 +183,7 @@ def test_a_helper_killed_mid_commit_fails_the_group_cut_back(loop: str, tmp_path
         sizes = {s: config.layout.log(s).stat().st_size for s in "ab"}
         with stopped(syncer.pid):
             appends = [asyncio.ensure_future(storage.append_event(s, token("lost"))) for s in "ab"]
-            await until(lambda: syncer._on_answer is not None)
+            await until(lambda: asked(syncer))
             os.kill(syncer.pid, signal.SIGKILL)
         for append in appends:
             await answered(append)
