@@ -1,10 +1,12 @@
-"""The group-commit writer: one task appends every session's event lines to its log.
+"""The group-commit writer: one task appends every session's event lines to its log
+(while that task is idle, callbacks of the loop do: ``starts.py``).
 
 Appends from all sessions queue up while the previous batch is on disk; the writer then
 takes the whole queue as one batch, one ``write`` per log file and one sync for all
 (``commits.py`` says which step runs where: the loop's thread, the writer's I/O thread,
 or the sync helper process). So with many concurrent appenders one fsync covers many
-appends, and a lone append costs one round trip to the helper.
+appends, and a lone append costs one round trip to the helper, and no task step but its
+caller's resumption (``starts.py``: the commit begun and answered in loop callbacks).
 
 Durability modes: ``fsync`` resolves an append's future once its lines are synced;
 ``os`` after the write (a background task syncs written files every ``fsync_interval``:
@@ -40,7 +42,6 @@ if synced), and what is still queued fails, as does any later one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -55,13 +56,14 @@ from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, QueuedControl
-from .commits import FINISH, NOTHING, WAL_SYNC, WHOLE, Committer, Left
+from .commits import NOTHING, WAL_SYNC, WHOLE, Committer, Left
 from .config import Durability
 from .debt import Step, debt_of
 from .in_use import FilesInUse
 from .layout import Layout
 from .logfiles import SYNC_THREADS, LogFiles
 from .retirement import Retirement
+from .starts import CommitStarts
 from .syncer import Syncer
 from .tasks import IoThread, to_completion
 from .wal import SegmentFile
@@ -71,7 +73,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class LogWriter:
+class LogWriter(CommitStarts):
     """Appends event lines to per-session log files in batches (group commit)."""
 
     def __init__(
@@ -86,6 +88,7 @@ class LogWriter:
         wal: SegmentFile | None = None,
         sync_helper: bool = False,
     ) -> None:
+        super().__init__()
         self._layout = layout
         self._wal = wal if durability == "fsync" else None
         self._durability = durability
@@ -113,12 +116,6 @@ class LogWriter:
         self.retirement = Retirement(layout, self._files, self._files_in_use, self._sync_pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
-        # A commit started outside that task (``_begin``), the helper syncing it; one
-        # whose rest the task owes (started outside, then more to do); and whether a
-        # ``_begin`` is due at the loop's next turn.
-        self._outside: Commit | None = None
-        self._handed: tuple[Commit, Left] | None = None
-        self._begin_due = False
         # The group commit under way, since when, and the step it waits on: what a stop
         # that cannot end names as owed to the disk (``disk_debt``).
         self._in_flight: Sequence[Batch | QueuedControl] = ()
@@ -270,53 +267,12 @@ class LogWriter:
             await self._end_outside()
             raise
 
-    async def _pace(self) -> None:
-        """With a commit window, group commits start at most once per window: what comes
-        sooner than that after the last one started waits for the rest of the window,
-        with whatever else comes meanwhile. A lone append (the last commit is older than
-        the window) never waits, and a commit that takes longer than the window is
-        followed at once, as are appends a full batch left over (they came before it)."""
-        assert self._loop is not None
-        now = self._loop.time()
-        due = self._last_commit + self._commit_window
-        if now < due and not self._closing and not self._carried:
-            await asyncio.sleep(due - now)
-            now = self._loop.time()
-        self._last_commit = now
-
-    def _take_batch(self) -> list[Batch | QueuedControl]:
-        """The longest prefix of the queue that touches at most ``max_open`` files, so
-        a batch never needs more descriptors than the bound (a prefix keeps each
-        session's appends in order)."""
-        queue, limit = self._queue, self._files.max_open
-        if len(queue) <= limit:  # no more items than the bound: no more files either
-            self._queue, self._carried = [], False
-            return queue
-        sessions: set[str] = set()
-        for i, item in enumerate(queue):
-            if type(item) is Batch and item.session_id not in sessions:
-                if len(sessions) == limit:
-                    # What is left was queued before this commit: not paced by the window.
-                    self._queue, self._carried = queue[i:], True
-                    return queue[:i]
-                sessions.add(item.session_id)
-        self._queue, self._carried = [], False
-        return queue
-
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
         commit = self._commits.gather(batch, self._answers)
         in_use = self._files_in_use
         if not in_use.take_now():  # (a background sync holds the files)
             await in_use.take()
         await self._carry_on(commit, self._start(commit))
-
-    def _start(self, commit: Commit) -> Left:
-        """The commit's first step, on the loop's thread, the files taken: its lines
-        written if it is small enough (``on_loop``); what is left (``WHOLE``: all of it,
-        on the I/O thread). Never raises (``write`` fails the commit instead)."""
-        if commit.forgets:  # before this commit's appends to a session back
-            self._commits.cut_again(commit.forgets)
-        return self._commits.write(commit) if commit.on_loop else WHOLE
 
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         """The rest of a started commit, in the writer's task, then its answers; the
@@ -352,104 +308,6 @@ class LogWriter:
             if self._syncer is not None and self._wal is not None:
                 # The helper lets go of the retired segment now, not at the next commit.
                 self._syncer.use(self._wal.current, self._wal.fd)
-
-    # -- commits started outside the writer's task ------------------------------------
-
-    def _wake(self) -> None:
-        """Something was queued: have it taken. While the writer's task is idle and the
-        helper syncs, the queue is taken by ``_begin`` at the loop's next turn (what
-        comes in this one joins it) outside that task; while a commit started there is
-        under way, by its end; else by the task."""
-        if self._outside is not None or self._begin_due or self._handed is not None:
-            return  # (taken when that commit ends, or by the task after its handed one)
-        if self._wakeup.unwoken() and self._can_begin():
-            assert self._loop is not None
-            self._begin_due = True
-            self._loop.call_soon(self._begin)
-        else:
-            self._wakeup.set()
-
-    def _can_begin(self) -> bool:
-        """Whether a commit may start outside the writer's task, as far as the writer
-        knows without the queue: the helper syncs, and no commit window paces."""
-        syncer = self._syncer
-        return syncer is not None and not syncer.broken and not self._commit_window
-
-    def _begin(self) -> None:
-        """Take the queue as one group commit outside the writer's task (in a callback
-        of the loop): its lines written and the helper asked for the WAL's sync, whose
-        answer (``_synced_outside``) answers the commit. No task wakes or resumes for
-        it: its callers' awaits are its only ones. What else it needs (a log to open, a
-        failure, a flush or a deletion) is handed to the task once started; anything
-        that keeps it from starting here (a background sync holds the files) leaves
-        the queue to the task."""
-        self._begin_due = False
-        if (
-            not self._queue
-            or not self._wakeup.unwoken()  # the task woke meanwhile: the queue is its
-            or not self._can_begin()
-            or self._files.released
-            or not self._files_in_use.take_now()
-        ):
-            self._wakeup.set()
-            return
-        batch = self._in_flight = self._take_batch()
-        self._in_flight_since, self._waiting_on = time.monotonic(), None
-        commit = self._commits.gather(batch, self._answers)
-        left = self._start(commit)
-        syncer, wal = self._syncer, self._wal
-        if (
-            left == WAL_SYNC
-            and not commit.controls
-            and syncer is not None
-            and wal is not None
-            and syncer.ask(wal.current, wal.fd, self._synced_outside)
-        ):
-            self._outside, self._waiting_on = commit, syncer
-        else:
-            self._hand(commit, left)
-
-    def _synced_outside(self, error: OSError | None) -> None:
-        """The helper's answer to the commit started outside: acknowledged here if
-        synced (then the next commit begins with what was queued meanwhile), else
-        handed to the writer's task (a failed sync is cut back on its I/O thread)."""
-        commit, self._outside = self._outside, None
-        assert commit is not None
-        if error is not None:
-            commit.wal_error = error
-            self._hand(commit, FINISH)
-            return
-        try:
-            self.batches += 1
-            self._commits.conclude(commit)
-            self._answers.settle(commit)
-        except Exception as exc:  # (a bug: as in the task, no append waits for ever)
-            log.exception("log writer failed")
-            self._answers.fail_unanswered(commit.batches, repr(exc))
-        finally:
-            self._files_in_use.give_back()
-            self._in_flight = ()
-        if self._queue:
-            self._begin()
-        elif self._closing:
-            self._wakeup.set()
-
-    def _hand(self, commit: Commit, left: Left) -> None:
-        """The rest of a commit started outside (``left``), to the writer's task."""
-        self._handed = (commit, left)
-        self._wakeup.set()
-
-    async def _end_outside(self) -> None:
-        """The writer's task ends (cancelled, or failed): the commit started outside
-        is carried to its end first, and answered by its outcome, as one of its own
-        would be (``to_completion``), whatever cancellations come meanwhile."""
-        while self._outside is not None or self._handed is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                handed, self._handed = self._handed, None
-                if handed is not None:
-                    await self._carry_on(*handed)
-                else:
-                    await self._wakeup.wait()
 
     async def _synced_by_helper(self, commit: Commit) -> bool:
         """The common commit's one blocking step (all ``write`` left: ``WAL_SYNC``), the
