@@ -154,8 +154,15 @@ class CommitStarts:
             return
         batch = self._in_flight = self._take_batch()
         self._in_flight_since, self._waiting_on = time.monotonic(), None
-        commit = self._commits.gather(batch, self._answers)
-        left = self._start(commit)
+        try:
+            commit = self._commits.gather(batch, self._answers)
+            left = self._start(commit)
+        except Exception as exc:  # (a bug: as in the task, no append waits for ever)
+            log.exception("log writer failed")
+            self._answers.fail_unanswered(batch, repr(exc))
+            self._files_in_use.give_back()
+            self._in_flight = ()
+            return
         syncer, wal = self._syncer, self._wal
         if (
             left == WAL_SYNC
