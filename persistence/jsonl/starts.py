@@ -116,23 +116,23 @@ class CommitStarts:
 
     def _wake(self) -> None:
         """Something was queued: have it taken. While the writer's task is idle and the
-        helper syncs, the queue is taken by ``_begin`` at the loop's next turn (what
-        comes in this one joins it) outside that task; while a commit started there is
-        under way, by its end; else by the task."""
+        helper syncs (no commit window paces), the queue is taken by ``_begin`` at the
+        loop's next turn (what comes in this one joins it) outside that task; while a
+        commit started there is under way, by its end; else by the task."""
         if self._outside is not None or self._begin_due or self._handed is not None:
             return  # (taken when that commit ends, or by the task after its handed one)
-        if self._wakeup.unwoken() and self._can_begin():
+        syncer = self._syncer
+        if (
+            syncer is not None
+            and not syncer.broken
+            and not self._commit_window
+            and self._wakeup.unwoken()
+        ):
             assert self._loop is not None
             self._begin_due = True
             self._loop.call_soon(self._begin)
         else:
             self._wakeup.set()
-
-    def _can_begin(self) -> bool:
-        """Whether a commit may start outside the writer's task, as far as the writer
-        knows without the queue: the helper syncs, and no commit window paces."""
-        syncer = self._syncer
-        return syncer is not None and not syncer.broken and not self._commit_window
 
     def _begin(self) -> None:
         """Take the queue as one group commit outside the writer's task (in a callback
@@ -141,12 +141,12 @@ class CommitStarts:
         it: its callers' awaits are its only ones. What else it needs (a log to open, a
         failure, a flush or a deletion) is handed to the task once started; anything
         that keeps it from starting here (a background sync holds the files) leaves
-        the queue to the task."""
+        the queue to the task (a helper broken since ``_wake``: ``ask`` refuses, and the
+        task syncs on its thread)."""
         self._begin_due = False
         if (
             not self._queue
             or not self._wakeup.unwoken()  # the task woke meanwhile: the queue is its
-            or not self._can_begin()
             or self._files.released
             or not self._files_in_use.take_now()
         ):
