@@ -251,7 +251,10 @@ class LogWriter(CommitStarts):
                     await self._pace()
                 batch = self._in_flight = self._take_batch()
                 self._in_flight_since, self._waiting_on = time.monotonic(), None
-                await self._process(batch)
+                commit = self._commits.gather(batch, self._answers)
+                if not self._files_in_use.take_now():  # (a background sync holds them)
+                    await self._files_in_use.take()
+                await self._carry_on(commit, self._start(commit))
                 self._in_flight = ()
                 # Not kept while the next append is awaited: a burst of big appends
                 # followed by quiet would have its last group commit (every line and
@@ -267,20 +270,13 @@ class LogWriter(CommitStarts):
             await self._end_outside()
             raise
 
-    async def _process(self, batch: list[Batch | QueuedControl]) -> None:
-        commit = self._commits.gather(batch, self._answers)
-        in_use = self._files_in_use
-        if not in_use.take_now():  # (a background sync holds the files)
-            await in_use.take()
-        await self._carry_on(commit, self._start(commit))
-
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         """The rest of a started commit, in the writer's task, then its answers; the
         files given back."""
         commits, in_use = self._commits, self._files_in_use
         try:
-            # The commit's steps (``commits.py``), here rather than in a coroutine of
-            # their own: one frame fewer to make, enter and resume at every commit.
+            # The commit's steps (``commits.py``), here rather than in coroutines of
+            # their own: fewer frames to make, enter and resume at every commit.
             try:
                 try:
                     if left == WAL_SYNC and await self._synced_by_helper(commit):
