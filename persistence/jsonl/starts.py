@@ -211,8 +211,16 @@ class CommitStarts:
         would be (``to_completion``), whatever cancellations come meanwhile."""
         while self._outside is not None or self._handed is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                handed, self._handed = self._handed, None
-                if handed is not None:
-                    await self._carry_on(*handed)
+                if self._handed is not None:
+                    await self._carry_on_handed()
                 else:
                     await self._wakeup.wait()
+
+    async def _carry_on_handed(self) -> None:
+        """The handed commit's rest (``_carry_on``), in a frame of its own: no local of
+        the task's loop keeps the commit (its events and lines) while the next append
+        is awaited, however long the quiet lasts."""
+        handed, self._handed = self._handed, None
+        assert handed is not None
+        await self._carry_on(*handed)
+        self._in_flight = ()

@@ -237,11 +237,8 @@ class LogWriter(CommitStarts):
         batch: list[Batch | QueuedControl] = []
         try:
             while True:
-                handed = self._handed
-                if handed is not None:  # a commit started outside, its rest is ours
-                    self._handed = None
-                    await self._carry_on(*handed)
-                    self._in_flight = ()
+                if self._handed is not None:  # a commit started outside, its rest is ours
+                    await self._carry_on_handed()
                 if not self._queue or self._outside is not None or self._begin_due:
                     if self._closing and self._outside is None and not self._queue:
                         return
@@ -251,10 +248,7 @@ class LogWriter(CommitStarts):
                     await self._pace()
                 batch = self._in_flight = self._take_batch()
                 self._in_flight_since, self._waiting_on = time.monotonic(), None
-                commit = self._commits.gather(batch, self._answers)
-                if not self._files_in_use.take_now():  # (a background sync holds them)
-                    await self._files_in_use.take()
-                await self._carry_on(commit, self._start(commit))
+                await self._process(batch)
                 self._in_flight = ()
                 # Not kept while the next append is awaited: a burst of big appends
                 # followed by quiet would have its last group commit (every line and
@@ -269,6 +263,15 @@ class LogWriter(CommitStarts):
             self._answers.fail_unanswered(left, repr(exc))
             await self._end_outside()
             raise
+
+    async def _process(self, batch: list[Batch | QueuedControl]) -> None:
+        """A batch the task took: started, carried on, answered (a frame of its own, so
+        that nothing of it stays in the loop's locals while the next append is awaited)."""
+        commit = self._commits.gather(batch, self._answers)
+        in_use = self._files_in_use
+        if not in_use.take_now():  # (a background sync holds the files)
+            await in_use.take()
+        await self._carry_on(commit, self._start(commit))
 
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         """The rest of a started commit, in the writer's task, then its answers; the
