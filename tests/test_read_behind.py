@@ -94,13 +94,14 @@ async def test_a_backlog_past_the_buffer_is_read_a_megabyte_at_a_time(storage: S
         assert events == 1 or size <= READ_BEHIND_BYTES, feed.reads
 
 
-async def test_a_stop_gives_the_viewer_the_backlog_its_feed_was_reading(storage: Storage) -> None:
-    """The stop comes while the actor reads the first megabyte of the backlog, every
-    event of which was acknowledged before: the viewer gets them all, then ``closed``
-    and 1012 (it got that megabyte only, seqs 1 to 17 of 30, when the actor retired
-    at the stop's first turn with the rest unread)."""
+async def stop_while_the_feed_reads_the_backlog(
+    storage: Storage, **options: Any
+) -> tuple[int | None, list[dict[str, Any]], FeedReads]:
+    """A viewer of s1 and an agent that publishes the backlog; the server's stop comes
+    while the actor's feed reads it (held until the stop has retired the actor). The
+    viewer's close code and frames, and the feed's reads."""
     hold = asyncio.Event()
-    server = server_on(storage, shutdown_grace=60.0, close_timeout=60.0)
+    server = server_on(storage, shutdown_grace=60.0, close_timeout=60.0, **options)
     await server.start()
     try:
         async with attach(server, "s1", create=True) as (viewer, _):
@@ -118,6 +119,15 @@ async def test_a_stop_gives_the_viewer_the_backlog_its_feed_was_reading(storage:
     finally:
         hold.set()
         await server.stop()
+    return code, frames, feed
+
+
+async def test_a_stop_gives_the_viewer_the_backlog_its_feed_was_reading(storage: Storage) -> None:
+    """The stop comes while the actor reads the first megabyte of the backlog, every
+    event of which was acknowledged before: the viewer gets them all, then ``closed``
+    and 1012 (it got that megabyte only, seqs 1 to 17 of 30, when the actor retired
+    at the stop's first turn with the rest unread)."""
+    code, frames, feed = await stop_while_the_feed_reads_the_backlog(storage)
     assert code == 1012 and frames[-1] == {"type": "closed", "reason": "server restarting"}
     seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
     assert seqs == list(range(1, BACKLOG + 1))
@@ -157,25 +167,7 @@ async def test_a_stop_closes_a_viewer_that_cannot_take_the_backlog_1012(storage:
     (4 frames) cannot hold it: the viewer is closed as the stop closes the others,
     1012, not 4429 (too slow), which tells a client to back off or give up; it resumes
     from the last seq it got, after the restart, and gets every event once."""
-    hold = asyncio.Event()
-    server = server_on(storage, shutdown_grace=60.0, close_timeout=60.0, send_queue_frames=4)
-    await server.start()
-    try:
-        async with attach(server, "s1", create=True) as (viewer, _):
-            async with attach(server, "s1", role="agent") as (agent, _):
-                actor = server.manager.live_actor("s1")
-                assert actor is not None
-                feed = FeedReads(feed_of(server, "s1"), hold)
-                await publish_backlog(agent)
-                await asyncio.wait_for(feed.started.wait(), 10)
-                stopping = asyncio.ensure_future(server.stop())
-                await eventually(lambda: not actor.accepting)  # the stop has retired it
-                hold.set()
-                code, frames = await viewer.closed(timeout=30)
-                await asyncio.wait_for(stopping, 30)
-    finally:
-        hold.set()
-        await server.stop()
+    code, frames, _feed = await stop_while_the_feed_reads_the_backlog(storage, send_queue_frames=4)
     assert code == 1012, frames[-1:]
     seqs = [frame["seq"] for frame in frames if frame["type"] == "event"]
     assert len(seqs) < BACKLOG  # (it could not take them all)
