@@ -35,14 +35,21 @@ async def request(ws: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]
             return answer
 
 
-async def test_a_state_request_on_an_expired_session_is_refused_and_changes_nothing(
-    tmp_path: Path,
-) -> None:
-    offset = tmp_path / "offset"
+async def server_an_hour_ttl(tmp_path: Path, offset: Path) -> ServerProcess:
+    """A started server whose sessions live an hour, its clock offset read from
+    ``offset`` (0 to begin with)."""
     set_offset(offset, 0)
     server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--default-ttl", "3600")
     settings = {"FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
     await under_faketime(server, **settings).start_in_loop()
+    return server
+
+
+async def test_a_state_request_on_an_expired_session_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    offset = tmp_path / "offset"
+    server = await server_an_hour_ttl(tmp_path, offset)
     try:
         async with connect(server.url("s"), open_timeout=10) as ws:
             await ws.send(json.dumps({"type": "hello", "create": True}))
@@ -67,10 +74,7 @@ async def test_a_state_request_for_the_state_it_has_on_an_expired_session_is_ref
     acknowledged, with the last seq read, as if the session lived, where every other
     request on it gets ``not_found``."""
     offset = tmp_path / "offset"
-    set_offset(offset, 0)
-    server = ServerProcess(tmp_path / "data", tmp_path / "serve.log", "--default-ttl", "3600")
-    settings = {"FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
-    await under_faketime(server, **settings).start_in_loop()
+    server = await server_an_hour_ttl(tmp_path, offset)
     try:
         async with connect(server.url("s"), open_timeout=10) as ws:
             await ws.send(json.dumps({"type": "hello", "create": True}))
