@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Sequence
@@ -69,6 +70,10 @@ class CommitStarts:
         self._outside: Commit | None = None
         self._handed: tuple[Commit, Left] | None = None
         self._begin_due = False
+        # Where ``_begin`` runs: a context of its own, as the writer's task has
+        # (``detached``), not a copy of the appending caller's that ``call_soon`` takes:
+        # what it logs (a helper found dead) would carry that connection's fields.
+        self._begin_context = contextvars.Context()
 
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         raise NotImplementedError  # the writer's: the rest of a started commit
@@ -130,7 +135,7 @@ class CommitStarts:
         ):
             assert self._loop is not None
             self._begin_due = True
-            self._loop.call_soon(self._begin)
+            self._loop.call_soon(self._begin, context=self._begin_context)
         else:
             self._wakeup.set()
 

@@ -261,7 +261,13 @@ class LogWriter(CommitStarts):
             self._closing = True
             left, self._queue = [*batch, *self._queue], []
             self._answers.fail_unanswered(left, repr(exc))
-            await self._end_outside()
+            try:
+                await self._end_outside()
+            finally:
+                # Queued while it ended (a flush, a deletion, behind a handed commit):
+                # nothing takes the queue after this task.
+                left, self._queue = self._queue, []
+                self._answers.fail_unanswered(left, repr(exc))
             raise
 
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
