@@ -4,7 +4,9 @@ real sync helper held by SIGSTOP or ended by SIGKILL:
 
 - a commit begun outside runs in no caller's context: whatever it logs (the helper
   found dead as its sync is asked) carries none of the fields a connection bound for
-  its own lines, though that connection's append made the commit begin;
+  its own lines, though that connection's append made the commit begin; nor does the
+  helper's answer, read in a callback of the loop, carry the fields of whoever opened
+  the store;
 - a flush queued while the writer's task, cancelled, carries a commit begun outside to
   its end (a failed sync being cut back) is answered, as one queued while the task's
   own commit ran to its end was: nothing takes the queue after that task."""
@@ -109,3 +111,38 @@ def test_a_flush_queued_while_a_cancelled_writer_ends_a_failed_commit_is_answere
         assert await read(config, "a") == [token("first"), token("second")]
 
     run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_commit_answered_outside_logs_with_no_openers_fields(loop: str, tmp_path: Path) -> None:
+    """The helper's answer is read in a callback of the loop, which acknowledges the
+    commit and begins the next: it runs in no context of the store's opener either (an
+    application of the in-process API that opened it in a request of its own)."""
+    config = JsonlStorageConfig(tmp_path)
+    handler = FieldsOfEachLine()
+    root = logging.getLogger()
+
+    async def scenario() -> None:
+        structlog.contextvars.bind_contextvars(request_id="r1")
+        try:
+            storage = await opened(config, "a")
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        syncer = helper_of(storage)
+        root.addHandler(handler)
+        try:
+            with stopped(syncer.pid):
+                appending = asyncio.ensure_future(storage.append_event("a", token("lost")))
+                await until(lambda: asked(syncer))
+                os.kill(syncer.pid, signal.SIGKILL)
+                await answered(appending)
+        finally:
+            root.removeHandler(handler)
+        with pytest.raises(StorageError):
+            appending.result()
+        await storage.close()
+
+    run(loop, scenario)
+    helper_lines = [(line, fields) for line, fields in handler.lines if "sync helper" in line]
+    assert helper_lines, handler.lines
+    assert [fields for _, fields in helper_lines if fields] == []

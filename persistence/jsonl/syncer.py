@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import os
@@ -77,7 +78,10 @@ class Syncer:
         # cancellation is asyncio's own: 3.11's ``asyncio.timeout`` and ``TaskGroup``
         # take no subclass of it for theirs, and would let one through).
         self.cancelled_answer: Answered | None = None
-        self._loop.add_reader(channel.fileno(), self._on_readable)
+        # Read in a context of its own, not a copy of the store's opener's: the answer's
+        # callback acknowledges a commit begun outside the writer's task and begins the
+        # next (``starts.py``), and what it logs would carry that opener's log fields.
+        contextvars.Context().run(self._loop.add_reader, channel.fileno(), self._on_readable)
 
     @classmethod
     def start(cls) -> Syncer | None:
