@@ -167,6 +167,8 @@ class CommitStarts:
             self._answers.fail_unanswered(batch, repr(exc))
             self._files_in_use.give_back()
             self._in_flight = ()
+            if self._queue:  # what the batch left behind: the task takes it
+                self._wakeup.set()
             return
         syncer, wal = self._syncer, self._wal
         if (
