@@ -54,8 +54,14 @@ _version_decoder = msgspec.msgpack.Decoder(_Version)
 
 
 def write(layout: Layout, entries: list[SnapshotEntry]) -> None:
+    """Leaves the snapshot for the next open. One that cannot be written (a full disk,
+    a directory turned read-only) costs only that open's speed, which then reads every
+    checkpoint: said in a warning, not raised, so a close on a full disk ends cleanly."""
     data = _encoder.encode(_Snapshot(VERSION, entries))
-    write_atomic(layout.snapshot, data, durable=True)
+    try:
+        write_atomic(layout.snapshot, data, durable=True)
+    except OSError as exc:
+        log.warning("index snapshot not written (%s): the next open reads every checkpoint", exc)
 
 
 def consume(layout: Layout, read_only: bool) -> dict[str, SnapshotEntry]:
