@@ -1,6 +1,6 @@
 """A lone append handled in its sender's task (SessionActor.append_now), on a store
 whose appends are in process: real servers and WebSocket peers, with the in-memory
-store's appends held at a chosen moment (``HeldAppends``), as a slow disk holds them.
+store's appends held at a chosen moment (``GatedAppends``), as a slow disk holds them.
 
 While one is in the store, the actor's task takes nothing: what others send waits, and
 is stored and acknowledged after it, in order. Frames queued behind a lone one go to
@@ -12,51 +12,20 @@ appends are network round trips (Redis) never takes this path."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from structlog.testing import capture_logs
 
-from bamboo_session.persistence.base import Appended
 from bamboo_session.persistence.capabilities import AppendsInProcess
 from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.persistence.redis.storage import RedisStorage
-from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.actor import SessionActor
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
+from tests.gated_appends import GatedAppends
 from tests.instances import eventually
 from tests.support import Peer, attach, token
-
-
-class HeldAppends(MemoryStorage):
-    """The in-memory store whose appends wait for a permit while ``gate`` is set, and
-    which records the size of each append it is asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate: asyncio.Semaphore | None = None
-        self.in_store = 0
-        self.most_in_store = 0  # of one session, at once: one writer, one append at a time
-        self.sizes: list[int] = []
-
-    async def append_events(
-        self,
-        session_id: str,
-        items: Sequence[tuple[AgentEvent, str | None]],
-        *,
-        epoch: str | None = None,
-    ) -> list[Appended]:
-        self.sizes.append(len(items))
-        if self.gate is not None:
-            self.in_store += 1
-            self.most_in_store = max(self.most_in_store, self.in_store)
-            try:
-                await self.gate.acquire()
-            finally:
-                self.in_store -= 1
-        return await super().append_events(session_id, items, epoch=epoch)
 
 
 async def started(tmp_path: Path, storage: MemoryStorage, **overrides: Any) -> BambooServer:
@@ -72,7 +41,7 @@ def live_actor(server: BambooServer, session_id: str) -> SessionActor:
     return actor
 
 
-async def held_in_a_peers_task(storage: HeldAppends, actor: SessionActor) -> None:
+async def held_in_a_peers_task(storage: GatedAppends, actor: SessionActor) -> None:
     """Waits until an append is held in the store, by a peer's reader (not the actor)."""
     await eventually(lambda: storage.in_store == 1)
     assert actor.stepping is not None and actor.stepping is not actor.task
@@ -83,7 +52,7 @@ async def event_seqs(peer: Peer, count: int) -> list[int]:
 
 
 async def test_what_others_send_meanwhile_is_stored_after_it_in_order(tmp_path: Path) -> None:
-    storage = HeldAppends()
+    storage = GatedAppends()
     server = await started(tmp_path, storage)
     try:
         async with (
@@ -120,7 +89,7 @@ async def test_what_others_send_meanwhile_is_stored_after_it_in_order(tmp_path: 
 
 
 async def test_frames_queued_behind_a_lone_one_go_to_the_store_together(tmp_path: Path) -> None:
-    storage = HeldAppends()
+    storage = GatedAppends()
     server = await started(tmp_path, storage, max_queue=64)
     try:
         async with attach(server, "q", create=True, role="agent") as (agent, _):
@@ -142,7 +111,7 @@ async def test_frames_queued_behind_a_lone_one_go_to_the_store_together(tmp_path
 
 
 async def test_a_publisher_gone_mid_append_leaves_its_event_stored_once(tmp_path: Path) -> None:
-    storage = HeldAppends()
+    storage = GatedAppends()
     server = await started(tmp_path, storage)
     try:
         async with attach(server, "g", create=True) as (viewer, welcome):
@@ -173,7 +142,7 @@ async def test_a_publisher_gone_mid_append_leaves_its_event_stored_once(tmp_path
 async def test_a_stop_past_its_grace_ends_an_append_held_in_a_peers_task(tmp_path: Path) -> None:
     """As it ends one held in the actor's task: the peer is told 1012, its handler
     ends, and the append queued behind it goes to the store only once it has ended."""
-    storage = HeldAppends()
+    storage = GatedAppends()
     server = await started(tmp_path, storage, shutdown_grace=0.2)
     async with (
         attach(server, "t", create=True, role="agent") as (agent, _),

@@ -16,14 +16,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
-from bamboo_session.persistence.base import Appended
-from bamboo_session.persistence.memory import MemoryStorage
-from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
+from tests.gated_appends import GatedAppends
 from tests.instances import eventually
 from tests.support import attach, token
 
@@ -32,32 +29,10 @@ PACE = 150  # the publisher's: three quarters of its limit
 STALL = 2.5  # seconds the store holds appends: PACE * STALL frames come meanwhile
 
 
-class StalledAppends(MemoryStorage):
-    """The in-memory store whose appends wait while ``gate`` is set."""
-
-    gate: asyncio.Event | None = None
-    waiting = 0  # appends waiting at the gate
-
-    async def append_events(
-        self,
-        session_id: str,
-        items: Sequence[tuple[AgentEvent, str | None]],
-        *,
-        epoch: str | None = None,
-    ) -> list[Appended]:
-        if self.gate is not None:
-            self.waiting += 1
-            try:
-                await self.gate.wait()
-            finally:
-                self.waiting -= 1
-        return await super().append_events(session_id, items, epoch=epoch)
-
-
 async def test_a_store_stall_does_not_rate_limit_a_publisher_under_its_rate(
     tmp_path: Path,
 ) -> None:
-    storage = StalledAppends()
+    storage = GatedAppends()
     config = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path))
     config = config.replace(rate_limit=RATE, rate_limit_burst=RATE, rate_limit_refusals=RATE)
     server = BambooServer(config, storage)
@@ -72,15 +47,13 @@ async def test_a_store_stall_does_not_rate_limit_a_publisher_under_its_rate(
                     heard[frame.get("code") or frame["type"]] += 1
 
             hearing = asyncio.ensure_future(hear())
-            gate = asyncio.Event()
             sent = 0
             began = time.monotonic()
             while (elapsed := time.monotonic() - began) < 2 * STALL:
                 if storage.gate is None and 0.5 < elapsed < 1.0:
-                    storage.gate = gate  # held from here for STALL seconds
+                    storage.gate = asyncio.Semaphore(0)  # held from here for STALL seconds
                 elif storage.gate is not None and elapsed > 0.5 + STALL:
-                    storage.gate = None
-                    gate.set()
+                    storage.open_gate()
                 await agent.send({"type": "event", "id": sent, "event": token(str(sent))})
                 sent += 1
                 await asyncio.sleep(1 / PACE)
@@ -97,7 +70,7 @@ async def test_what_a_hold_keeps_past_the_burst_is_bounded_by_the_requests_in_fl
 ) -> None:
     """A peer that floods while its event is held gets no more past the burst than the
     requests it may have in flight (half of --send-queue-frames), however long the hold."""
-    storage = StalledAppends()
+    storage = GatedAppends()
     config = ServerConfig(host="127.0.0.1", port=0, data_dir=str(tmp_path))
     config = config.replace(
         rate_limit=RATE, rate_limit_burst=RATE, rate_limit_refusals=10_000, send_queue_frames=64
@@ -114,15 +87,14 @@ async def test_what_a_hold_keeps_past_the_burst_is_bounded_by_the_requests_in_fl
                     heard[frame.get("code") or frame["type"]] += 1
 
             hearing = asyncio.ensure_future(hear())
-            storage.gate = gate = asyncio.Event()
+            storage.gate = asyncio.Semaphore(0)
             flood = 3 * RATE
             await agent.send({"type": "event", "id": 0, "event": token("held")})
-            await eventually(lambda: storage.waiting == 1)  # in its reader (append_now)
+            await eventually(lambda: storage.in_store == 1)  # in its reader (append_now)
             for number in range(1, 1 + flood):
                 await agent.send({"type": "event", "id": number, "event": token(str(number))})
             await asyncio.sleep(4)  # the hold refills 4 s of tokens: 800
-            storage.gate = None
-            gate.set()
+            storage.open_gate()
             await eventually(lambda: heard["ack"] + heard["rate_limited"] == 1 + flood, 10)
             hearing.cancel()
             # The burst, the 32 requests in flight, and what refills while they are read

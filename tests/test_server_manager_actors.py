@@ -7,7 +7,6 @@ mid-batch gets no second actor; an idle parked session is evicted before a busy 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.server.failures import ServerStopping
 from bamboo_session.server.manager import SessionManager, SessionManagerConfig
 from bamboo_session.server.outbox import Outbox, OutboxItem
+from tests.gated_appends import GatedAppends
 from tests.instances import eventually
 from tests.manager_fixtures import manager_fixture  # noqa: F401 (a fixture)
 
@@ -138,29 +138,6 @@ async def test_a_caller_cancelled_as_its_welcome_comes_leaves_no_connection_behi
     await eventually(lambda: not actor.room.outboxes, 5.0)
     assert manager.budget.used == 0
     await manager.close()
-
-
-class GatedAppends(MemoryStorage):
-    """The in-memory store whose appends wait for a permit once ``gate`` is set: an
-    append held in the store at a chosen moment, as a slow disk would hold it."""
-
-    gate: asyncio.Semaphore | None = None
-    in_store = 0
-
-    async def append_events(
-        self,
-        session_id: str,
-        items: Sequence[tuple[AgentEvent, str | None]],
-        *,
-        epoch: str | None = None,
-    ) -> list[Appended]:
-        if self.gate is not None:
-            self.in_store += 1
-            try:
-                await self.gate.acquire()
-            finally:
-                self.in_store -= 1
-        return await super().append_events(session_id, items, epoch=epoch)
 
 
 @pytest.mark.parametrize("late_caller", ["waiting for room", "new"])
