@@ -22,11 +22,18 @@ from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.gated_appends import GatedAppends
 from tests.instances import eventually
-from tests.support import attach, token
+from tests.support import Peer, attach, token
 
 RATE = 200  # frames a second, and as many saved up
 PACE = 150  # the publisher's: three quarters of its limit
 STALL = 2.5  # seconds the store holds appends: PACE * STALL frames come meanwhile
+
+
+async def hear(agent: Peer, heard: Counter[str]) -> None:
+    """Counts each answer the agent gets, by its error code or type, until cancelled."""
+    while True:
+        frame = await agent.recv()
+        heard[frame.get("code") or frame["type"]] += 1
 
 
 async def test_a_store_stall_does_not_rate_limit_a_publisher_under_its_rate(
@@ -40,13 +47,7 @@ async def test_a_store_stall_does_not_rate_limit_a_publisher_under_its_rate(
     try:
         async with attach(server, "r", create=True, role="agent") as (agent, _):
             heard: Counter[str] = Counter()
-
-            async def hear() -> None:
-                while True:
-                    frame = await agent.recv()
-                    heard[frame.get("code") or frame["type"]] += 1
-
-            hearing = asyncio.ensure_future(hear())
+            hearing = asyncio.ensure_future(hear(agent, heard))
             sent = 0
             began = time.monotonic()
             while (elapsed := time.monotonic() - began) < 2 * STALL:
@@ -80,13 +81,7 @@ async def test_what_a_hold_keeps_past_the_burst_is_bounded_by_the_requests_in_fl
     try:
         async with attach(server, "f", create=True, role="agent") as (agent, _):
             heard: Counter[str] = Counter()
-
-            async def hear() -> None:
-                while True:
-                    frame = await agent.recv()
-                    heard[frame.get("code") or frame["type"]] += 1
-
-            hearing = asyncio.ensure_future(hear())
+            hearing = asyncio.ensure_future(hear(agent, heard))
             storage.gate = asyncio.Semaphore(0)
             flood = 3 * RATE
             await agent.send({"type": "event", "id": 0, "event": token("held")})
