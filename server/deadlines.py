@@ -54,6 +54,13 @@ class Deadline:
             if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
+    def expire(self) -> None:
+        """The deadline brought forward to now, if the block is still running: what it
+        does has become pointless (the peer it answers is gone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._on_deadline()
+
     def _on_deadline(self) -> None:
         assert self._task is not None
         self._task.cancel()

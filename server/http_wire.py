@@ -81,6 +81,8 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     # The upgrade's route, parsed once as its request is checked (app.py), for the
     # handler: the path is not parsed again.
     route: Route | None = None
+    # The handshake's deadline while it makes the answer (run_handshake).
+    _answering: Deadline | None = None
 
     def __init__(
         self,
@@ -243,8 +245,12 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
         # A plain answer not taken by then is dropped with the connection: its pace
         # is measured against it (AnsweringConnection.behind_pace).
         self.answer_deadline = self.loop.time() + OPEN_TIMEOUT
+        # Brought forward if the connection is lost meanwhile (connection_lost): a
+        # page read or a listing made for a peer gone is work for nobody, and a storm
+        # of peers that reset once they have asked held /healthz for seconds (h419).
+        self._answering = Deadline(self.loop, self.answer_deadline)
         try:
-            async with Deadline(self.loop, self.answer_deadline):
+            async with self._answering:
                 await answer(self, process_request)
         except BaseException:
             if self._stream is not None:
@@ -253,6 +259,7 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
                 await self._stream.discard()
             raise
         finally:
+            self._answering = None
             self._release_request()
         if self._stream is not None:
             if self._head_sent and not self.transport.is_closing():
@@ -332,6 +339,8 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
         self.recv_messages.resume = self._resume_reading
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._answering is not None:
+            self._answering.expire()
         self._stop_holding()
         try:
             super().connection_lost(exc)

@@ -79,7 +79,7 @@ async def answer(connection: BambooConnection, process_request: ProcessRequest) 
     ``process_request`` or else the upgrade's, sent unless the connection is gone."""
     await connection.request_or_loss()
     request = connection.request
-    if request is None:  # the connection was lost first
+    if request is None or connection.transport.is_closing():  # the peer is gone
         return
     protocol = connection.protocol
     try:

@@ -1,6 +1,8 @@
 """Peers that ask for a page over HTTP and reset the connection at once, against a real
-``serve`` process: the server reads each page for nobody (it cannot know the peer is
-gone until it has one to write), and then must keep nothing of it. An answer made
+``serve`` process: the server must keep nothing of what it read for them. It now reads
+nothing for a peer whose reset it knows of when its turn comes, and gives up a read
+under way when the reset comes (tests/test_http_reset_storm.py); before that, it read
+each page for nobody, and the answer's end kept nothing of it. An answer made
 after its peer had gone stayed on its connection, which outlives its loss until the
 collector finds its cycles, and a server collects those rarely
 (server/process_setup.py): 500 such requests for a page of 700 KB grew a server by some
