@@ -292,3 +292,55 @@ async def test_an_event_that_brings_the_end_up_to_the_viewer_keeps_their_place(
     assert not after[1]
     assert after[2][1] == 2 * MAX_BLOCKS, after
     assert problems == []
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["in-a-frame-of-events", "in-a-quiet-frame"])
+async def test_a_wheel_to_the_end_that_lands_frames_late_follows_it(
+    browser: Any, quiet: bool
+) -> None:
+    """Scrolled up, the tail growing below, the viewer turns the wheel down past the
+    end, and its scroll lands where the end was then, more steps drawn since: the
+    browser scrolls by the page as it last had it (with a real wheel on a session
+    streaming 200 events a second, 2 scrolls to the end in 10 landed 50 to 110 px
+    short). They follow the end from there, whether the scroll lands in a frame with
+    events to draw or in one without (before, they stayed where it landed, a few blocks
+    short, not following: only a second scroll reached the end)."""
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "late", create=True, role="agent")
+        async with await connect as agent:
+            page, problems, tail = await open_tail(browser, server.port, "late")
+            await publish_steps(agent, 1, 101)
+            await expect(tail).to_have_attribute("data-last-seq", "100")
+            await tail.evaluate(
+                "el => { el.scrollTop = el.scrollHeight - el.clientHeight - 2000; }"
+            )
+            await next_frame(page)
+            end_then = await tail.evaluate("el => el.scrollHeight - el.clientHeight")
+            await tail.evaluate("el => el.dispatchEvent(new WheelEvent('wheel', { deltaY: 5000 }))")
+            await publish_steps(agent, 101, 105)  # drawn before the wheel's scroll lands
+            await expect(tail).to_have_attribute("data-last-seq", "104")
+            await next_frame(page)
+            end_now = await tail.evaluate("el => el.scrollHeight - el.clientHeight")
+            assert end_now - end_then > 40, (end_now, end_then)  # tail.js: END_SLACK
+
+            if not quiet:
+                await tail.evaluate(HOLD_FRAMES)
+                await agent.publish(AgentEvent.custom("step", {"i": "in the frame"}))
+                await expect(tail).to_have_attribute("data-last-seq", "105")
+            # Where it lands, short of the end as laid out now (read in the same task).
+            short_by = await tail.evaluate(
+                "(el, to) => { el.scrollTop = to; return el.scrollHeight - to - el.clientHeight; }",
+                end_then,
+            )
+            assert short_by > 40, short_by
+            if not quiet:
+                await scroll_event(page)
+                await page.evaluate("() => releaseFrames()")
+            await eventually(lambda: at_end(tail), "the viewer at the end")
+            last = 105 if quiet else 106
+            await agent.publish(AgentEvent.custom("step", {"i": "after"}))
+            await expect(tail).to_have_attribute("data-last-seq", str(last))
+            await next_frame(page)
+            following = await at_end(tail)
+    assert following
+    assert problems == []

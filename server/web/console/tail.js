@@ -31,7 +31,10 @@
  * inserted above it. A scroll the viewer makes while a frame has events to draw (on a
  * streaming session, nearly always) lands just before it is drawn, and counts as made
  * (`#settle`): scrolled to the end, they follow from then; scrolled up, they stop
- * following, or go further up, and the place kept is where they scrolled to.
+ * following, or go further up, and the place kept is where they scrolled to. A wheel
+ * turned down to the end follows it, wherever its scroll lands: the browser scrolls by
+ * the page as it last had it, a frame or two short of the end on a busy stream
+ * (`#wheeled`).
  */
 
 import { Blocks } from "./blocks.js";
@@ -46,6 +49,7 @@ export const MAX_BLOCKS = 300;
 export const MAX_TAIL_CHARS = 500_000;
 const SCROLLED_UP = 2; // times the bound a tail scrolled up keeps
 const END_SLACK = 40; // px from the end that still are the end
+const LINE_PX = 40; // px of a wheel's line (deltaMode 1, as Firefox may count)
 
 export class Tail {
   /** @type {WeakMap<Element, number>} characters of each block */
@@ -59,6 +63,10 @@ export class Tail {
    * a frame's changes, to settle when it is drawn: as they began, the block at the top
    * of the view and where it was, the scroll, and the scroll at the end */
   frame = null;
+  /** Whether the viewer's last wheel down reached the end as the tail was laid out
+   * then, and its scroll has not been settled yet (see `#wheeled`). */
+  wheeledToEnd = false;
+  lastTop = 0; // the scroll as the last scroll event, or the last settle, left it
   /** @type {HTMLElement | null} the first line, saying which events are not shown */
   header = null;
   /** @type {ReadEvents | null} how "Show earlier" (and a gap's "Show them") reads:
@@ -90,6 +98,7 @@ export class Tail {
     this.el = el;
     this.blocks = new Blocks();
     el.addEventListener("scroll", () => this.#scrolled(), { passive: true });
+    el.addEventListener("wheel", (event) => this.#wheeled(event), { passive: true });
   }
 
   /** Events 1 to `seq` are not shown (the tail starts after them), with "Show earlier"
@@ -240,10 +249,30 @@ export class Tail {
    * they were up drops it now, not at the next event (the session may be quiet, or
    * over). With a frame to settle, its settle sees where they went (`#settle`). */
   #scrolled() {
-    if (this.frame !== null || (this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS)) return;
-    if (!this.#atEnd()) return;
-    this.changing();
+    const from = this.lastTop;
+    const top = (this.lastTop = this.el.scrollTop);
+    if (top < from) this.wheeledToEnd = false; // (up: whatever the wheel said)
+    if (this.frame !== null) return;
+    const wheeled = this.wheeledToEnd && top > from && !this.following;
+    if (!wheeled && this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS) return;
+    if (!wheeled && !this.#atEnd()) return;
+    this.changing(); // (its settle takes a following tail to its end)
+    if (wheeled) this.following = true;
+    this.wheeledToEnd = false;
     this.#trim();
+  }
+
+  /** A wheel turned: down to the end as laid out now, its scroll, in whichever frame
+   * it lands, is to the end, and the viewer follows it from there. The browser scrolls
+   * by the page as it last had it, which on a busy stream is a frame or two behind:
+   * with a real wheel on a session streaming 200 events a second, 2 scrolls to the end
+   * in 10 landed 50 to 110 px short of it, where the tail did not follow. A wheel up,
+   * or one short of the end, says the viewer does not go there.
+   * @param {WheelEvent} event */
+  #wheeled(event) {
+    const unit = event.deltaMode === 1 ? LINE_PX : event.deltaMode === 2 ? this.el.clientHeight : 1;
+    const to = this.el.scrollTop + event.deltaY * unit;
+    this.wheeledToEnd = to > this.el.scrollHeight - this.el.clientHeight - END_SLACK;
   }
 
   /** Whether the view is at the end (within END_SLACK), as laid out now. */
@@ -281,8 +310,10 @@ export class Tail {
     const frame = this.frame;
     if (frame === null) return;
     const scrolled = this.#scrolledBy(frame);
-    if (!this.following && this.#wentToEnd(frame)) {
+    const wheeled = this.wheeledToEnd && scrolled > 0;
+    if (!this.following && (wheeled || this.#wentToEnd(frame))) {
       this.following = true;
+      this.wheeledToEnd = false;
       this.#trim(); // (in this frame still: its drops are settled here)
     } else if (this.following && scrolled < 0 && this.el.scrollTop < frame.end - END_SLACK) {
       this.following = false; // up, out of the end as it was drawn
@@ -292,6 +323,7 @@ export class Tail {
     else if (frame.anchor && frame.anchor.block.parentElement === this.el) {
       this.el.scrollTop += this.#top(frame.anchor.block) - frame.anchor.top + scrolled;
     } // (a viewer whose block and every one after it were dropped: nothing to keep)
+    this.lastTop = this.el.scrollTop;
   }
 
   /** How far the viewer scrolled since `frame` began, in px down (up: less than 0).
