@@ -301,7 +301,7 @@ async def test_a_wheel_to_the_end_that_lands_frames_late_follows_it(
     """Scrolled up, the tail growing below, the viewer turns the wheel down past the
     end, and its scroll lands where the end was then, more steps drawn since: the
     browser scrolls by the page as it last had it (with a real wheel on a session
-    streaming 200 events a second, 2 scrolls to the end in 10 landed 50 to 110 px
+    streaming 200 events a second, 4 scrolls to the end in 30 landed 50 to 110 px
     short). They follow the end from there, whether the scroll lands in a frame with
     events to draw or in one without (before, they stayed where it landed, a few blocks
     short, not following: only a second scroll reached the end)."""

@@ -265,8 +265,8 @@ export class Tail {
   /** A wheel turned: down to the end as laid out now, its scroll, in whichever frame
    * it lands, is to the end, and the viewer follows it from there. The browser scrolls
    * by the page as it last had it, which on a busy stream is a frame or two behind:
-   * with a real wheel on a session streaming 200 events a second, 2 scrolls to the end
-   * in 10 landed 50 to 110 px short of it, where the tail did not follow. A wheel up,
+   * with a real wheel on a session streaming 200 events a second, 4 scrolls to the end
+   * in 30 landed 50 to 110 px short of it, where the tail did not follow. A wheel up,
    * or one short of the end, says the viewer does not go there.
    * @param {WheelEvent} event */
   #wheeled(event) {
