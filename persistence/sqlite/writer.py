@@ -155,10 +155,15 @@ class Writer:
         db = self._db
         assert db is not None
         self._fold.before_write(db)
-        batch = Batch(db, self._clock.stamp(), self._rows, self._session_count)
+        count_before = self._session_count
+        batch: Batch | None = None
         outcomes: list[tuple[bool, Any]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
+            # Its time once the write lock is held: the wait for it (another connection
+            # writing, up to the busy timeout) would have aged every time it writes, a
+            # session made now expired on its creation if its TTL was shorter (h417).
+            batch = Batch(db, self._clock.stamp(), self._rows, count_before)
             for op in ops:
                 try:
                     outcomes.append((True, op.work(batch)))
@@ -169,7 +174,7 @@ class Writer:
         except BaseException as exc:
             # Nothing of the batch stays: the count is the one at its start again, and
             # the rows it changed in memory are dropped.
-            self._session_count = batch.session_count
+            self._session_count = count_before if batch is None else batch.session_count
             self._rows.clear()
             self._rollback(db)
             if isinstance(exc, sqlite3.Error):
