@@ -4,8 +4,8 @@ write lock, not the instant its batch began to wait for it.
 
 The writer stamped each batch before ``BEGIN IMMEDIATE``, which waits up to the busy
 timeout (10 s) while another connection writes (h417 left it): a session with a TTL
-shorter than that wait was expired when its creation was acknowledged, and its peer
-closed 4404 at once. A real file, its lock held by another connection meanwhile."""
+shorter than that wait was expired when its creation was acknowledged. A real file,
+its lock held by another connection meanwhile."""
 
 from __future__ import annotations
 
