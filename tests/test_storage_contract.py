@@ -58,6 +58,22 @@ async def test_create_refuses_a_duplicate_and_a_bad_id(store: Storage) -> None:
             await store.create_session(Session.new(bad))
 
 
+async def test_a_bad_id_is_told_as_such_by_appends_and_reads(store: Storage) -> None:
+    # The memory store checks an id only when it finds no session of it (an append's
+    # regular expression was 0.9% of a lone event): a bad one is still a bad id.
+    await new_session(store, "s1")
+    for bad in ("", ".", "..", "a/b", "x" * 129, "sp ace"):
+        with pytest.raises(InvalidSessionId):
+            await store.append_events(bad, tokens("t"))
+        with pytest.raises(InvalidSessionId):
+            await store.read_events(bad)
+        with pytest.raises(InvalidSessionId):
+            await store.last_seq(bad)
+    with pytest.raises(SessionNotFound):
+        await store.append_events("s2", tokens("t"))
+    assert [a.seq for a in await store.append_events("s1", tokens("t"))] == [1]
+
+
 async def test_create_with_messages_puts_them_in_the_log(store: Storage) -> None:
     session = Session.new("s1")
     session.messages = [Message.user("a"), Message.assistant("b")]
