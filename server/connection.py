@@ -259,12 +259,17 @@ class Connection:
     async def _dispatch(
         self, frame: ClientFrame, size: int, actor: SessionActor, outbox: Outbox
     ) -> None:
+        if isinstance(frame, PublishEvent):
+            # Not a class pattern of the match below: it reads its keywords by getattr
+            # and makes a set for them, some 2,000 machine instructions (1% of a lone
+            # event), where these reads are plain.
+            event = frame.event
+            if type(event) not in NOT_MESSAGES and isinstance(event, MessageEvent):
+                event = MessageEvent(event.message.completed())
+            append = Append(event, frame.key, outbox, frame.id, None, time.monotonic(), size)
+            await self._submit(actor, outbox, append)
+            return
         match frame:
-            case PublishEvent(event=event, key=key, id=request_id):
-                if type(event) not in NOT_MESSAGES and isinstance(event, MessageEvent):
-                    event = MessageEvent(event.message.completed())
-                append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
-                await self._submit(actor, outbox, append)
             case PublishMessage(message=message, key=key, id=request_id):
                 event = MessageEvent(message.completed())
                 append = Append(event, key, outbox, request_id, None, time.monotonic(), size)
