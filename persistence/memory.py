@@ -353,13 +353,8 @@ class MemoryStorage(MemoryImports, AppendOne):
 
     def _meta(self, session_id: str, epoch: str | None = None) -> SessionMetadata:
         """The session's metadata; with ``epoch``, only if its log is of that epoch."""
-        try:
-            meta = self._index.get(session_id)
-        except TypeError:  # unhashable: no session's id (check_session_id tells why)
-            meta = None
-        if meta is None:
-            # A bad id is told as such, checked only here: every id in the index was
-            # checked at its creation (a regular expression's match, at every append).
+        meta = self._index.get(session_id) if isinstance(session_id, str) else None
+        if meta is None:  # a bad id told as such; those in the index were checked (at creation)
             check_session_id(session_id)
         if meta is None or (epoch is not None and meta.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
