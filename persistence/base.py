@@ -363,6 +363,13 @@ class SessionStorage(EventStorage, Protocol):
         of a session read from it is ``metadata.is_expired(storage.now())``)."""
         ...
 
+    def seconds_since(self, moment: datetime) -> float:
+        """Seconds from ``moment``, a time this store stamped (an event's ``ts``), to
+        now on its clock (``now() - moment``), 0 at the least: the server's delivery
+        lag, once per fan-out. A store whose clock is this process's may time it from a
+        stamp it just gave by the monotonic clock (persistence/clock.py)."""
+        ...
+
 
 @runtime_checkable
 class Storage(SessionStorage, Protocol):

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 # datetime.now bound once: read as ``datetime.now`` it is a new bound method a call.
 _wall_clock: Final = datetime.now
+_monotonic: Final = time.monotonic
 _TICK: Final = timedelta(microseconds=1)  # the finest step a stored time shows
 _NO_STEP: Final = timedelta(0)
 # How far behind the newest time held the wall clock may be before it is said: past
@@ -92,7 +93,7 @@ def far_ahead() -> datetime:
 class StoreClock:
     """The wall clock, held to never give a time earlier than one it gave or saw."""
 
-    __slots__ = ("_held_since", "_lock", "_newest", "_steady", "_warned_at")
+    __slots__ = ("_held_since", "_lock", "_newest", "_stamped", "_steady", "_warned_at")
 
     def __init__(self) -> None:
         self._newest = datetime.min.replace(tzinfo=UTC)
@@ -103,6 +104,9 @@ class StoreClock:
         # Neither held back nor warned of it: a wall time past the newest is given as
         # it is, with nothing to clear (the common case, read first).
         self._steady = True
+        # The last stamp given as the wall clock's time, and when (monotonic): one
+        # tuple, read without the lock (the SQLite store stamps on its writer's thread).
+        self._stamped: tuple[datetime, float] | None = None
 
     def now(self) -> datetime:
         """The present on this clock, for comparing stored times with: never behind a
@@ -125,10 +129,24 @@ class StoreClock:
         try:
             if wall > self._newest and self._steady:
                 self._newest = wall
+                self._stamped = (wall, _monotonic())
                 return wall
         finally:
             lock.release()
         return self._give(wall, _TICK)
+
+    def seconds_since(self, moment: datetime) -> float:
+        """Seconds from ``moment`` to now on this clock, 0 at the least (a fan-out's
+        delivery lag, from an event's ``ts``). For the last stamp given (an event fanned
+        out right after its append), the monotonic clock's time since it was given: a
+        tenth of a wall clock read (``datetime.now``, a lock, ``total_seconds``), and
+        the time that passed even if the wall clock stepped meanwhile."""
+        stamped = self._stamped
+        if stamped is not None and stamped[0] is moment:
+            lag = _monotonic() - stamped[1]
+        else:
+            lag = (self.now() - moment).total_seconds()
+        return lag if lag > 0.0 else 0.0
 
     def _give(self, wall: datetime, step: timedelta) -> datetime:
         """What :meth:`now` and :meth:`stamp` give past their common case (the wall

@@ -364,6 +364,9 @@ class MemoryStorage(MemoryImports, AppendOne):
         """The store's clock: the wall clock, never behind a time the store holds."""
         return self._clock.now()
 
+    def seconds_since(self, moment: datetime) -> float:
+        return self._clock.seconds_since(moment)
+
     def _check_not_expired(self, meta: SessionMetadata) -> None:
         # The clock is read only for a session that can expire by time (one with a
         # TTL): every append checks, and most sessions have none.

@@ -391,8 +391,7 @@ class SessionActor:
             feed_repeated(self, events, repeated)
         # Once per batch, for its oldest event: the lag that batch's viewers saw at
         # most, at a cost that does not grow with the batch (on the store's clock: its ts).
-        lag = (self.storage.now() - events[0].ts).total_seconds()
-        self.metrics.delivery_lag_seconds.observe(max(0.0, lag))
+        self.metrics.delivery_lag_seconds.observe(self.storage.seconds_since(events[0].ts))
 
     def end(self, code: CloseCode, reason: str, *, replays_go_on: bool = False) -> None:
         """Closes every connection (``SessionRoom.close_all``) and retires."""

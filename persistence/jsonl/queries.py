@@ -194,6 +194,9 @@ class JsonlQueries:
         """The store's clock: its wall clock, never behind a time it holds."""
         return self._clock.now()
 
+    def seconds_since(self, moment: datetime) -> float:
+        return self._clock.seconds_since(moment)
+
     def _check_not_expired(self, record: SessionRecord) -> None:
         # The clock is read only for a session that can expire by time (one with a
         # TTL): every append checks, and most sessions have none.

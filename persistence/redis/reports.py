@@ -58,3 +58,9 @@ class StoreReports:
     def now(self) -> datetime:
         """The store's clock: Redis's, as this process last read it (clock.py)."""
         return self.clock.now()
+
+    def seconds_since(self, moment: datetime) -> float:
+        """From a time Redis stamped: on Redis's clock as read here (no stamp is this
+        process's to time by its monotonic clock)."""
+        lag = (self.clock.now() - moment).total_seconds()
+        return lag if lag > 0.0 else 0.0

@@ -202,6 +202,9 @@ class SqliteStorage(AppendOne):
         """The store's clock: its wall clock, never behind a time it holds."""
         return self._clock.now()
 
+    def seconds_since(self, moment: datetime) -> float:
+        return self._clock.seconds_since(moment)
+
     async def load_session(self, session_id: str) -> Session | None:
         found = await self._read(reads.load_session, check_session_id(session_id), self.now())
         return None if found is None else Session(found[0], found[1])
