@@ -152,7 +152,9 @@ async def next_message(ws: Connection) -> str | bytes:
             assembler.get_in_progress = False
     queue = frames.queue
     if queue and not assembler.get_in_progress and (frame := queue[0]).fin:
-        data = bytes(frame.data)  # as websockets' join: the same object if bytes
+        data = frame.data  # bytes as websockets' join gives them (bytes() of bytes: a call)
+        if type(data) is not bytes:
+            data = bytes(data)
         try:
             message: str | bytes = data.decode() if frame.opcode is _TEXT else data
         except UnicodeDecodeError:
