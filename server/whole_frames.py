@@ -43,10 +43,6 @@ _TEXT: Final = Opcode.TEXT
 _BINARY: Final = Opcode.BINARY
 # The second byte's mask bit: a client's frames are masked (websockets refuses others).
 _MASKED: Final = 0x80
-# A Frame made without its dataclass __init__ (type_call, slot_tp_init, six stores: some
-# 900 machine instructions a frame read): its opcode and data set, its fin and reserved
-# bits the class's defaults (True, False). tests/test_whole_frames.py pins Frame's fields.
-_new_object: Final = object.__new__
 # Where websockets' parser waits between frames: in its reader's at_eof, from parse.
 _PARSE_CODE: Final[CodeType] = Protocol.parse.__code__
 _AT_EOF_CODE: Final[CodeType] = StreamReader.at_eof.__code__
@@ -107,10 +103,8 @@ def take_whole_frames(protocol: ServerProtocol, data: bytes | bytearray) -> int:
         stop = at + 4 + length
         if stop > end:
             break  # not whole in this read (at + 4 > end too)
-        frame = _new_object(Frame)
-        frame.opcode = _TEXT if head == _WHOLE_TEXT else _BINARY
-        frame.data = apply_mask(data[at + 4 : stop], data[at : at + 4])
-        events.append(frame)
+        payload = apply_mask(data[at + 4 : stop], data[at : at + 4])
+        events.append(Frame(_TEXT if head == _WHOLE_TEXT else _BINARY, payload))
         start = stop
     return start
 

@@ -5,14 +5,13 @@ errors and close codes, the same state, at every step."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import random
 
 import pytest
 import websockets
 from websockets.extensions.permessage_deflate import PerMessageDeflate
-from websockets.frames import Frame, Opcode
+from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import apply_mask
@@ -113,36 +112,6 @@ def test_websockets_is_the_version_this_was_checked_against() -> None:
     # whole_frames.py mirrors websockets 17.4's Frame.parse and Protocol.recv_frame, and
     # looks for its parser's wait between frames (Protocol.parse in StreamReader.at_eof).
     assert websockets.__version__ == "17.4"
-
-
-def test_a_frame_taken_is_websockets_frame_with_its_defaults() -> None:
-    # take_whole_frames makes a Frame without its __init__, setting opcode and data:
-    # the rest must be the dataclass's defaults, read from the class.
-    assert [(f.name, f.default) for f in dataclasses.fields(Frame)][2:] == [
-        ("fin", True),
-        ("rsv1", False),
-        ("rsv2", False),
-        ("rsv3", False),
-    ]
-    assert [f.name for f in dataclasses.fields(Frame)][:2] == ["opcode", "data"]
-    assert not Frame.__dataclass_params__.frozen and not hasattr(Frame, "__slots__")  # type: ignore[attr-defined]
-    protocol = WholeFramesProtocol(state=State.OPEN, max_size=2**20)
-    payload, mask = b"hi \xc3\xa9", b"\x01\x02\x03\x04"
-    for opcode in (Opcode.TEXT, Opcode.BINARY):
-        protocol.receive_data(
-            bytes((0x80 | opcode, 0x80 | len(payload))) + mask + apply_mask(payload, mask)
-        )
-        (frame,) = protocol.events_received()
-        assert type(frame) is Frame and frame == Frame(opcode, payload)
-        assert (frame.opcode, frame.data, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3) == (
-            opcode,
-            payload,
-            True,
-            False,
-            False,
-            False,
-        )
-        assert str(frame) == str(Frame(opcode, payload))
 
 
 @pytest.mark.parametrize("max_size", SIZES)
