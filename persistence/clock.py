@@ -219,3 +219,17 @@ class StoreClock:
                 max(moment for moment in moments if moment is not None).isoformat(),
             )
         return taken
+
+
+class OnStoreClock:
+    """The storage contract's clock (``now``, ``seconds_since``) for a store whose times
+    are this process's :class:`StoreClock`'s (memory, JSONL, SQLite)."""
+
+    _clock: StoreClock
+
+    def now(self) -> datetime:
+        """The store's clock: its wall clock, never behind a time it holds."""
+        return self._clock.now()
+
+    def seconds_since(self, moment: datetime) -> float:
+        return self._clock.seconds_since(moment)

@@ -35,7 +35,7 @@ from .base import (
     StorageError,
     StorageFull,
 )
-from .clock import StoreClock, made_at
+from .clock import OnStoreClock, StoreClock, made_at
 from .events import (
     UserBytes,
     check_room,
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 _CLOSED: Final = SessionState.CLOSED
 
 
-class MemoryStorage(MemoryImports, AppendOne):
+class MemoryStorage(OnStoreClock, MemoryImports, AppendOne):
     """Sessions and their logs in dictionaries. ``async with MemoryStorage() as s``, or
     ``await MemoryStorage.open()``."""
 
@@ -359,13 +359,6 @@ class MemoryStorage(MemoryImports, AppendOne):
         if meta is None or (epoch is not None and meta.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return meta
-
-    def now(self) -> datetime:
-        """The store's clock: the wall clock, never behind a time the store holds."""
-        return self._clock.now()
-
-    def seconds_since(self, moment: datetime) -> float:
-        return self._clock.seconds_since(moment)
 
     def _check_not_expired(self, meta: SessionMetadata) -> None:
         # The clock is read only for a session that can expire by time (one with a

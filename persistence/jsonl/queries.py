@@ -12,8 +12,6 @@ Expired sessions (sliding TTL) refuse ``load_session`` and histories with
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from bamboo_session.protocol.ids import check_session_id
 from bamboo_session.protocol.models import (
     Message,
@@ -31,7 +29,7 @@ from ..base import (
     SessionNotFound,
     StorageError,
 )
-from ..clock import StoreClock
+from ..clock import OnStoreClock, StoreClock
 from ..events import forward_bounds, page_bounds
 from ..feed import CLOSED, READ_BEHIND_BYTES, Feed, FeedSubscription
 from ..index import SessionIndex, copy_metadata
@@ -42,7 +40,7 @@ from .record import SessionRecord
 from .tasks import FileJobs
 
 
-class JsonlQueries:
+class JsonlQueries(OnStoreClock):
     """Sessions as a JSONL store holds them in memory, and the reads served from them."""
 
     def __init__(self, config: JsonlStorageConfig) -> None:
@@ -189,13 +187,6 @@ class JsonlQueries:
         if record is None or (epoch is not None and record.meta.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return record
-
-    def now(self) -> datetime:
-        """The store's clock: its wall clock, never behind a time it holds."""
-        return self._clock.now()
-
-    def seconds_since(self, moment: datetime) -> float:
-        return self._clock.seconds_since(moment)
 
     def _check_not_expired(self, record: SessionRecord) -> None:
         # The clock is read only for a session that can expire by time (one with a

@@ -48,7 +48,7 @@ from ..base import (
     SessionListResult,
     StorageError,
 )
-from ..clock import StoreClock
+from ..clock import OnStoreClock, StoreClock
 from ..close_once import CloseOnce
 from ..feed import READ_BEHIND_BYTES, FeedSubscription
 from ..importing import check_importable
@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SqliteStorage(AppendOne):
+class SqliteStorage(OnStoreClock, AppendOne):
     """Sessions, histories and event logs in one SQLite file. Open with ``await
     SqliteStorage.open(config)``; only one process may hold a file (StorageLocked)."""
 
@@ -197,13 +197,6 @@ class SqliteStorage(AppendOne):
             made_now=made_now,
         )
         await self._write(work, functools.partial(self._live.created, session_id))
-
-    def now(self) -> datetime:
-        """The store's clock: its wall clock, never behind a time it holds."""
-        return self._clock.now()
-
-    def seconds_since(self, moment: datetime) -> float:
-        return self._clock.seconds_since(moment)
 
     async def load_session(self, session_id: str) -> Session | None:
         found = await self._read(reads.load_session, check_session_id(session_id), self.now())
