@@ -56,7 +56,8 @@ OPEN_TIMEOUT = 10.0
 # object and a walk of the bases, some 1,200 machine instructions each, per frame): its
 # handling of a frame (queued if data, a Pong matched to its Ping), which its
 # ServerConnection's process_event passes every frame on to, and its send_data. No base
-# of BambooConnection overrides either.
+# of BambooConnection overrides either (tests/test_connection_by_name_calls.py fails if
+# one does: its override would be skipped).
 _websockets_frame_event = Connection.process_event
 _websockets_send_data = Connection.send_data
 

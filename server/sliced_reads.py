@@ -40,7 +40,8 @@ DEFLATE_PARSE_SLICE = 1024
 # comes here, and super() costs a super object and a walk of the bases (some 1,200
 # machine instructions) each time. No class of the connection (http_wire.py
 # ``BambooConnection``) between this one and websockets' overrides it: the peer's close
-# is bounded here, after it (close_bound.py).
+# is bounded here, after it (close_bound.py). tests/test_connection_by_name_calls.py
+# fails if one does.
 _websockets_data_received = Connection.data_received
 
 
