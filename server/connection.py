@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
 from bamboo_session.protocol.frames import (
     ClientFrame,
     Error,
@@ -190,8 +191,9 @@ class Connection:
     async def _read(self) -> None:
         assert self.actor is not None and self.outbox is not None
         actor, outbox = self.actor, self.outbox
-        # In either codec an event is stored larger than its frame may be (decode_charge.py).
-        max_event_json = self.services.config.max_frame_bytes
+        # In either codec an event is stored larger than its frame may be, and every frame
+        # that carries it adds its envelope (decode_charge.py).
+        max_event_json = max(1, self.services.config.max_frame_bytes - EVENT_ENVELOPE_BYTES)
         # Bound by position: a partial with a keyword copies a dict at each call.
         decode = partial(decode_charged, self.codec, self.ws, max_event_json)
         limiter = self.limiter

@@ -57,8 +57,8 @@ def decode_charged(
     it is queued with, not in the rate: wide characters decode no slower.) A refused
     frame, its values not counted to its end, is charged for the time its decode took,
     at most what the most values its bytes could hold would cost. With
-    ``max_event_json`` (the frame limit; 0: none), a publish is checked by
-    :func:`check_json_sizes`."""
+    ``max_event_json`` (the frame limit less protocol/event_envelope.py's
+    ``EVENT_ENVELOPE_BYTES``; 0: none), a publish is checked by :func:`check_json_sizes`."""
     started = perf_counter()
     try:
         frame, cost, weight = codec.decode_weighed(data)
@@ -74,13 +74,14 @@ def decode_charged(
 
 def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
     """``too_large`` for a publish one of whose events is more than ``max_event_json``
-    bytes (the frame limit) in JSON as stored or in MessagePack as a MessagePack viewer
-    gets it. A MessagePack frame within the limit could hold one of 6 times it in JSON
-    (1 MiB of control characters), a JSON one of 1.2 times it (16,384 numbers sent as
-    ``1e15`` and stored as ``1000000000000000.0``), and an event within it in JSON one
-    of 2.25 times it in MessagePack (small floats, ``0.5``: 3 bytes and 9), which a
-    viewer would get in one frame over the usual client limit (1009, then its resume
-    into the same frame: never past it)."""
+    bytes (the frame limit less the envelope of a frame of it: a viewer gets the event
+    in a frame of ``seq``, ``ts``, ...) in JSON as stored or in MessagePack as a
+    MessagePack viewer gets it. A MessagePack frame within the limit could hold one of 6
+    times it in JSON (1 MiB of control characters), a JSON one of 1.2 times it (16,384
+    numbers sent as ``1e15`` and stored as ``1000000000000000.0``), and an event within
+    it in JSON one of 2.25 times it in MessagePack (small floats, ``0.5``: 3 bytes and
+    9), which a viewer would get in one frame over the usual client limit (1009, then
+    its resume into the same frame: never past it)."""
     events: list[AnyAgentEvent | None]
     if isinstance(frame, PublishEvent):
         events = [frame.event]
@@ -100,7 +101,7 @@ def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
         if size > max_event_json:
             which = f"item {index}'s event" if isinstance(frame, PublishBatch) else "the event"
             message = (
-                f"{which} is {size} bytes in {form}: over the frame limit"
-                f" ({max_event_json}); nothing was stored"
+                f"{which} is {size} bytes in {form}: over the frame limit less the"
+                f" envelope of a frame of it ({max_event_json}); nothing was stored"
             )
             raise ProtocolError(ErrorCode.TOO_LARGE, message, frame.id)

@@ -1,0 +1,62 @@
+"""What a frame that carries one event adds around it, at most, in either codec:
+:data:`EVENT_ENVELOPE_BYTES`, which the server keeps free of the frame limit when it
+checks a publish's event (server/decode_charge.py), so that every frame of an event it
+stored is within the limit a client is documented to read (docs/protocol.md,
+MessagePack).
+
+Derived here by encoding the frames themselves with the worst case of every field the
+event does not hold, not counted by hand: a codec that writes a field longer moves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Final
+
+import msgspec
+
+from .codec import JSON, MSGPACK, Codec
+from .events import MessageEvent
+from .frames import EventFrame, EventRecord, Events, History
+from .messages import Message, Role, new_message_id
+from .models import new_epoch
+
+# The longest of each field: a seq and a last_seq of 20 digits (the largest integer
+# either codec writes, 9 bytes in MessagePack), a request id of 20 characters (-2**63;
+# a client's string id is its own to make short), a time of the longest form msgspec
+# writes (microseconds and an offset, ``+23:59``, as a store may hand it back), and an
+# epoch of a Redis store's (its own 16 characters, a dot and the store's token of 8).
+LARGEST_SEQ: Final = 2**64 - 1
+LONGEST_ID: Final = -(2**63)
+LONGEST_TS: Final = datetime(9999, 12, 31, 23, 59, 59, 999_999, timezone(timedelta(minutes=1439)))
+LONGEST_EPOCH: Final = new_epoch() + "." + "x" * 8
+
+# The frames that carry an event: ``event`` (live, and a resume's replay), a page of
+# ``events`` of one (the page the event alone is too large to share), and for a message
+# a page of ``history`` of one (which holds the message, without the event around it).
+FRAMES_OF_EVENT: Final[list[Callable[[Any], Any]]] = [
+    lambda event: EventFrame(LARGEST_SEQ, LONGEST_TS, event),
+    lambda event: Events(
+        [EventRecord(LARGEST_SEQ, LONGEST_TS, event)], LARGEST_SEQ, LONGEST_ID, LONGEST_EPOCH
+    ),
+]
+_LEFT_OUT = Message(Role.USER, "")  # a message its peer sent without id and created_at
+_FILLED_IN = Message(Role.USER, "", new_message_id(), LONGEST_TS.astimezone(UTC))
+
+
+def envelope_bytes(codec: Codec) -> int:
+    """The most bytes a frame of ``codec`` adds to an event as its publish was checked:
+    the largest envelope of the frames above, plus what the server fills in of a
+    message (its ``id`` and ``created_at``); or a message's page of ``history``, less
+    its event as checked."""
+    event = len(codec.encode(msgspec.json.decode(b"{}")))
+    around = max(len(codec.encode(frame(msgspec.Raw(b"{}")))) - event for frame in FRAMES_OF_EVENT)
+    checked = len(codec.encode(MessageEvent(_LEFT_OUT)))
+    filled = len(codec.encode(MessageEvent(_FILLED_IN))) - checked
+    history = len(codec.encode(History([_FILLED_IN], has_more=False, id=LONGEST_ID))) - checked
+    return max(around + filled, history)
+
+
+# JSON's, an event page's envelope and a message's id and time (MessagePack's is less).
+EVENT_ENVELOPE_BYTES: Final = max(envelope_bytes(JSON), envelope_bytes(MSGPACK))
