@@ -13,6 +13,7 @@ import msgspec
 from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.errors import ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import ClientFrame, PublishBatch, PublishEvent, PublishMessage
+from bamboo_session.protocol.free_form import MAX_FREE_VALUES
 from bamboo_session.protocol.models import AnyAgentEvent, MessageEvent
 
 from .sliced_reads import SlicedReads
@@ -33,16 +34,24 @@ REFUSED_DECODE_BYTES_PER_SECOND = 2 << 30
 # (``1000000000000000.0,``), 3.8 a byte. A frame of at most a sixth of the frame limit
 # holds no event over the limit in JSON: it is not looked at.
 JSON_PER_FRAME_BYTE = 6
-# MessagePack viewers get the event as stored, decoded from its JSON and encoded again:
-# a float is 9 bytes there, at least 4 in JSON (``0.5`` and the comma, colon or bracket
-# after it), 2.25 times; every other value is at most as long as in JSON but a header
-# (an array, map or string of 65,536 or more: 5 bytes, 2 more than JSON's brackets or
-# quotes and the byte after them; a top-level one 3 more). So an event of J bytes in
-# JSON is at most 2.25 J + 3 + 2 J / 65,536 in MessagePack, less than 2.3 J + 8: one
-# under the limit by that bound is not encoded again. (A frame byte becomes at most 3
-# in MessagePack, ``1e5`` a float of 9: fewer than 6, so the frames not looked at
-# above are not here either.)
+# MessagePack viewers get the event as stored, decoded from its JSON and encoded again.
+# Counted with the byte after it (a comma, colon or closing bracket), a float is 9 bytes
+# there, at least 4 in JSON (``0.5,``), 5 more, 2.25 times; a string of 65,536 bytes or
+# more 2 more (a header of 5 for two quotes), an array or object of 16 or more 2 more
+# (a header of 3 for its '['), of 65,536 or more 4; every other value no more. So an
+# event of J bytes in JSON is less than 2.3 J + 8 in MessagePack. And since only
+# free-form values are floats (no typed field is one), and a frame that was decoded
+# holds at most MAX_FREE_VALUES of them, long strings, arrays and objects among them
+# (none of 65,536 items), it is also at most J + 5 MAX_FREE_VALUES + 2 J / 65,536 + 8
+# (the last two for the strings of 65,536 bytes or more that are not values: objects'
+# keys, typed fields; and a message's typed list of 16 tool calls or more): 81,928
+# bytes and 0.003% more, the tighter of the two from 63 KB on. An event under the
+# limit by the tighter bound is not encoded again: with the default limit, up to
+# 966,000 bytes of JSON, where 2.3 J + 8 stopped at 455,000 (tests/test_msgpack_bound.py:
+# fuzzed, and the worst cases). (A frame byte becomes at most 3 in MessagePack, ``1e5``
+# a float of 9: fewer than 6, so the frames not looked at above are not here either.)
 MSGPACK_PER_JSON_BYTE = 2.3
+MSGPACK_PER_FREE_VALUE = 5
 MSGPACK_HEADERS_BYTES = 8
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
@@ -94,8 +103,7 @@ def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
     for index, event in enumerate(events):
         encoded = _json.encode(event)
         size, form = len(encoded), "JSON, as JSON viewers get it"
-        bound = size * MSGPACK_PER_JSON_BYTE + MSGPACK_HEADERS_BYTES
-        if size <= max_event_json < bound:
+        if size <= max_event_json < msgpack_bound(size):
             size = len(_msgpack.encode(msgspec.json.decode(encoded)))
             form = "MessagePack, as MessagePack viewers get it"
         if size > max_event_json:
@@ -105,3 +113,11 @@ def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
                 f" envelope of a frame of it ({max_event_json}); nothing was stored"
             )
             raise ProtocolError(ErrorCode.TOO_LARGE, message, frame.id)
+
+
+def msgpack_bound(size: int) -> float:
+    """The most bytes an event of ``size`` bytes in JSON, of a frame that was decoded
+    (its free-form values counted), can be in MessagePack."""
+    by_bytes = size * MSGPACK_PER_JSON_BYTE
+    by_values = size + MSGPACK_PER_FREE_VALUE * MAX_FREE_VALUES + (size >> 15)
+    return min(by_bytes, by_values) + MSGPACK_HEADERS_BYTES
