@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, StorageError
+from bamboo_session.persistence.jsonl.wal import SegmentFile
 from bamboo_session.persistence.jsonl.writer import LogWriter
 from bamboo_session.protocol.models import AgentEvent, Session
 from bamboo_session.wakeup import Wakeup
+from tests.test_jsonl_writer import Reports, batch, made_layout
 from tests.test_jsonl_writer_cancelled import LOOPS, answered, run, token, turns, until
 
 
@@ -195,5 +197,54 @@ def test_a_helper_killed_mid_commit_fails_the_group_cut_back(loop: str, tmp_path
         await storage.close()
         assert await read(config, "a") == [token("first"), token("second"), token("after")]
         assert await read(config, "b") == [token("first"), token("second")]
+
+    run(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_commit_window_paces_commits_begun_outside_the_writer_s_task(
+    loop: str, tmp_path: Path
+) -> None:
+    """Counted, not timed: with a commit window, an append that comes within it after a
+    commit started waits for the rest of it, joined by what comes meanwhile, and that
+    commit is begun (by the loop's timer) and answered in loop callbacks, as a lone
+    append's is; the writer's task sleeps throughout. (It took every paced commit: woken,
+    paced by a sleep, resumed after the sync.) A lone append does not wait."""
+    resumed: list[str] = []
+
+    def profile(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code is LogWriter._run.__code__:
+            resumed.append("LogWriter._run")
+
+    async def scenario() -> None:
+        layout = made_layout(tmp_path)
+        reports = Reports()
+        window = 1.0  # far longer than a commit takes, on a busy disk too
+        segments = SegmentFile(layout, 1 << 20, 30.0)
+        writer = LogWriter(
+            layout, "fsync", 256, 1.0, window, reports.on_written, reports.on_failed,
+            segments, sync_helper=True,
+        )  # fmt: skip
+        writer.start()
+        # The logs open, the helper up, the segment started (on the writer's task).
+        await asyncio.gather(*(writer.submit(s, batch(1)) for s in ("s0", "s1", "s2")))
+        await asyncio.sleep(window * 1.2)  # past the window of that commit
+        batches = writer.batches
+        sys.setprofile(profile)
+        try:
+            lone = writer.submit("s0", batch(2))  # no commit within the window before it
+            await turns()
+            following = writer.submit("s1", batch(2))  # within the window of s0's commit
+            await answered(lone)
+            assert not following.done()  # s0 was committed without waiting for the window
+            joining = writer.submit("s2", batch(2))
+            await answered(following)
+            assert joining.done()  # s1 waited for the window, and s2 joined its commit
+        finally:
+            sys.setprofile(None)
+        assert writer.batches - batches == 2
+        assert resumed == []
+        await writer.close()
+        assert [w[0] for w in reports.written[-3:]] == ["s0", "s1", "s2"]
 
     run(loop, scenario)

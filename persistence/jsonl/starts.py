@@ -8,12 +8,15 @@ Outside the task: an append queued while the task waits for work schedules one
 task woken then), which takes the queue as one commit, writes it and asks the sync
 helper for the WAL's sync with a callback (``Syncer.ask``); the answer, read in the
 helper socket's readable callback, acknowledges the commit (``_synced_outside``) and
-begins the next one with what was queued meanwhile. No task wakes or resumes for such
-a commit: its callers' awaits of their futures are its only task steps (a lone append
-with fsync made three futures and resumed the writer's task twice before). Whatever
-else a commit needs (a log to open, a failed write or sync to cut back, a flush or a
-deletion to answer, no helper, a commit window) is handed to the task once started
-(``_hand``), which runs its rest as for one of its own (``LogWriter._carry_on``); the
+begins the next one with what was queued meanwhile. With a commit window, ``_begin``
+runs once the window after the last commit's start has passed (a timer of the loop,
+``_begin_when_due``), as the task's ``_pace`` waits: what comes meanwhile joins it.
+No task wakes or resumes for such a commit: its callers' awaits of their futures are
+its only task steps (a lone append with fsync made three futures and resumed the
+writer's task twice before; a paced one resumed it three times, until the window
+moved out of the task). Whatever else a commit needs (a log to open, a failed write
+or sync to cut back, a flush or a deletion to answer, no helper) is handed to the task
+once started (``_hand``), which runs its rest as for one of its own (``LogWriter._carry_on``); the
 files are held (``FilesInUse``) from its start to its answers either way, so commits
 never overlap. A task that ends (cancelled at a teardown) carries a commit under way
 outside to its end first (``_end_outside``), as it does its own.
@@ -121,23 +124,33 @@ class CommitStarts:
 
     def _wake(self) -> None:
         """Something was queued: have it taken. While the writer's task is idle and the
-        helper syncs (no commit window paces), the queue is taken by ``_begin`` at the
-        loop's next turn (what comes in this one joins it) outside that task; while a
-        commit started there is under way, by its end; else by the task."""
+        helper syncs, the queue is taken by ``_begin`` outside that task, at the loop's
+        next turn (what comes in this one joins it) or when a commit window is due;
+        while a commit started there is under way, by its end; else by the task."""
         if self._outside is not None or self._begin_due or self._handed is not None:
             return  # (taken when that commit ends, or by the task after its handed one)
         syncer = self._syncer
-        if (
-            syncer is not None
-            and not syncer.broken
-            and not self._commit_window
-            and self._wakeup.unwoken()
-        ):
+        if syncer is not None and not syncer.broken and self._wakeup.unwoken():
             assert self._loop is not None
             self._begin_due = True
-            self._loop.call_soon(self._begin, context=self._begin_context)
+            if self._commit_window:
+                self._begin_when_due()
+            else:
+                self._loop.call_soon(self._begin, context=self._begin_context)
         else:
             self._wakeup.set()
+
+    def _begin_when_due(self) -> None:
+        """``_begin`` paced as ``_pace`` paces the task: at the end of the window after
+        the last commit's start, at the next turn if that has passed (a lone append
+        never waits), or when closing or for what a full batch left over (it came
+        before that commit). ``_begin_due`` is set by the caller."""
+        assert self._loop is not None
+        due = self._last_commit + self._commit_window
+        if self._loop.time() < due and not self._closing and not self._carried:
+            self._loop.call_at(due, self._begin, context=self._begin_context)
+        else:
+            self._loop.call_soon(self._begin, context=self._begin_context)
 
     def _begin(self) -> None:
         """Take the queue as one group commit outside the writer's task (in a callback
@@ -159,6 +172,9 @@ class CommitStarts:
             return
         batch = self._in_flight = self._take_batch()
         self._in_flight_since, self._waiting_on = time.monotonic(), None
+        if self._commit_window:
+            assert self._loop is not None
+            self._last_commit = self._loop.time()
         try:
             commit = self._commits.gather(batch, self._answers)
             left = self._start(commit)
@@ -202,10 +218,14 @@ class CommitStarts:
         finally:
             self._files_in_use.give_back()
             self._in_flight = ()
-        if self._queue:
+        if not self._queue:
+            if self._closing:
+                self._wakeup.set()
+        elif self._commit_window:  # (paced: at once only if the window has passed)
+            self._begin_due = True
+            self._begin_when_due()
+        else:
             self._begin()
-        elif self._closing:
-            self._wakeup.set()
 
     def _hand(self, commit: Commit, left: Left) -> None:
         """The rest of a commit started outside (``left``), to the writer's task."""
