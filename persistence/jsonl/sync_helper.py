@@ -32,37 +32,44 @@ from _socket import CMSG_LEN, MSG_CTRUNC, SCM_RIGHTS, SOL_SOCKET, socket
 FD_BYTES = 4  # a C int, as SCM_RIGHTS carries descriptors
 
 
-def receive(channel: socket) -> tuple[bytes, list[int], int]:
-    """One request: its bytes, the descriptors that came with it, its flags."""
-    request, ancillary, flags, _address = channel.recvmsg(16, CMSG_LEN(FD_BYTES))
+SYNCED = bytes(4)  # the answer to a sync that succeeded: errno 0
+
+
+def descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors that came with a request (``SCM_RIGHTS``)."""
     fds = []
     for level, kind, data in ancillary:
         if level == SOL_SOCKET and kind == SCM_RIGHTS:
             whole = len(data) - len(data) % FD_BYTES
             for at in range(0, whole, FD_BYTES):
                 fds.append(int.from_bytes(data[at : at + FD_BYTES], sys.byteorder, signed=True))
-    return request, fds, flags
+    return fds
 
 
 def serve(channel: socket) -> None:
+    # Each sync is a wake-up of this process: its loop is plain, its names local, the
+    # common request ("S") first, its answer made once.
     current = -1
+    receive, send, fdatasync = channel.recvmsg, channel.send, posix.fdatasync
+    room = CMSG_LEN(FD_BYTES)
     while True:
-        request, fds, flags = receive(channel)
-        if not request:
-            return
-        if request == b"F":
+        request, ancillary, flags, _address = receive(16, room)
+        if request == b"S":
+            try:
+                fdatasync(current)
+            except OSError as exc:
+                send((exc.errno or 5).to_bytes(4, "little"))  # EIO when it has no number
+            else:
+                send(SYNCED)
+        elif request == b"F":
+            fds = descriptors(ancillary)
             if len(fds) != 1 or flags & MSG_CTRUNC:
                 return
             if current >= 0:
                 posix.close(current)
             current = fds[0]
-        elif request == b"S":
-            error = 0
-            try:
-                posix.fdatasync(current)
-            except OSError as exc:
-                error = exc.errno or 5  # EIO when the error has no number
-            channel.send(error.to_bytes(4, "little"))
+        elif not request:
+            return
 
 
 if __name__ == "__main__":
