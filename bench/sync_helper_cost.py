@@ -78,7 +78,7 @@ def instructions(syncs: int) -> float:
                 callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
                 return popen([*callgrind, *argv], stderr=subprocess.DEVNULL, **kwargs)
 
-            subprocess.Popen = counted  # type: ignore[misc]  # how Syncer.start starts it
+            subprocess.Popen = counted  # type: ignore[misc,assignment]  # how Syncer.start starts it
             try:
                 uvloop.run(measure(count, 0, tmp))
             finally:
