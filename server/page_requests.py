@@ -30,7 +30,7 @@ from bamboo_session.protocol.frames import Events, EventsRequest, History, Histo
 from .failures import request_error
 from .outbound import Outbound
 from .outbox import Outbox
-from .pages import events_reply, history_reply
+from .pages import events_reply, history_reply, within_frame
 from .services import Services
 
 if TYPE_CHECKING:
@@ -89,8 +89,9 @@ async def page_reply(
 ) -> Outbound:
     """The reply to ``request``, framed for ``codec``, read from the log of ``epoch``
     (the one the connection is attached to: of a session replaced meanwhile, under the
-    same id, the reply is ``not_found``). It is framed in the same step as the read
-    returns, so the slots still bound the pages decoded at once."""
+    same id, the reply is ``not_found``), with no more items than its frame has room
+    for within ``--max-frame-bytes`` (pages.within_frame). It is framed in the same
+    step as the read returns, so the slots still bound the pages decoded at once."""
     config, storage = services.config, services.manager.storage
     read: Callable[[], Awaitable[History | Events]]
     if isinstance(request, HistoryRequest):
@@ -103,4 +104,8 @@ async def page_reply(
         reply: History | Events = await services.page_reads.read(read)
     except StorageError as exc:
         raise request_error(exc, request.id) from None
-    return Outbound.reply(reply, codec)
+    framed = Outbound.reply(reply, codec)
+    # Its WebSocket frame within the limit: so is the payload a client counts.
+    if len(framed.framed(codec)) <= config.max_frame_bytes:
+        return framed
+    return Outbound.reply(within_frame(reply, codec, config.max_frame_bytes), codec)

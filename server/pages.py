@@ -23,6 +23,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 
 from bamboo_session.persistence.base import HistoryPage, SessionStorage, StorageError
+from bamboo_session.protocol.codec import Codec
 from bamboo_session.protocol.frames import (
     EventRecord,
     Events,
@@ -261,6 +262,35 @@ def within_bytes(items: Sequence[T], max_bytes: int) -> list[T]:
             break
         kept.append(item)
     return kept
+
+
+def within_frame(reply: History | Events, codec: Codec, max_frame_bytes: int) -> History | Events:
+    """``reply`` with as many of its items as its frame in ``codec`` has room for within
+    ``max_frame_bytes`` (at least one): the events first in the log, the newest
+    messages (then ``has_more``). ``--max-page-bytes`` counts the items as stored, not
+    their records' ``seq`` and ``ts``, nor a MessagePack viewer's 9-byte floats, and a
+    viewer reading frames of that limit closed 1009 at such a page, then asked again."""
+    empty: History | Events
+    if isinstance(reply, Events):
+        items: Sequence[Any] = reply.events
+        empty = msgspec.structs.replace(reply, events=[])
+    else:
+        items = reply.messages[::-1]  # the newest are kept
+        empty = msgspec.structs.replace(reply, messages=[])
+    # Each item's own encoding and a separator (JSON's comma), and up to 4 bytes more of
+    # a MessagePack array's length than the empty page's.
+    room = max_frame_bytes - len(codec.encode(empty)) - 4
+    kept = 0
+    for item in items:
+        room -= len(codec.encode(item)) + 1
+        if room < 0 and kept:
+            break
+        kept += 1
+    if kept == len(items):
+        return reply
+    if isinstance(reply, Events):
+        return msgspec.structs.replace(reply, events=reply.events[:kept])
+    return msgspec.structs.replace(reply, messages=reply.messages[-kept:], has_more=True)
 
 
 async def history_reply(
