@@ -57,9 +57,16 @@ _KEPT = (
 # C0 controls, DEL, C1 controls (0x9b is a CSI of its own), and the invisible ones
 # above. A message's own line breaks and tabs are its text (``lines=True``); in a table
 # cell or a log field they are not.
-_CONTROLS = re.compile(f"[\x00-\x1f\x7f-\x9f{_HIDDEN}{_SEPARATORS}]")
-_SHOWN = re.compile(f"({_KEPT})|[\x00-\x1f\x7f-\x9f{_HIDDEN}{_SEPARATORS}]")
-_SHOWN_BUT_LINES = re.compile(f"({_KEPT})|[\x00-\x08\x0b-\x1f\x7f-\x9f{_HIDDEN}{_SEPARATORS}]")
+_ESCAPED = f"\x00-\x1f\x7f-\x9f{_HIDDEN}{_SEPARATORS}"
+# A backslash before what could read as an escape (``x``, ``u``, ``U``, another
+# backslash, or a character escaped) is doubled: typed ``Pay\u200broll`` looked exactly
+# like ``Pay`` U+200B ``roll`` escaped. Elsewhere (``C:\al``) it reads as itself.
+_BACKSLASH = f"\\\\(?=[\\\\xuU{_ESCAPED}])"
+_CONTROLS = re.compile(f"[\\\\{_ESCAPED}]")
+_SHOWN = re.compile(f"({_KEPT})|{_BACKSLASH}|[{_ESCAPED}]")
+_SHOWN_BUT_LINES = re.compile(
+    f"({_KEPT})|{_BACKSLASH}|[\x00-\x08\x0b-\x1f\x7f-\x9f{_HIDDEN}{_SEPARATORS}]"
+)
 # What msgspec's JSON writes unescaped of them: only ever inside a string. JSON is read
 # back as the same data, so every one is escaped there, the joiners too.
 _CONTROLS_JSON_KEEPS = re.compile(f"[\x7f-\x9f{_HIDDEN}{_SEPARATORS}]")
@@ -68,7 +75,8 @@ _CONTROLS_JSON_KEEPS = re.compile(f"[\x7f-\x9f{_HIDDEN}{_SEPARATORS}]")
 def shown(text: str, *, lines: bool = False) -> str:
     """``text`` with each control and invisible character as an escape (``\\x1b``,
     ``\\u202e``, ``\\U000e0041``), but the joiners and selectors that belong where
-    they are."""
+    they are; and a backslash before what could read as an escape as ``\\\\``, so no
+    two texts are shown alike."""
     return (_SHOWN_BUT_LINES if lines else _SHOWN).sub(_escaped, text)
 
 
@@ -91,6 +99,8 @@ def _escaped(match: re.Match[str]) -> str:
     kept = match.group(1)
     if kept is not None:
         return kept
+    if match.group() == "\\":
+        return "\\\\"
     code = ord(match.group())
     if code < 0x100:
         return f"\\x{code:02x}"

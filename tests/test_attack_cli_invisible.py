@@ -131,3 +131,28 @@ async def test_a_close_reason_of_invisible_characters_reaches_the_logs_escaped(
         assert "bye\\u200b\\u2060\\udb40\\udc41" in line
     else:
         assert "bye\\u200b\\u2060\\U000e0041" in line
+
+
+async def test_a_backslash_typed_as_an_escape_looks_unlike_the_character(tmp_path: Path) -> None:
+    """A title or user that writes an escape's text (``Pay\\u200broll`` typed, a
+    backslash and ``u200b``) looked exactly like the one with the invisible character
+    it names, escaped: two titles, two users, one look. A backslash before what could
+    read as an escape is shown doubled, as Python's and JSON's escapes show it."""
+    data = tmp_path / "data"
+    typed = [
+        ("real", "Pay\u200broll", "al\x1bice"),
+        ("typed", "Pay\\u200broll", "al\\x1bice"),
+        ("both", "Pay\\\u200broll", "C:\\Users\\al\\ice"),
+    ]
+    async with run_server(data, durability="os") as server:
+        for session_id, title, user in typed:
+            async with connect(stream_url(server, session_id)) as ws:
+                hello = {"type": "hello", "create": True, "title": title, "user_id": user}
+                await ws.send(json.dumps(hello))
+                assert json.loads(await ws.recv())["type"] == "welcome"
+        code, out, err = await cli("ls", "--url", f"http://127.0.0.1:{server.port}")
+    assert code == 0, err
+    real, typed_row, both = (row(out, session_id) for session_id, _, _ in typed)
+    assert "Pay\\u200broll" in real and "al\\x1bice" in real, real
+    assert "Pay\\\\u200broll" in typed_row and "al\\\\x1bice" in typed_row, typed_row
+    assert "Pay\\\\\\u200broll" in both and "C:\\\\Users\\al\\ice" in both, both
