@@ -2,7 +2,8 @@
 :data:`EVENT_ENVELOPE_BYTES`, which the server keeps free of the frame limit when it
 checks a publish's event (server/decode_charge.py), so that every frame of an event it
 stored is within the limit a client is documented to read (docs/protocol.md,
-MessagePack).
+MessagePack); and :func:`welcome_bytes`, the most a ``welcome`` of a session with a
+given title and user id can be, which a ``hello`` that creates one is held to.
 
 Derived here by encoding the frames themselves with the worst case of every field the
 event does not hold, not counted by hand: a codec that writes a field longer moves it.
@@ -18,9 +19,9 @@ import msgspec
 
 from .codec import JSON, MSGPACK, Codec
 from .events import MessageEvent
-from .frames import EventFrame, EventRecord, Events, History
+from .frames import EventFrame, EventRecord, Events, History, Welcome
 from .messages import Message, Role, new_message_id
-from .models import new_epoch
+from .models import SessionMetadata, SessionState, new_epoch
 
 # The longest of each field: a seq and a last_seq of 20 digits (the largest integer
 # either codec writes, 9 bytes in MessagePack), a request id of 20 characters (-2**63;
@@ -60,3 +61,39 @@ def envelope_bytes(codec: Codec) -> int:
 
 # JSON's, an event page's envelope and a message's id and time (MessagePack's is less).
 EVENT_ENVELOPE_BYTES: Final = max(envelope_bytes(JSON), envelope_bytes(MSGPACK))
+
+
+# A welcome with the longest of every field but the two a creating hello names: the
+# longest session id and state, times, counts and epoch; a connection id ("c_" and 22).
+_WELCOME: Final = Welcome(
+    "c_" + "x" * 22,
+    SessionMetadata(
+        "x" * 128,
+        state=SessionState.DISCONNECTED,
+        created_at=LONGEST_TS,
+        updated_at=LONGEST_TS,
+        last_activity_at=LONGEST_TS,
+        expires_at=LONGEST_TS,
+        message_count=LARGEST_SEQ,
+        last_seq=LARGEST_SEQ,
+        epoch=LONGEST_EPOCH,
+        connections=LARGEST_SEQ,
+        ttl=LARGEST_SEQ,
+        stored_bytes=LARGEST_SEQ,
+    ),
+    LONGEST_EPOCH,
+    LARGEST_SEQ,
+    resumed=False,
+    replay=LARGEST_SEQ,
+    extensions=["batch"],
+    max_batch_items=LARGEST_SEQ,
+    max_batch_bytes=LARGEST_SEQ,
+)
+
+
+def welcome_bytes(title: str | None, user_id: str | None) -> int:
+    """The most bytes a ``welcome`` of a session created with ``title`` and ``user_id``
+    (and no ``extra``) can be, in either codec."""
+    session = msgspec.structs.replace(_WELCOME.session, title=title, user_id=user_id)
+    welcome = msgspec.structs.replace(_WELCOME, session=session)
+    return max(len(JSON.encode(welcome)), len(MSGPACK.encode(welcome)))

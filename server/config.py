@@ -173,6 +173,7 @@ class ServerConfig:
             max_title_length=self.max_title_length,
             max_user_id_length=self.max_user_id_length,
             max_extra_bytes=self.max_extra_bytes,
+            max_frame_bytes=self.max_frame_bytes,
             store_read_timeout=self.store_read_timeout,
             read_slots=self.read_slots,
             max_session_connections=self.max_session_connections,

@@ -35,7 +35,8 @@ class SessionManagerConfig:
     ``memory_budget``) means no limit; counts of at least 1 (``ring_size``: 0 keeps
     no ring), times above 0, else ValueError.
     ``max_title_length`` / ``max_user_id_length`` (characters) and ``max_extra_bytes``
-    (encoded): what a new session may carry (its metadata stays in memory).
+    (encoded): what a new session may carry (its metadata stays in memory); and with
+    ``max_frame_bytes`` (0: none) no title and user id whose ``welcome`` would be over it.
     ``store_read_timeout``: how long a read from the store that a peer waits for (a
     page, a replay's page, a session's load, an attach's welcome, the wait for an old
     actor of the session to finish included) may take before it is abandoned
@@ -61,6 +62,7 @@ class SessionManagerConfig:
     max_title_length: int = 1024
     max_user_id_length: int = 256
     max_extra_bytes: int = 64 * 1024
+    max_frame_bytes: int = 0
     store_read_timeout: float = 5.0
     read_slots: int = DEFAULT_READ_SLOTS
     # Each attach and leave sends presence to every other connection of the session:

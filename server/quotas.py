@@ -39,6 +39,7 @@ import msgspec
 
 from bamboo_session.persistence.base import SessionExists, SessionFilter, SessionStorage
 from bamboo_session.protocol.errors import ErrorCode, ProtocolError
+from bamboo_session.protocol.event_envelope import welcome_bytes
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .config import ServerConfig
@@ -46,6 +47,8 @@ from .limits import TokenBucket
 from .manager_config import SessionManagerConfig
 from .pages import PageReads
 
+# A welcome's bytes beside its title and user id, at most (protocol/event_envelope.py):
+WELCOME_ROOM: Final = welcome_bytes(None, None)  # null: longer than ""
 MAX_CREATORS: Final = 10_000  # creators whose buckets are kept (least recently used go)
 
 
@@ -90,6 +93,13 @@ def check_fields(
         raise FieldTooLong(f"title is longer than {config.max_title_length} characters")
     if extra and len(msgspec.json.encode(extra)) > config.max_extra_bytes:
         raise FieldTooLong(f"extra is larger than {config.max_extra_bytes} bytes")
+    # A character is up to 6 bytes of either codec (JSON's \u0001): only a frame limit
+    # that short is checked, by encoding the welcome with the longest of the rest.
+    limit, length = config.max_frame_bytes, len(title or "") + len(user_id or "")
+    short = limit and 6 * length + WELCOME_ROOM > limit
+    if short and (size := welcome_bytes(title, user_id)) > limit:
+        reason = f"title and user_id make a welcome of {size} bytes: over the frame limit"
+        raise FieldTooLong(f"{reason} ({limit})")
 
 
 def creator_key(user: str | None, address: str | None) -> str | None:
