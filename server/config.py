@@ -159,26 +159,9 @@ class ServerConfig:
     max_session_connections: int = 256
 
     def manager_config(self) -> SessionManagerConfig:
-        return SessionManagerConfig(
-            idle_timeout=self.idle_timeout,
-            disconnect_retention=self.disconnect_retention,
-            max_sessions=self.max_sessions,
-            send_queue_frames=self.send_queue_frames,
-            send_queue_bytes=self.send_queue_bytes,
-            ring_size=self.ring_size,
-            ring_bytes=self.ring_bytes,
-            inbox_limit=self.inbox_limit,
-            inbox_bytes=self.inbox_bytes,
-            memory_budget=self.memory_budget,
-            max_title_length=self.max_title_length,
-            max_user_id_length=self.max_user_id_length,
-            max_extra_bytes=self.max_extra_bytes,
-            max_frame_bytes=self.max_frame_bytes,
-            store_read_timeout=self.store_read_timeout,
-            read_slots=self.read_slots,
-            max_session_connections=self.max_session_connections,
-            max_parked_at_stop=self.max_parked_at_stop,
-        )
+        """The manager's settings: each of its fields is this config's of that name."""
+        fields = dataclasses.fields(SessionManagerConfig)
+        return SessionManagerConfig(**{field.name: getattr(self, field.name) for field in fields})
 
     def store_url(self) -> str:
         """The store's URL: ``store``, or the JSONL store in ``data_dir``; the
