@@ -22,6 +22,7 @@ after its request, RFC 9112 9.6): websockets, fed it at once, answered nothing.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,7 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     # The upgrade's route, parsed once as its request is checked (app.py), for the
     # handler: the path is not parsed again.
     route: Route | None = None
-    # The handshake's deadline while it makes the answer (run_handshake).
+    # The deadline of the answer under way, made or streamed (run_handshake).
     _answering: Deadline | None = None
 
     def __init__(
@@ -264,7 +265,15 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             self._release_request()
         if self._stream is not None:
             if self._head_sent and not self.transport.is_closing():
-                await self._stream.run()
+                # Given up as its making is, if the connection is lost meanwhile: a page
+                # read for a peer gone held a slot until the store answered. No deadline
+                # of its own: the stream bounds each of its waits (its page timeout).
+                self._answering = Deadline(self.loop, math.inf)
+                try:
+                    async with self._answering:
+                        await self._stream.run()
+                finally:
+                    self._answering = None
             else:
                 await self._stream.discard()
             return
