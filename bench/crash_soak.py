@@ -31,7 +31,8 @@ Run: ``python -m bench.crash_soak --cycles 50 --wal-cycles 20``, or
 ``python -m bench.crash_soak --store sqlite --cycles 30`` (tests/test_crash.py runs a
 few cycles of each). ``--store redis --instances N`` runs N servers on the one
 redis-server instead, clients reconnecting to any of them, and kills one or two at a
-time while the others serve (bench/crash_cluster.py). Exit status 0 when every check
+time while the others serve (bench/crash_cluster.py). ``--commit-window S`` runs the
+JSONL store with that commit window (all cycles, the WAL ones too). Exit status 0 when every check
 holds; the figures go to stdout as one JSON object.
 """
 
@@ -144,6 +145,7 @@ async def soak(
     wal_segment_age: float = 0.2,
     store: str = "jsonl",
     instances: int = 1,
+    commit_window: float = 0.0,
 ) -> dict[str, Any]:
     """Runs ``cycles`` kill-and-restart cycles on ``store`` (files in ``work``), then (on
     JSONL) ``wal_cycles`` on a server whose WAL retires segments after
@@ -157,7 +159,7 @@ async def soak(
     if wal_cycles and store != "jsonl":
         raise ValueError("WAL cycles are for the JSONL store")
     rng = random.Random(seed)
-    under_test = open_soak_store(store, work)
+    under_test = open_soak_store(store, work, commit_window)
     server = under_test.server(work / "server.log")
     try:
         pubs = [Publisher(f"p{i}", SESSIONS[i % len(SESSIONS)]) for i in range(publishers)]
@@ -191,6 +193,7 @@ async def soak(
         "cycles": cycles,
         "wal_cycles": wal_cycles,
         "wal_segment_age": wal_segment_age if wal_cycles else None,
+        "commit_window": commit_window,
         "wal_segments_seen": wal.seen,
         "wal_segments_retired": wal.retired,
         "publishers": publishers,
@@ -218,6 +221,9 @@ def main() -> int:
         default=1,
         help="server processes on the one store (redis only; see bench/crash_cluster.py)",
     )
+    parser.add_argument(
+        "--commit-window", type=float, default=0.0, help="seconds (JSONL only; default none)"
+    )
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -226,6 +232,8 @@ def main() -> int:
         args.wal_cycles = 20 if args.store == "jsonl" else 0
     elif args.wal_cycles and args.store != "jsonl":
         parser.error("--wal-cycles is for --store jsonl")
+    if args.commit_window and args.store != "jsonl":
+        parser.error("--commit-window is for --store jsonl")
     if args.instances < 1 or (args.instances > 1 and args.store != "redis"):
         parser.error("--instances above 1 is for --store redis")
     work = Path(tempfile.mkdtemp(prefix=f"bamboo-crash-soak-{args.store}-"))
@@ -239,6 +247,7 @@ def main() -> int:
             args.wal_segment_age,
             args.store,
             args.instances,
+            args.commit_window,
         )
     )
     return report(result, work, keep=args.keep)

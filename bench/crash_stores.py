@@ -1,7 +1,8 @@
 """The stores the crash soak (bench/crash_soak.py) runs its server on, and how it reads
 back what each one stored once the server has stopped.
 
-- ``jsonl``: the embedded store in a data directory; read back from the files
+- ``jsonl``: the embedded store in a data directory (with a commit window:
+  ``--store jsonl://<dir>?durability=fsync&commit_window=S``); read back from the files
   themselves: every checkpoint parses, no log ends in a torn line.
 - ``sqlite``: ``--store sqlite:///<dir>/sessions.db`` (durability ``fsync``); read back
   through the store's own API (``open_storage``, read-only).
@@ -64,12 +65,21 @@ class SoakStore(abc.ABC):
 class JsonlStore(SoakStore):
     kind = "jsonl"
 
+    def __init__(self, work: Path, commit_window: float = 0.0) -> None:
+        super().__init__(work)
+        self.commit_window = commit_window  # seconds; 0: the store's default (none)
+
     @property
     def data_dir(self) -> Path:
         return self.work / "data"
 
     def server(self, log_path: Path) -> Server:
-        return Server(self.data_dir, log_path, ("--durability", "fsync", *SERVER_FLAGS))
+        if not self.commit_window:
+            return Server(self.data_dir, log_path, ("--durability", "fsync", *SERVER_FLAGS))
+        url = f"jsonl://{self.data_dir}?durability=fsync&commit_window={self.commit_window:g}"
+        server = Server(self.data_dir, log_path, SERVER_FLAGS, store=url)
+        server.commit_window = self.commit_window  # (the WAL cycles' child too)
+        return server
 
     async def records(self, session_id: str) -> tuple[list[Record], list[str]]:
         problems: list[str] = []
@@ -149,10 +159,9 @@ class RedisStore(ApiStore):
         self.redis.stop()
 
 
-def open_soak_store(kind: str, work: Path) -> SoakStore:
-    stores: dict[str, type[SoakStore]] = {
-        "jsonl": JsonlStore,
-        "sqlite": SqliteStore,
-        "redis": RedisStore,
-    }
+def open_soak_store(kind: str, work: Path, commit_window: float = 0.0) -> SoakStore:
+    """The store of ``kind`` in ``work``; ``commit_window``: JSONL's, in seconds."""
+    if kind == "jsonl":
+        return JsonlStore(work, commit_window)
+    stores: dict[str, type[SoakStore]] = {"sqlite": SqliteStore, "redis": RedisStore}
     return stores[kind](work)

@@ -1,7 +1,8 @@
 """The crash soak's server child (bench/crash_soak.py, and the slow-consumer bench): a
 Bamboo server subprocess on a data directory that survives it, started, SIGKILLed and
-restarted; and, run as ``python -m bench.soak_server DATA_DIR --wal-segment-age S``, the
-server of the soak's WAL cycles, whose JSONL store retires WAL segments that soon."""
+restarted; and, run as ``python -m bench.soak_server DATA_DIR --wal-segment-age S
+[--commit-window W]``, the server of the soak's WAL cycles, whose JSONL store retires
+WAL segments that soon."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Server:
         self.log_path = log_path
         self.extra = extra
         self.wal_segment_age: float | None = None  # set: a server that retires that soon
+        self.commit_window = 0.0  # the JSONL store's, for the WAL cycles' server
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -46,6 +48,8 @@ class Server:
                 str(self.data_dir),
                 "--wal-segment-age",
                 str(self.wal_segment_age),
+                "--commit-window",
+                str(self.commit_window),
             ]
         where = ("--store", self.store) if self.store else ("--data-dir", str(self.data_dir))
         return [
@@ -98,9 +102,10 @@ class Server:
         return self.proc.wait(30)
 
 
-async def serve_child(data_dir: Path, wal_segment_age: float) -> int:
+async def serve_child(data_dir: Path, wal_segment_age: float, commit_window: float = 0.0) -> int:
     """The server of the WAL cycles: ``serve`` as the CLI runs it, on a JSONL store
-    whose WAL segments are retired after ``wal_segment_age`` seconds."""
+    whose WAL segments are retired after ``wal_segment_age`` seconds (and whose group
+    commits start at most once per ``commit_window`` seconds)."""
     from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
     from bamboo_session.server.app import BambooServer
     from bamboo_session.server.config import ServerConfig
@@ -110,7 +115,9 @@ async def serve_child(data_dir: Path, wal_segment_age: float) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    config = JsonlStorageConfig(data_dir, durability="fsync", wal_segment_age=wal_segment_age)
+    config = JsonlStorageConfig(
+        data_dir, durability="fsync", wal_segment_age=wal_segment_age, commit_window=commit_window
+    )
     storage = await JsonlStorage.open(config)
     server = BambooServer(ServerConfig(port=0, data_dir=str(data_dir), rate_limit=0), storage)
     try:
@@ -126,8 +133,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="the crash soak's WAL-cycle server")
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--wal-segment-age", type=float, default=0.2, help="seconds")
+    parser.add_argument("--commit-window", type=float, default=0.0, help="seconds")
     args = parser.parse_args()
-    return asyncio.run(serve_child(args.data_dir, args.wal_segment_age))
+    return asyncio.run(serve_child(args.data_dir, args.wal_segment_age, args.commit_window))
 
 
 if __name__ == "__main__":
