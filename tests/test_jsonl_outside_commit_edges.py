@@ -9,7 +9,9 @@ real sync helper held by SIGSTOP or ended by SIGKILL:
   the store;
 - a flush queued while the writer's task, cancelled, carries a commit begun outside to
   its end (a failed sync being cut back) is answered, as one queued while the task's
-  own commit ran to its end was: nothing takes the queue after that task."""
+  own commit ran to its end was: nothing takes the queue after that task;
+- a writer's task cancelled while an append waits for a commit window leaves no
+  ``_begin`` scheduled to run on the closed store (r454)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,15 @@ import structlog
 
 from bamboo_session.persistence import JsonlStorageConfig, StorageError
 from tests.test_jsonl_outside_commits import asked, helper_of, opened, read, stopped
-from tests.test_jsonl_writer_cancelled import LOOPS, answered, hold_io_thread, run, token, until
+from tests.test_jsonl_writer_cancelled import (
+    LOOPS,
+    answered,
+    hold_io_thread,
+    run,
+    token,
+    turns,
+    until,
+)
 
 
 class FieldsOfEachLine(logging.Handler):
@@ -144,3 +154,32 @@ def test_a_commit_answered_outside_logs_with_no_openers_fields(loop: str, tmp_pa
     helper_lines = [(line, fields) for line, fields in handler.lines if "sync helper" in line]
     assert helper_lines, handler.lines
     assert [fields for _, fields in helper_lines if fields] == []
+
+
+def test_a_writer_cancelled_while_an_append_waits_for_the_window_leaves_no_begin(
+    tmp_path: Path,
+) -> None:
+    """An append waits for a commit window (the loop's timer that begins its commit
+    pending) when the writer's task is cancelled (a teardown that does not close the
+    store): it fails, the store closes, and no ``_begin`` is left scheduled to run on
+    the closed store, up to a window later (asyncio's loop: its timers can be listed).
+    (It was left scheduled.)"""
+    config = JsonlStorageConfig(tmp_path, commit_window=0.05)
+
+    async def scenario() -> None:
+        storage = await opened(config, "a")
+        writer = storage._writer
+        writer._commit_window = 1.0  # (the URL's bound is 50 ms: paced on a busy loop too)
+        appending = asyncio.ensure_future(storage.append_event("a", token("paced")))
+        await turns()
+        assert writer._begin_due and not appending.done()  # the timer pending
+        writer._runner.cancel()
+        await answered(appending)
+        with pytest.raises(StorageError):
+            appending.result()
+        await storage.close()
+        scheduled = getattr(asyncio.get_running_loop(), "_scheduled", [])
+        assert [h for h in scheduled if not h.cancelled() and h._callback == writer._begin] == []
+        assert await read(config, "a") == [token("first"), token("second")]
+
+    run("asyncio", scenario)

@@ -19,7 +19,8 @@ or sync to cut back, a flush or a deletion to answer, no helper) is handed to th
 once started (``_hand``), which runs its rest as for one of its own (``LogWriter._carry_on``); the
 files are held (``FilesInUse``) from its start to its answers either way, so commits
 never overlap. A task that ends (cancelled at a teardown) carries a commit under way
-outside to its end first (``_end_outside``), as it does its own.
+outside to its end first (``_end_outside``), as it does its own, and cancels a
+``_begin`` a window scheduled (``_drop_begin``): none runs on the closed store.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class CommitStarts:
         self._outside: Commit | None = None
         self._handed: tuple[Commit, Left] | None = None
         self._begin_due = False
+        # The loop's handle of the ``_begin`` a window scheduled: cancelled when the
+        # writer's task ends, so that none runs on a closed store.
+        self._begin_timer: asyncio.Handle | None = None
         # Where ``_begin`` runs: a context of its own, as the writer's task has
         # (``detached``), not a copy of the appending caller's that ``call_soon`` takes:
         # what it logs (a helper found dead) would carry that connection's fields.
@@ -145,12 +149,21 @@ class CommitStarts:
         the last commit's start, at the next turn if that has passed (a lone append
         never waits), or when closing or for what a full batch left over (it came
         before that commit). ``_begin_due`` is set by the caller."""
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         due = self._last_commit + self._commit_window
-        if self._loop.time() < due and not self._closing and not self._carried:
-            self._loop.call_at(due, self._begin, context=self._begin_context)
+        if loop.time() < due and not self._closing and not self._carried:
+            self._begin_timer = loop.call_at(due, self._begin, context=self._begin_context)
         else:
-            self._loop.call_soon(self._begin, context=self._begin_context)
+            self._begin_timer = loop.call_soon(self._begin, context=self._begin_context)
+
+    def _drop_begin(self) -> None:
+        """The writer's task ends: a ``_begin`` a window scheduled will not run (it
+        would find the queue answered, up to a window after the store closed)."""
+        if self._begin_timer is not None:
+            self._begin_timer.cancel()
+            self._begin_timer = None
+        self._begin_due = False
 
     def _begin(self) -> None:
         """Take the queue as one group commit outside the writer's task (in a callback

@@ -268,6 +268,7 @@ class LogWriter(CommitStarts):
                 # nothing takes the queue after this task.
                 left, self._queue = self._queue, []
                 self._answers.fail_unanswered(left, repr(exc))
+                self._drop_begin()
             raise
 
     async def _process(self, batch: list[Batch | QueuedControl]) -> None:
