@@ -139,8 +139,14 @@ async def deletefail(base: str, limit: int, written: bool = False) -> None:
     # No periodic checkpoint or segment retirement in the run (replacefail's reason: a
     # descriptor of theirs, open while every free one is taken below, would free one
     # for a new segment when it closes), however long a loaded machine makes the run.
+    # No commit window whatever the default: the message's commit must start within the
+    # turns below, ahead of the deletion (a paced one waits, and the two share a commit).
     config = JsonlStorageConfig(
-        base, max_user_bytes=WRITEFAIL_CAP, checkpoint_interval=3600.0, wal_segment_age=3600.0
+        base,
+        max_user_bytes=WRITEFAIL_CAP,
+        checkpoint_interval=3600.0,
+        wal_segment_age=3600.0,
+        commit_window=0.0,
     )
     store = await JsonlStorage.open(config)
     fillers = [f"f{i}" for i in range(20)]  # each log far from the limit, the WAL near it
