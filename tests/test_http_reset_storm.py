@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bamboo_session.persistence import HistoryPage, SessionFilter, SessionListResult
-from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
+from tests.gated_reads import GatedReads
 from tests.instances import eventually
 from tests.support import attach, get
 
@@ -35,7 +35,7 @@ READ_SLOTS = 4
 STORE_READ_TIMEOUT = 120.0  # so that the reads held are not abandoned for their time
 
 
-class CountedReads(MemoryStorage):
+class CountedReads(GatedReads):
     """The memory store, counting the reads of history pages and of session listings;
     the page reads of session ``slow`` wait, as on a stalled disk, until ``gate`` is
     set (``held`` of them meanwhile)."""
@@ -44,8 +44,6 @@ class CountedReads(MemoryStorage):
         super().__init__()
         self.pages = 0
         self.listings = 0
-        self.held = 0
-        self.gate = asyncio.Event()
 
     async def get_history_page(
         self,
@@ -58,11 +56,7 @@ class CountedReads(MemoryStorage):
     ) -> HistoryPage:
         self.pages += 1
         if session_id == "slow":
-            self.held += 1
-            try:
-                await self.gate.wait()
-            finally:
-                self.held -= 1
+            await self.wait_for_gate()
         return await super().get_history_page(
             session_id, limit, before, epoch=epoch, max_bytes=max_bytes
         )

@@ -15,9 +15,9 @@ import struct
 from pathlib import Path
 
 from bamboo_session.persistence import HistoryPage
-from bamboo_session.persistence.memory import MemoryStorage
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
+from tests.gated_reads import GatedReads
 from tests.instances import eventually
 from tests.support import attach, get
 
@@ -28,14 +28,9 @@ PAGE_BYTES = 1024  # the least --max-page-bytes: a page or two of messages each
 STORE_READ_TIMEOUT = 120.0  # so that the reads held are not abandoned for their time
 
 
-class StalledLaterPages(MemoryStorage):
+class StalledLaterPages(GatedReads):
     """The memory store, whose reads of session ``slow`` past its first page wait, as
     on a stalled disk, until ``gate`` is set (``held`` of them meanwhile)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held = 0
-        self.gate = asyncio.Event()
 
     async def get_history_from(
         self,
@@ -47,11 +42,7 @@ class StalledLaterPages(MemoryStorage):
         max_bytes: int | None = None,
     ) -> HistoryPage:
         if session_id == "slow" and start > 0:
-            self.held += 1
-            try:
-                await self.gate.wait()
-            finally:
-                self.held -= 1
+            await self.wait_for_gate()
         return await super().get_history_from(
             session_id, start, limit, epoch=epoch, max_bytes=max_bytes
         )
