@@ -8,10 +8,11 @@
  * held 10 million characters in 1,000 blocks, 181 MB of Blink's heap, and every frame
  * cost half a core (bench/RESULTS.md). The tail drops its oldest blocks while its text
  * passes MAX_TAIL_CHARS or its blocks MAX_BLOCKS, counted as they are added (a sum
- * kept, never a walk of the page). A viewer scrolled up keeps what they read: the tail
- * then waits until twice the bound before it drops anything, and never holds more
- * (what it held past its bound goes once they scroll back to the end, not at the
- * next event, which a quiet or closed session may never send). Its first line then
+ * kept, never a walk of the page), once a frame as it is drawn (the events of one
+ * frame hold it under twice the bound: see `#trim`). A viewer scrolled up keeps what
+ * they read: the tail then waits until twice the bound before it drops anything, and
+ * never holds more (what it held past its bound goes once they scroll back to the
+ * end, not at the next event, which a quiet or closed session may never send). Its first line then
  * says which events it does not show, with "Show earlier", which reads them over
  * HTTP (`read`), a page at a time, into its top (earlier.js, which reads a gap's
  * events in its middle the same way); a page opened after events it does not replay
@@ -120,7 +121,7 @@ export class Tail {
       this.count += 1;
     }
     if (shown.grown !== null) this.grew(shown.grown, shown.chars);
-    this.#trim();
+    this.#trim(SCROLLED_UP);
     this.lastSeq = Math.max(this.lastSeq, item.seq);
     this.el.dataset.lastSeq = String(this.lastSeq);
   }
@@ -136,7 +137,7 @@ export class Tail {
     this.el.append(line);
     this.count += 1;
     this.grew(line, text.length);
-    this.#trim();
+    this.#trim(SCROLLED_UP);
     return line;
   }
 
@@ -180,11 +181,15 @@ export class Tail {
     block.remove();
   }
 
-  /** The oldest blocks go while the tail passes its bound (twice it, scrolled up).
-   * Events up to the last one dropped are then not shown (blocks are in seq order; a
-   * line has no seq). */
-  #trim() {
-    const times = this.following ? 1 : SCROLLED_UP;
+  /** The oldest blocks go while the tail passes `times` its bound. Events up to the
+   * last one dropped are then not shown (blocks are in seq order; a line has no seq).
+   * An event added trims at twice the bound; a following tail drops to its bound at
+   * its frame's settle, not as events come: a drop makes the tail shorter, and a
+   * layout any script forces in the middle of the frame (one reading `scrollHeight`)
+   * then moves the scroll up to the end as laid out then, which, with events added
+   * below after it, `#settle` could only take for the viewer's scroll up: the tail
+   * stopped following. @param {number} times */
+  #trim(times) {
     let hidden = this.hidden;
     while (
       this.count > 0 &&
@@ -256,10 +261,9 @@ export class Tail {
     const wheeled = this.wheeledToEnd && top > from && !this.following;
     if (!wheeled && this.chars <= MAX_TAIL_CHARS && this.count <= MAX_BLOCKS) return;
     if (!wheeled && !this.#atEnd()) return;
-    this.changing(); // (its settle takes a following tail to its end)
+    this.changing(); // (its settle drops a following tail to its bound, at its end)
     if (wheeled) this.following = true;
     this.wheeledToEnd = false;
-    this.#trim();
   }
 
   /** A wheel turned: down to the end as laid out now, its scroll, in whichever frame
@@ -314,10 +318,10 @@ export class Tail {
     if (!this.following && (wheeled || this.#wentToEnd(frame))) {
       this.following = true;
       this.wheeledToEnd = false;
-      this.#trim(); // (in this frame still: its drops are settled here)
     } else if (this.following && scrolled < 0 && this.el.scrollTop < frame.end - END_SLACK) {
       this.following = false; // up, out of the end as it was drawn
     }
+    if (this.following) this.#trim(1); // (in this frame still: its drops are settled here)
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
     else if (frame.anchor && frame.anchor.block.parentElement === this.el) {
