@@ -179,13 +179,9 @@ class WalFold:
 
 
 def _checkpoint_without_waiting(db: sqlite3.Connection) -> tuple[int, int, int]:
-    """``PRAGMA wal_checkpoint(TRUNCATE)`` with no busy wait: a reader in its way would
-    otherwise hold the writer's thread, and every write, for the whole busy timeout.
-    Returns (busy, frames in the WAL or -1, frames folded or -1)."""
-    timeout = db.execute("PRAGMA busy_timeout").fetchone()[0]
-    db.execute("PRAGMA busy_timeout = 0")
-    try:
-        busy, wal_frames, folded = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` on the writer's connection, which has no busy
+    timeout (schema.connect_writer): a reader in its way never holds the writer's
+    thread, and every write, for a busy wait. Returns (busy, frames in the WAL or -1,
+    frames folded or -1)."""
+    busy, wal_frames, folded = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     return busy, wal_frames, folded

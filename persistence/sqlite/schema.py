@@ -143,6 +143,9 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
         page_size = connection.execute("PRAGMA page_size").fetchone()[0]
         connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_MAX_BYTES // page_size}")
         _migrate(connection, path)
+        # From here on the writer waits for another process's write lock itself, in a
+        # wait the store's close ends (lock_wait.py); SQLite's would hold a stop.
+        connection.execute("PRAGMA busy_timeout = 0")
     except BaseException:
         connection.close()
         raise

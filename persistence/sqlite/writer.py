@@ -11,6 +11,8 @@ Operations run in the order they were submitted, so seqs follow call order. An
 operation refused on its own (session not found, closed, expired...) fails alone; an
 SQLite error (disk full, I/O error) rolls the batch back and fails every operation in
 it with a StorageError: nothing of a failed batch is stored, nothing is acknowledged.
+A batch waits for a write lock another process holds for ``LOCK_WAIT`` seconds (then
+fails so), and not at all once the store closes (lock_wait.py).
 The next batch starts again from what the file holds; after a disk full or an I/O
 error, by folding the WAL into the database file (checkpoint.py's WalFold; the open
 folds a WAL a crash left too): while that fails for want of space, batches fail without
@@ -36,6 +38,7 @@ from ..base import StorageError
 from ..clock import StoreClock
 from ..failure_log import FailureLog
 from .checkpoint import FoldPending, WalFold
+from .lock_wait import WriteLockWait
 from .rows import RowCache
 from .writes import Batch
 
@@ -84,6 +87,7 @@ class Writer:
         self._rows = RowCache(ROW_CACHE)
         self._failures = FailureLog(log, f"writes to {path}")  # once per outage
         self._fold = WalFold()
+        self._lock_wait = WriteLockWait()
         self.batches = 0  # for tests and benchmarks: transactions committed or failed
 
     async def start(self) -> None:
@@ -110,10 +114,13 @@ class Writer:
 
     async def close(self) -> None:
         """Commit what is queued, then close the connection (which checkpoints the
-        WAL into the database file)."""
+        WAL into the database file). While another process holds the write lock, what
+        is queued fails at once instead (nothing of it stored, its callers told): a
+        stop does not wait for another process (lock_wait.py)."""
         if self._closing:
             return
         self._closing = True
+        self._lock_wait.end()
         self._wakeup.set()
         if self._task is not None:
             await self._task
@@ -159,9 +166,9 @@ class Writer:
         batch: Batch | None = None
         outcomes: list[tuple[bool, Any]] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._lock_wait.begin(db)
             # Its time once the write lock is held: the wait for it (another connection
-            # writing, up to the busy timeout) would have aged every time it writes, a
+            # writing, up to LOCK_WAIT) would have aged every time it writes, a
             # session made now expired on its creation if its TTL was shorter (h417).
             batch = Batch(db, self._clock.stamp(), self._rows, count_before)
             for op in ops:

@@ -1,0 +1,62 @@
+"""WriteLockWait: the writer's ``BEGIN IMMEDIATE``, waiting for a write lock another
+process holds (the ``sqlite3`` shell in a transaction, a tool writing to the file) as
+SQLite's busy timeout would, but in a wait the store's close ends at once.
+
+SQLite's own busy handler sleeps in its thread until the lock goes or the timeout
+passes, and nothing ends that sleep sooner: ``Connection.interrupt()`` does not (a
+statement waiting for a lock runs no instruction to interrupt; SQLite 3.40 here). A
+stop would then wait for another process for up to the whole timeout, per batch still
+queued, and the process's exit for the writer's thread after that. So the writer's
+connection has no busy timeout (``schema.connect_writer``), and its thread waits here,
+on an event the close sets, with SQLite's own steps between tries.
+
+A wait given up leaves nothing behind: ``BEGIN IMMEDIATE`` never began, so nothing of
+the batch was written, and the caller fails the batch as for any SQLite error (its
+waiters get a StorageError, never an ack).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from typing import Final
+
+# Seconds a batch waits for another process's write lock: SQLite's busy timeout before.
+LOCK_WAIT: Final = 10.0
+# The sleeps between tries of SQLite's default busy handler, the last one repeated.
+_STEPS: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
+
+
+class WriteLockWait:
+    """Begins the writer's transactions; :meth:`end` ends every wait, then and later."""
+
+    def __init__(self, patience: float = LOCK_WAIT) -> None:
+        self.patience = patience
+        self._ended = threading.Event()  # set by the store's close, from the event loop
+
+    def end(self) -> None:
+        """No more waiting for the lock: a wait under way ends now, and a later
+        transaction gets one try. Thread-safe."""
+        self._ended.set()
+
+    def begin(self, db: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` on ``db`` (a connection without busy timeout), tried
+        again while another connection holds the write lock, for ``patience`` seconds
+        at most or until :meth:`end`: then the try's SQLITE_BUSY error is raised."""
+        tries = 0
+        deadline = 0.0
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                if not tries:
+                    deadline = now + self.patience
+                step = min(_STEPS[min(tries, len(_STEPS) - 1)], deadline - now)
+                if step <= 0 or self._ended.wait(step):
+                    raise
+                tries += 1
