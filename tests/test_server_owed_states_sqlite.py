@@ -3,8 +3,8 @@
 (server/owed_states.py; Redis: tests/test_server_owed_states.py).
 
 The outage is real: another process holds the file's write lock (``BEGIN IMMEDIATE``),
-so every write of the server's waits out SQLite's busy timeout (10 s) and fails, while
-reads go on (WAL mode). The detach's park fails, then the look's save before the
+so every write of the server's waits for it 10 s (persistence/sqlite/lock_wait.py) and
+fails, while reads go on (WAL mode). The detach's park fails, then the look's save before the
 actor leaves memory: some 20 s. (A full disk does not hold: the fold after a failed
 write frees the WAL's space, and the next small write gets it.)"""
 

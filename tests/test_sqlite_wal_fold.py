@@ -23,7 +23,7 @@ from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.models import Session
 from tests.disk_full_support import mounted_tmpfs
 
-PROMPT = 2.0  # seconds: an append's answer, well under the writer's busy timeout (10 s)
+PROMPT = 2.0  # seconds: an append's answer, well under the writer's wait for a lock (10 s)
 
 
 def token(tag: str, padding: int = 1000) -> AgentEvent:

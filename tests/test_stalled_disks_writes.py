@@ -36,8 +36,8 @@ from tests.stalled_disks_support import (
 from tests.support import attach, get, open_peer, run_server, token
 
 # A hello whose attach waits on a write another process's lock holds up ends at the
-# deadline, or, without it, when SQLite's busy timeout does (10 s,
-# persistence/sqlite/schema.py) or the lock goes: 4 s on either side of this bound.
+# deadline, or, without it, when the writer's wait for the lock does (10 s,
+# persistence/sqlite/lock_wait.py) or the lock goes: 4 s on either side of this bound.
 ATTACH_WITHIN = DEADLINE + 5.0
 
 

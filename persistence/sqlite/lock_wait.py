@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Final
 
 # Seconds a batch waits for another process's write lock: SQLite's busy timeout before.
@@ -29,7 +30,8 @@ _STEPS: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.
 
 
 class WriteLockWait:
-    """Begins the writer's transactions; :meth:`end` ends every wait, then and later."""
+    """The writer's wait for the write lock; :meth:`end` ends every wait, then and
+    later."""
 
     def __init__(self, patience: float = LOCK_WAIT) -> None:
         self.patience = patience
@@ -40,23 +42,29 @@ class WriteLockWait:
         transaction gets one try. Thread-safe."""
         self._ended.set()
 
-    def begin(self, db: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE`` on ``db`` (a connection without busy timeout), tried
-        again while another connection holds the write lock, for ``patience`` seconds
-        at most or until :meth:`end`: then the try's SQLITE_BUSY error is raised."""
-        tries = 0
-        deadline = 0.0
-        while True:
+    def begin_after(self, db: sqlite3.Connection, refused: sqlite3.OperationalError) -> None:
+        """``BEGIN IMMEDIATE`` on ``db`` (a connection without busy timeout), which
+        ``refused`` (raised again unless it is SQLITE_BUSY: another connection holds the
+        write lock); tried again for ``patience`` seconds at most, or until :meth:`end`:
+        then the last try's SQLITE_BUSY error is raised. The first try is the caller's,
+        in line: nothing more runs for a lock that is free."""
+        if refused.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise refused
+        deadline = time.monotonic() + self.patience
+        for step in _steps():
+            step = min(step, deadline - time.monotonic())
+            if step <= 0 or self._ended.wait(step):
+                raise refused
             try:
                 db.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
-                now = time.monotonic()
-                if not tries:
-                    deadline = now + self.patience
-                step = min(_STEPS[min(tries, len(_STEPS) - 1)], deadline - now)
-                if step <= 0 or self._ended.wait(step):
-                    raise
-                tries += 1
+                refused = exc
+
+
+def _steps() -> Iterator[float]:
+    yield from _STEPS
+    while True:
+        yield _STEPS[-1]

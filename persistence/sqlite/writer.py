@@ -166,7 +166,10 @@ class Writer:
         batch: Batch | None = None
         outcomes: list[tuple[bool, Any]] = []
         try:
-            self._lock_wait.begin(db)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as refused:  # another process holds the lock
+                self._lock_wait.begin_after(db, refused)
             # Its time once the write lock is held: the wait for it (another connection
             # writing, up to LOCK_WAIT) would have aged every time it writes, a
             # session made now expired on its creation if its TTL was shorter (h417).
