@@ -152,9 +152,11 @@ class SqliteStorage(OnStoreClock, AppendOne):
         return () if self.config.read_only else (real_file(self.config.path).parent,)
 
     async def close(self) -> None:
-        """Commit what is queued, close the connections (the last one folds the WAL into
-        the database file), release the lock. Safe to call twice: a call made while
-        another closes returns once that close has ended (CloseOnce)."""
+        """Commit what is queued (or fail it at once, nothing of it stored, while another
+        process holds the write lock: lock_wait.py), close the connections (the last
+        one folds the WAL into the database file), release the lock. Safe to call
+        twice: a call made while another closes returns once that close has ended
+        (CloseOnce)."""
         await self._closing.run(self._close)
 
     async def _close(self) -> None:
