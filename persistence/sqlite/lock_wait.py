@@ -5,11 +5,11 @@ SQLite's busy timeout would, but in a wait the store's close ends at once.
 SQLite's own busy handler sleeps in its thread until the lock goes or the timeout
 passes, and nothing ends that sleep sooner: ``Connection.interrupt()`` does not (the
 busy handler does not look at it: a BEGIN IMMEDIATE interrupted 0.5 s into its wait
-still waited out its 10 s, SQLite 3.40). A
-stop would then wait for another process for up to the whole timeout, per batch still
-queued, and the process's exit for the writer's thread after that. So the writer's
-connection has no busy timeout (``schema.connect_writer``), and its thread waits here,
-on an event the close sets, with SQLite's own steps between tries.
+still waited out its 10 s, SQLite 3.40). A stop would then wait for another process
+for up to the whole timeout, per batch still queued, and the process's exit for the
+writer's thread after that. So the writer's connection has no busy timeout
+(``schema.connect_writer``), and its thread waits here, on an event the close sets,
+with SQLite's own steps between tries.
 
 A wait given up leaves nothing behind: ``BEGIN IMMEDIATE`` never began, so nothing of
 the batch was written, and the caller fails the batch as for any SQLite error (its
