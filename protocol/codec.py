@@ -48,11 +48,24 @@ from .models import (
 )
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
+# The most characters of a decoder's reason an error carries: it quotes the value at
+# fault (an unknown ``type``, ``role`` or ``state``), which can be most of the frame, and
+# the error, its id besides, would be over the frame limit. Up to 1,200 bytes of JSON.
+MAX_REASON_CHARS: Final = 200
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
 
 
 class _RequestIdOnly(msgspec.Struct):
     id: RequestId = None
+
+
+def quoting_at_most(reason: str) -> str:
+    """A decoder's ``reason``, of at most ``MAX_REASON_CHARS`` characters: its head and
+    its tail (where it says the path, ``- at `$.type```) around an ellipsis."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    half = MAX_REASON_CHARS // 2
+    return reason[:half] + "…" + reason[-half:]
 
 
 def _free_form_fields(event: AnyAgentEvent | None, message: Message | None) -> list[Any]:
@@ -228,7 +241,8 @@ class Codec:
                     raise
                 frame = self._leap_seconds.decode(raw, exc)
         except msgspec.ValidationError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, str(exc), self._salvage_id(raw)) from None
+            reason = quoting_at_most(str(exc))
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, self._salvage_id(raw)) from None
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             why = why_malformed(exc, data, json=self.text)
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {why}") from None

@@ -16,7 +16,12 @@ import msgspec
 from .absent import NullMeansAbsent
 from .models import AnyAgentEvent, Int64, Message, SessionMetadata
 
-RequestId = Int64 | str | None
+# A request's id: an integer of the signed 64-bit range, or a string of at most this many
+# characters (docs/protocol.md, Frames: general rules). Every reply echoes it, so the
+# room the longest takes is in every reply's envelope (event_envelope.py); a longer one
+# is an invalid id: ``bad_request``, without it.
+MAX_ID_LENGTH: Final = 128
+RequestId = Int64 | Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] | None
 # PROTOCOL.md: a string of at most 128 characters; "" is a key like any other (null is none).
 IdempotencyKey = Annotated[str, msgspec.Meta(max_length=128)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]

@@ -12,6 +12,7 @@ server's limit at most; and the worst-case envelopes, encoded."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -126,10 +127,13 @@ async def test_every_event_acknowledged_reaches_a_viewer_within_the_frame_limit(
 
 def test_the_worst_envelope_of_the_largest_event_is_within_the_limit() -> None:
     """The longest of every field around the event: seq and last_seq of 20 digits, a
-    time with microseconds and an offset, an integer id of 20 characters, a Redis
-    store's epoch (25 characters), a message's id and time filled in by the server. The
-    largest frame is exactly the limit: no byte more, none spare."""
-    seq, request_id, epoch = 2**64 - 1, -(2**63), "e" * 16 + "." + "t" * 8
+    time with microseconds and an offset, the longest id a request may carry (128
+    control characters, 770 bytes of JSON; 128 characters of 4 bytes of UTF-8, 515 of
+    MessagePack; an integer, 20 and 9), a Redis store's epoch (25 characters), a
+    message's id and time filled in by the server. The largest frame is exactly the
+    limit: no byte more, none spare."""
+    seq, epoch = 2**64 - 1, "e" * 16 + "." + "t" * 8
+    request_ids = [-(2**63), "\x01" * 128, "\U0010ffff" * 128]
     ts = datetime(9999, 12, 31, 23, 59, 59, 999_999, timezone(timedelta(hours=23, minutes=59)))
     largest = 0
     for codec in (JSON, MSGPACK):
@@ -139,15 +143,16 @@ def test_the_worst_envelope_of_the_largest_event_is_within_the_limit() -> None:
         assert len(JSON.encode(MessageEvent(sent))) == MOST  # as its publish is checked
         stored = Message(Role.USER, sent.content, new_message_id(), ts.astimezone(UTC))
         events = [msgspec.Raw(token), msgspec.Raw(JSON.encode(MessageEvent(stored)))]
-        for event in events:
+        for event, request_id in itertools.product(events, request_ids):
             frames = [
                 EventFrame(seq, ts, event),
                 Events([EventRecord(seq, ts, event)], seq, request_id, epoch),
             ]
             sizes = [len(codec.encode(frame)) for frame in frames]
             largest = max(largest, *sizes)
-        history = History([stored], has_more=False, id=request_id)
-        largest = max(largest, len(codec.encode(history)))
+        for request_id in request_ids:
+            history = History([stored], has_more=False, id=request_id)
+            largest = max(largest, len(codec.encode(history)))
     assert largest == LIMIT
-    assert EVENT_ENVELOPE_BYTES == 269  # as docs/protocol.md (MessagePack) says
-    assert json.loads(JSON.encode(Events([], seq, request_id, epoch)))["epoch"] == epoch
+    assert EVENT_ENVELOPE_BYTES == 1019  # as docs/protocol.md (MessagePack) says
+    assert json.loads(JSON.encode(Events([], seq, None, epoch)))["epoch"] == epoch
