@@ -26,7 +26,7 @@ from bamboo_session.persistence.base import (
     SessionNotFound,
     StorageError,
 )
-from bamboo_session.protocol.codec import checked_event, checked_key
+from bamboo_session.protocol.codec import JSON, checked_event, checked_key
 from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.frames import (
     Ack,
@@ -44,6 +44,7 @@ from bamboo_session.protocol.models import (
     SessionState,
 )
 
+from .decode_charge import over_frame_limit
 from .failures import request_error
 from .outbound import Outbound
 from .outbox import Outbox
@@ -142,13 +143,22 @@ def by_request(appends: list[Append]) -> list[list[Append]]:
 
 
 def in_process_batch(
-    items: Sequence[tuple[AnyAgentEvent, str | None]], max_items: int, max_bytes: int
+    items: Sequence[tuple[AnyAgentEvent, str | None]],
+    max_items: int,
+    max_bytes: int,
+    max_event_json: int = 0,
 ) -> tuple[list[Append], asyncio.Future[list[Appended]]]:
     """The items of an in-process ``append_events`` as appends that answer one future
     (:class:`BatchReply`), checked as a peer's ``batch`` frame is. ValueError, before
     anything is queued, for a bad event or key, or more than ``max_items`` items or
-    ``max_bytes`` of weight (0: no limit, as for the inbox)."""
+    ``max_bytes`` of weight (0: no limit, as for the inbox), or an event over
+    ``max_event_json`` as a viewer gets it (0: none; decode_charge.py
+    ``over_frame_limit``, the check of a peer's publish)."""
     checked = [(*checked_event(event), checked_key(key)) for event, key in items]
+    for index, (event, _, _) in enumerate(checked if max_event_json else ()):
+        if (found := over_frame_limit(JSON.encode(event), max_event_json)) is not None:
+            which = f"item {index}'s event" if len(checked) > 1 else "the event"
+            raise ValueError(f"event cannot be stored: {which} {found}")
     count, size = len(checked), sum(size for _, size, _ in checked)
     if count > max_items or size > (max_bytes or size):
         limits = f"{max_items} items and {max_bytes} bytes"

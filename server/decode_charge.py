@@ -101,18 +101,30 @@ def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
     else:
         return
     for index, event in enumerate(events):
-        encoded = _json.encode(event)
-        size, form = len(encoded), "JSON, as JSON viewers get it"
-        if size <= max_event_json < msgpack_bound(size):
-            size = len(_msgpack.encode(msgspec.json.decode(encoded)))
-            form = "MessagePack, as MessagePack viewers get it"
-        if size > max_event_json:
+        if (found := over_frame_limit(_json.encode(event), max_event_json)) is not None:
             which = f"item {index}'s event" if isinstance(frame, PublishBatch) else "the event"
-            message = (
-                f"{which} is {size} bytes in {form}: over the frame limit less the"
-                f" envelope of a frame of it ({max_event_json}); nothing was stored"
-            )
-            raise ProtocolError(ErrorCode.TOO_LARGE, message, frame.id)
+            reason = f"{which} {found}; nothing was stored"
+            raise ProtocolError(ErrorCode.TOO_LARGE, reason, frame.id)
+
+
+def over_frame_limit(event_json: bytes, max_event_json: int) -> str | None:
+    """What is wrong with an event of ``event_json`` (as stored) that is more than
+    ``max_event_json`` bytes in JSON or in MessagePack, as its viewers get it: ``is N
+    bytes in JSON, as JSON viewers get it: over the frame limit …``; None when it is
+    within. The check of every publish (:func:`check_json_sizes`), of an in-process
+    append (server/commands.py) and of an event ``migrate`` copies. Its MessagePack
+    bound (:func:`msgpack_bound`) holds for an event of at most ``MAX_FREE_VALUES``
+    free-form values, as every append path has it."""
+    size, form = len(event_json), "JSON, as JSON viewers get it"
+    if size <= max_event_json < msgpack_bound(size):
+        size = len(_msgpack.encode(msgspec.json.decode(event_json)))
+        form = "MessagePack, as MessagePack viewers get it"
+    if size <= max_event_json:
+        return None
+    return (
+        f"is {size} bytes in {form}: over the frame limit less the envelope of a frame"
+        f" of it ({max_event_json})"
+    )
 
 
 def msgpack_bound(size: int) -> float:

@@ -25,6 +25,7 @@ from bamboo_session.persistence.base import (
     Storage,
 )
 from bamboo_session.protocol.errors import CloseCode
+from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
 from bamboo_session.protocol.frames import Welcome
 from bamboo_session.protocol.ids import check_session_id, new_connection_id, new_session_id
 from bamboo_session.protocol.models import (
@@ -71,6 +72,9 @@ class SessionManager:
     ) -> None:
         self.config = config
         self.storage = storage
+        # What an appended event is held to, as a peer's publish (0: no frame limit).
+        limit = config.max_frame_bytes
+        self.max_event_json = max(1, limit - EVENT_ENVELOPE_BYTES) if limit else 0
         self.metrics = metrics or Metrics()
         # What live sessions and their connections hold, against config.memory_budget.
         self.budget = MemoryBudget(config.memory_budget)
@@ -292,8 +296,15 @@ class SessionManager:
         JSON, and 128 bytes per free-form value). Waits, as a peer does, while the
         session's queue (or the memory budget) is full; for a delete under way or an old
         actor of the session finishing, no longer than ``store_read_timeout``
-        (StoreTimeout, nothing stored)."""
-        appends, acked = in_process_batch(items, self.config.inbox_limit, self.config.inbox_bytes)
+        (StoreTimeout, nothing stored). With ``max_frame_bytes`` in the config, an event
+        that would reach a viewer in a frame over it is a ValueError too, as a peer's
+        publish of it is ``too_large``: ``event cannot be stored: the event is N bytes
+        in JSON, as JSON viewers get it: over the frame limit less the envelope of a
+        frame of it (M)``."""
+        config = self.config
+        appends, acked = in_process_batch(
+            items, config.inbox_limit, config.inbox_bytes, self.max_event_json
+        )
         while True:
             actor = await self.actors.actor(session_id)  # SessionNotFound even for no items
             if not appends:
