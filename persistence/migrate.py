@@ -22,6 +22,11 @@ or changed since (its epoch, last seq or final metadata) is a :class:`SourceChan
 in :attr:`Progress.changed`, so a copy missing what servers wrote during the run is
 never taken for whole.
 
+An event a server of the destination could not send whole (``event_problem``: over
+its frame limit) is copied all the same, as the source holds it, and reported: the
+source's servers served it, and the operator may serve the copy with a limit that
+carries it; refusing it would leave the store unmovable, as would dropping it.
+
 Verifying compares every session of both stores: counts, last seq, epoch, state, and a
 checksum of the events (seq, ts, key and the event, re-encoded so that two backends'
 byte-for-byte spellings of one event agree).
@@ -47,6 +52,7 @@ from .importing import SessionImport
 PAGE_SESSIONS: Final = 1000  # metadata listed at a time
 PAGE_EVENTS: Final = 2000  # events read and imported at a time
 PAGE_BYTES: Final = 4 * 1024 * 1024
+OVERSIZED_LISTED: Final = 100  # events over the destination's frame limit named, at most
 CONCURRENCY: Final = 16  # sessions copied at once (their imports share group commits)
 
 _encoder = msgspec.json.Encoder()
@@ -80,6 +86,18 @@ class Progress:
     skipped: int = 0
     conflicts: list[Planned] = dataclasses.field(default_factory=list)
     changed: list[SourceChange] = dataclasses.field(default_factory=list)
+    # Events copied that ``event_problem`` found fault with: how many, the first named.
+    oversized: int = 0
+    oversized_listed: list[Oversized] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Oversized:
+    """An event copied that ``event_problem`` found fault with, and ``what`` it said."""
+
+    session_id: str
+    seq: int
+    what: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +109,9 @@ class SourceChange:
 
 
 ProgressCallback = Callable[[Progress], None]
+# What is wrong with an event for the destination's servers, or None (migrate_cli.py:
+# one over --max-frame-bytes less the envelope of a frame of it).
+EventProblem = Callable[[StoredEvent], str | None]
 
 
 class MigrationError(StorageError):
@@ -153,9 +174,12 @@ async def migrate(
     dry_run: bool = False,
     on_progress: ProgressCallback | None = None,
     concurrency: int = CONCURRENCY,
+    event_problem: EventProblem | None = None,
 ) -> Progress:
     """Copy every session of ``source`` into ``target`` (see the module docstring).
-    With ``dry_run`` only plan: the returned counters say what a run would do."""
+    With ``dry_run`` only plan: the returned counters say what a run would do. An
+    event ``event_problem`` finds fault with is copied all the same, and counted in
+    :attr:`Progress.oversized` (see the module docstring)."""
     if not dry_run and not isinstance(target, SessionImport):
         raise MigrationError(
             f"the destination ({type(target).__name__}) cannot import sessions "
@@ -175,7 +199,7 @@ async def migrate(
             _count(progress, planned)
         return progress
     assert isinstance(target, SessionImport)
-    run = _Run(source, target, target, progress, on_progress)
+    run = _Run(source, target, target, progress, on_progress, event_problem)
     queue = iter(plans)
     await asyncio.gather(*(run.worker(queue) for _ in range(max(concurrency, 1))))
     if run.failure is not None:
@@ -236,6 +260,7 @@ class _Run:
     importer: SessionImport
     progress: Progress
     on_progress: ProgressCallback | None
+    event_problem: EventProblem | None
     failure: Exception | None = None
 
     async def worker(self, queue: Iterator[tuple[SessionMetadata, Planned]]) -> None:
@@ -277,11 +302,21 @@ class _Run:
                     f"session {meta.id!r}: the source ends at seq {position}, "
                     f"not {meta.last_seq}; is a server writing to it?"
                 )
+            if self.event_problem is not None:
+                self._check(meta.id, page, self.event_problem)
             await self.importer.import_events(meta.id, page)
             position = page[-1].seq
             self.progress.events_done += len(page)
             self._report()
         await self.importer.import_metadata(meta)
+
+    def _check(self, session_id: str, page: list[StoredEvent], problem: EventProblem) -> None:
+        progress = self.progress
+        for event in page:
+            if (what := problem(event)) is not None:
+                progress.oversized += 1
+                if len(progress.oversized_listed) < OVERSIZED_LISTED:
+                    progress.oversized_listed.append(Oversized(session_id, event.seq, what))
 
 
 # -- verify ---------------------------------------------------------------------------

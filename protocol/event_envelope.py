@@ -40,7 +40,11 @@ from .models import SessionMetadata, SessionState, new_epoch
 # hand it back), and an epoch of a Redis store's (its own 16 characters, a dot and the
 # store's token of 8).
 LARGEST_SEQ: Final = 2**64 - 1
-LONGEST_IDS: Final = (-(2**63), "\x01" * MAX_ID_LENGTH, "\U0010ffff" * MAX_ID_LENGTH)
+LONGEST_IDS: Final[tuple[RequestId, ...]] = (
+    -(2**63),
+    "\x01" * MAX_ID_LENGTH,
+    "\U0010ffff" * MAX_ID_LENGTH,
+)
 LONGEST_TS: Final = datetime(9999, 12, 31, 23, 59, 59, 999_999, timezone(timedelta(minutes=1439)))
 LONGEST_EPOCH: Final = new_epoch() + "." + "x" * 8
 

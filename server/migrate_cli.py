@@ -20,6 +20,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from bamboo_session.persistence import (
@@ -30,9 +31,12 @@ from bamboo_session.persistence import (
     parse_store_url,
 )
 
+from .manager_config import MIB
+
 if TYPE_CHECKING:  # argparse's class is generic to type checkers only
     # The copying is imported when migrate runs: every command line builds this parser.
     from bamboo_session.persistence.migrate import Progress
+    from bamboo_session.protocol.events import StoredEvent
 
     SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -72,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="say what would be copied, change nothing"
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=MIB,
+        metavar="N",
+        help="the --max-frame-bytes the destination is served with (default 1 MiB): an event "
+        "a frame of N bytes cannot carry is copied and named in a warning; 0: no check",
     )
     parser.add_argument(
         "--progress",
@@ -167,10 +179,17 @@ async def _run(args: argparse.Namespace, source: Storage, target: Storage) -> in
 
     display = _display(args.progress)
     try:
-        progress = await migrate(source, target, dry_run=args.dry_run, on_progress=display.update)
+        progress = await migrate(
+            source,
+            target,
+            dry_run=args.dry_run,
+            on_progress=display.update,
+            event_problem=_event_problem(args.max_frame_bytes),
+        )
     finally:
         display.close()
     _summary(progress, args.dry_run)
+    _oversized(progress, args.max_frame_bytes)
     status = 1 if progress.conflicts else 0
     if progress.changed:
         _changed(progress)
@@ -198,6 +217,33 @@ def _summary(progress: Progress, dry_run: bool) -> None:
     )
     for conflict in progress.conflicts:
         print(f"conflict: {conflict.session_id}: {conflict.reason}", flush=True)
+
+
+def _event_problem(max_frame_bytes: int) -> Callable[[StoredEvent], str | None] | None:
+    """Over the frame limit less the envelope of a frame of it: as a publish is checked."""
+    if max_frame_bytes <= 0:
+        return None
+    from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
+
+    from .decode_charge import over_frame_limit
+
+    limit = max(1, max_frame_bytes - EVENT_ENVELOPE_BYTES)
+    return lambda event: over_frame_limit(event.event_json, limit)
+
+
+def _oversized(progress: Progress, max_frame_bytes: int) -> None:
+    for found in progress.oversized_listed:
+        where = f"session {found.session_id!r} seq {found.seq}"
+        print(f"warning: {where}: the event {found.what}", file=sys.stderr, flush=True)
+    if progress.oversized:
+        print(
+            f"warning: {progress.oversized:,} events copied (the first "
+            f"{len(progress.oversized_listed)} named) are over what a frame of {max_frame_bytes} "
+            "bytes carries: viewers reading frames of that size close 1009 at them; serve "
+            "the destination with a larger --max-frame-bytes",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _changed(progress: Progress) -> None:

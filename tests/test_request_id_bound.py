@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
-MAX_ID_LENGTH = 128  # docs/protocol.md: a string id of at most 128 characters
+from bamboo_session.protocol.frames import MAX_ID_LENGTH
 from bamboo_session.server.app import BambooServer
 from tests.support import Peer, attach, run_server, stream_url
 
@@ -106,7 +106,11 @@ async def test_an_error_quoting_a_long_value_is_within_the_frame_limit(msgpack: 
         ):
             await peer.send(frame)
             error = await peer.recv()
-            assert (error["type"], error["code"], error["id"]) == ("error", "bad_request", frame["id"])
+            assert (error["type"], error["code"], error["id"]) == (
+                "error",
+                "bad_request",
+                frame["id"],
+            )
             assert "…" in error["message"], error
         await peer.ws.close()
 
