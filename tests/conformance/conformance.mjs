@@ -547,9 +547,9 @@ async function edges() {
   // the frame limit at its edge: exactly 1 MiB is not larger than the limit
   for (const [proto, size, want] of [[undefined, 1048576, "ack"], [undefined, 1048577, 1009], ["bamboo.v1.msgpack", 1048576, "ack"], ["bamboo.v1.msgpack", 1048577, 1009]]) {
     const c = await attach(`/api/v1/stream/${sid}`, {}, proto ? { proto } : {});
-    // 512 bytes in a field the server ignores: the event leaves room for the envelope
+    // 1,024 bytes in a field the server ignores: the event leaves room for the envelope
     // of the frames viewers get it in (docs/protocol.md, MessagePack), so it is stored.
-    const base = { type: "event", id: "edge", pad: "p".repeat(512), event: { type: "token", content: "" } };
+    const base = { type: "event", id: "edge", pad: "p".repeat(1024), event: { type: "token", content: "" } };
     const overhead = proto ? mpEncode(base).length + 4 : Buffer.byteLength(J(base));
     const frame = { ...base, event: { type: "token", content: "x".repeat(size - overhead) } };
     const bytes = proto ? mpEncode(frame).length : Buffer.byteLength(J(frame));

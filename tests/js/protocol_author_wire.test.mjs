@@ -82,11 +82,14 @@ test("paths: 404 elsewhere, 400 for an empty or nested id, percent-decoding, que
 
 // ---- Frames ----
 
-test("ids: strings and signed 64-bit integers are echoed, 0 and empty included; others are not", async () => {
+test("ids: strings of up to 128 characters and signed 64-bit integers are echoed, 0 and empty included; others are not", async () => {
   const { peer } = await attach(server.port, sid("ids"), { create: true });
-  for (const id of [0, "", -5, "x".repeat(300)]) {
+  for (const id of [0, "", -5, "x".repeat(128), "\u{10ffff}".repeat(128)]) {
     assert.deepEqual(await peer.request({ type: "ping", id }, "pong"), { type: "pong", id });
   }
+  // A longer string is an invalid id, answered without it (docs/protocol.md).
+  peer.send({ type: "ping", id: "x".repeat(129) });
+  assertError(await peer.recv(), "bad_request", undefined);
   // Read as text: a JavaScript number cannot hold these exactly.
   for (const text of ["9223372036854775807", "-9223372036854775808"]) {
     peer.ws.sendText(`{"type": "ping", "id": ${text}}`);

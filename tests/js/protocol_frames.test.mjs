@@ -310,11 +310,11 @@ test("null for an optional field is the same as leaving it out; for a required o
 });
 
 test("a frame larger than 1 MiB closes 1009; one of exactly 1 MiB is read", async () => {
-  /** An event frame of exactly `size` bytes, 512 of them in a field the server ignores:
+  /** An event frame of exactly `size` bytes, 1,024 of them in a field the server ignores:
    * its event leaves room for the envelope of the frames viewers get it in
    * (docs/protocol.md, MessagePack), so it is stored. */
   const frameOf = (size) => {
-    const pad = "p".repeat(512);
+    const pad = "p".repeat(1024);
     const base = JSON.stringify({
       type: "event",
       id: 1,

@@ -1264,12 +1264,12 @@ public final class Conformance {
     }
 
     /**
-     * An event frame of exactly that many bytes of JSON, 512 of them in a field the server
+     * An event frame of exactly that many bytes of JSON, 1,024 of them in a field the server
      * ignores: its event leaves room for the envelope of the frames viewers get it in
      * (docs/protocol.md, MessagePack), so it is stored.
      */
     static String frameOfSize(int bytes, String id) {
-        String pad = "p".repeat(512);
+        String pad = "p".repeat(1024);
         String empty = Json.write(obj("type", "event", "id", id, "pad", pad,
                 "event", obj("type", "token", "content", "")));
         return Json.write(obj("type", "event", "id", id, "pad", pad,
