@@ -48,11 +48,11 @@ from .models import (
 )
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
+MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
 # The most characters of a decoder's reason an error carries: it quotes the value at
 # fault (an unknown ``type``, ``role`` or ``state``), which can be most of the frame, and
-# the error, its id besides, would be over the frame limit. Up to 1,200 bytes of JSON.
+# the error, its id besides, would be over the frame limit. Some 1,200 bytes of JSON.
 MAX_REASON_CHARS: Final = 200
-MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
 
 
 class _RequestIdOnly(msgspec.Struct):
