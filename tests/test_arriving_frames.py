@@ -320,10 +320,10 @@ async def test_fragments_at_twice_the_floor_with_pings_between_are_acked(
 
 
 def event_of_exactly(size: int) -> bytes:
-    """An event frame of exactly ``size`` bytes of JSON, 512 of them in a field the
+    """An event frame of exactly ``size`` bytes of JSON, 1,024 of them in a field the
     server ignores: its event leaves room for the envelope of the frames viewers get it
     in (docs/protocol.md, MessagePack), so it is stored."""
-    base = {"type": "event", "id": 1, "key": "k1", "pad": "p" * 512, "event": token("")}
+    base = {"type": "event", "id": 1, "key": "k1", "pad": "p" * 1024, "event": token("")}
     overhead = len(json.dumps(base))
     frame = {**base, "event": token("x" * (size - overhead))}
     encoded = json.dumps(frame).encode()

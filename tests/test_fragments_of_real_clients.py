@@ -22,11 +22,11 @@ FRAGMENT = 4 * KIB
 
 
 def event_of(size: int, number: int) -> str:
-    """An event frame of about ``size`` bytes of JSON (text that deflate squeezes), 512
+    """An event frame of about ``size`` bytes of JSON (text that deflate squeezes), 1,024
     of them in a field the server ignores: its event leaves room for the envelope of
     the frames viewers get it in (docs/protocol.md, MessagePack), so it is stored."""
-    content = (f"token {number} " * (size // 8))[: size - 712]
-    frame = {"type": "event", "id": number, "key": f"k{number}", "pad": "p" * 512}
+    content = (f"token {number} " * (size // 8))[: size - 1224]
+    frame = {"type": "event", "id": number, "key": f"k{number}", "pad": "p" * 1024}
     frame["event"] = token(content)
     return json.dumps(frame)
 
