@@ -235,7 +235,9 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "default_ttl": (1, 100 * 365 * 86400),
     "cleanup_interval": (0.001, None),
     "backlog": (1, None),
-    "max_frame_bytes": (64, None),
+    # Below 4 KiB, a frame's envelope (1,019 bytes with the longest request id) and an
+    # error quoting a cut value with that id (about 2 KiB) leave an event no room.
+    "max_frame_bytes": (4096, None),
     "max_queue": (1, None),
     "max_queue_bytes": (1024, None),
     "write_limit": (1024, None),

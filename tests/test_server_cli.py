@@ -138,6 +138,7 @@ def test_bad_flag_values_fail_with_one_line_and_status_2() -> None:
         ("--rate-limit", "-1", "must be at least 0, not -1"),
         ("--hello-timeout", "0", "must be at least 0.001, not 0"),
         ("--max-frame-bytes", "1.5", "expected an integer, not '1.5'"),
+        ("--max-frame-bytes", "4095", "must be at least 4096, not 4095"),
         ("--compression", "maybe", "expected true or false, not 'maybe'"),
         ("--default-ttl", "0", "must be between 1 and 3153600000, not 0"),
         ("--read-slots", "1", "must be between 2 and 256, not 1"),
