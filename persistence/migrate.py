@@ -27,9 +27,7 @@ its frame limit) is copied all the same, as the source holds it, and reported: t
 source's servers served it, and the operator may serve the copy with a limit that
 carries it; refusing it would leave the store unmovable, as would dropping it.
 
-Verifying compares every session of both stores: counts, last seq, epoch, state, and a
-checksum of the events (seq, ts, key and the event, re-encoded so that two backends'
-byte-for-byte spellings of one event agree).
+Verifying a copy is :mod:`.migrate_verify`'s.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Final
@@ -152,7 +149,7 @@ async def plan_session(source: Storage, target: Storage, meta: SessionMetadata) 
     if found.last_seq:
         mine = await source.read_events(meta.id, found.last_seq - 1, limit=1)
         theirs = await target.read_events(meta.id, found.last_seq - 1, limit=1)
-        if [_fingerprint(e) for e in mine] != [_fingerprint(e) for e in theirs]:
+        if [fingerprint(e) for e in mine] != [fingerprint(e) for e in theirs]:
             reason = f"event {found.last_seq} differs between source and destination"
             return Planned(meta.id, Action.CONFLICT, 0, reason)
     if not found.state.can_become(meta.state):
@@ -162,7 +159,7 @@ async def plan_session(source: Storage, target: Storage, meta: SessionMetadata) 
             f"the destination's session is {found.state.value}, the source's {meta.state.value}"
         )
         return Planned(meta.id, Action.CONFLICT, 0, reason)
-    if found.last_seq == meta.last_seq and _final_fields(found) == _final_fields(meta):
+    if found.last_seq == meta.last_seq and final_fields(found) == final_fields(meta):
         return Planned(meta.id, Action.SKIP, 0)
     return Planned(meta.id, Action.RESUME, meta.last_seq - found.last_seq)
 
@@ -233,7 +230,7 @@ def _change(before: SessionMetadata, now: SessionMetadata) -> str:
             f"last seq {before.last_seq} -> {now.last_seq} during the run: "
             f"events after seq {before.last_seq} not copied"
         )
-    if _final_fields(before) != _final_fields(now):
+    if final_fields(before) != final_fields(now):
         return "its state or times changed during the run: copied as they were before"
     return ""
 
@@ -319,88 +316,26 @@ class _Run:
                     progress.oversized_listed.append(Oversized(session_id, event.seq, what))
 
 
-# -- verify ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Difference:
-    session_id: str
-    what: str
-
-
-async def verify(source: Storage, target: Storage) -> tuple[int, list[Difference]]:
-    """Compare every session of both stores; how many were compared, and what differs."""
-    differences: list[Difference] = []
-    seen: set[str] = set()
-    async for meta in source_sessions(source):
-        seen.add(meta.id)
-        found = await target.get_metadata(meta.id)
-        if found is None:
-            differences.append(Difference(meta.id, "missing from the destination"))
-            continue
-        differences.extend(Difference(meta.id, what) for what in _compare(meta, found))
-        if found.epoch == meta.epoch and found.last_seq == meta.last_seq:
-            mine, theirs = await _checksum(source, meta.id), await _checksum(target, meta.id)
-            if mine != theirs:
-                differences.append(Difference(meta.id, f"event checksum {mine} != {theirs}"))
-    async for meta in source_sessions(target):
-        if meta.id not in seen:
-            differences.append(Difference(meta.id, "only in the destination"))
-    return len(seen), differences
-
-
-def _compare(mine: SessionMetadata, theirs: SessionMetadata) -> list[str]:
-    fields = ("epoch", "last_seq", "message_count", "user_id", "title", "created_at")
-    found = [
-        f"{name}: {getattr(mine, name)!r} != {getattr(theirs, name)!r}"
-        for name in fields
-        if _plain(getattr(mine, name)) != _plain(getattr(theirs, name))
-    ]
-    for name, a, b in zip(
-        ("state", "updated_at", "last_activity_at", "expires_at", "ttl", "extra"),
-        _final_fields(mine),
-        _final_fields(theirs),
-        strict=True,
-    ):
-        if a != b:
-            found.append(f"{name}: {a!r} != {b!r}")
-    return found
-
-
-async def _checksum(store: Storage, session_id: str) -> str:
-    digest = hashlib.sha256()
-    position = 0
-    while True:
-        page = await store.read_events(
-            session_id, position, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES
-        )
-        if not page:
-            return digest.hexdigest()[:16]
-        for event in page:
-            digest.update(_fingerprint(event))
-        position = page[-1].seq
-
-
-def _fingerprint(event: StoredEvent) -> bytes:
-    """The event as two backends must agree on it, whatever their spelling of it."""
-    return _encoder.encode((event.seq, _plain(event.ts), event.key, event.event)) + b"\n"
-
-
-def _final_fields(meta: SessionMetadata) -> tuple[object, ...]:
+def final_fields(meta: SessionMetadata) -> tuple[object, ...]:
     """What ``import_metadata`` sets, in comparable form."""
     return (
         meta.state.value,
-        _plain(meta.updated_at),
-        _plain(meta.last_activity_at),
-        _plain(meta.expires_at),
+        plain(meta.updated_at),
+        plain(meta.last_activity_at),
+        plain(meta.expires_at),
         meta.ttl,
         meta.extra,
     )
 
 
-def _plain(value: object) -> object:
+def plain(value: object) -> object:
     """Times as UTC text with microseconds, so equal instants compare equal."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         return moment.astimezone(UTC).isoformat(timespec="microseconds")
     return value
+
+
+def fingerprint(event: StoredEvent) -> bytes:
+    """The event as two backends must agree on it, whatever their spelling of it."""
+    return _encoder.encode((event.seq, plain(event.ts), event.key, event.event)) + b"\n"

@@ -175,7 +175,8 @@ async def _open_target(args: argparse.Namespace) -> Storage:
 
 
 async def _run(args: argparse.Namespace, source: Storage, target: Storage) -> int:
-    from bamboo_session.persistence.migrate import migrate, verify
+    from bamboo_session.persistence.migrate import migrate
+    from bamboo_session.persistence.migrate_verify import verify
 
     display = _display(args.progress)
     try:

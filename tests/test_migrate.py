@@ -21,7 +21,8 @@ import pytest
 
 from bamboo_session.persistence import JsonlStorage, Storage, open_storage
 from bamboo_session.persistence.importing import SessionImport
-from bamboo_session.persistence.migrate import Action, Progress, migrate, verify
+from bamboo_session.persistence.migrate import Action, Progress, migrate
+from bamboo_session.persistence.migrate_verify import verify
 from bamboo_session.protocol.models import (
     AgentEvent,
     Message,

@@ -17,7 +17,8 @@ import msgspec
 import pytest
 
 from bamboo_session.persistence import SessionNotFound, Storage
-from bamboo_session.persistence.migrate import Action, migrate, plan_session, verify
+from bamboo_session.persistence.migrate import Action, migrate, plan_session
+from bamboo_session.persistence.migrate_verify import verify
 from bamboo_session.persistence.redis.scripts import HistoryLost
 from bamboo_session.persistence.redis.storage import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Session
