@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 # Sessions whose idempotency-key window stays in memory at most (besides the bytes).
 KEY_WINDOWS_KEPT: Final = 1024
-_NO_KEYS: Final = KeyWindow()  # for appends without keys: never written to
 
 
 class WalKeptFull(AppendsSuspended):
@@ -116,7 +115,7 @@ class Appender:
         if self.writer.wal_kept_bytes > self.wal_kept_max_bytes:
             self.check_wal_kept()  # refused
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        stored, results = _to_store(items, record.next_seq, window or _NO_KEYS, self._clock.stamp())
+        stored, results = _to_store(items, record.next_seq, window, self._clock.stamp())
         if stored:
             batch = _batch(stored, imported=False)
             if capped:
@@ -348,11 +347,23 @@ class Appender:
 
 
 def _to_store(
-    items: Sequence[AppendItem], next_seq: int, window: KeyWindow, now: datetime
+    items: Sequence[AppendItem], next_seq: int, window: KeyWindow | None, now: datetime
 ) -> tuple[list[StoredEvent], list[Appended]]:
     """The items' fresh events as stored, and what each item became. A function of
     its own so that nothing of the split outlives it: what an append in flight holds
-    until its commit, the cycle collector walks again and again."""
+    until its commit, the cycle collector walks again and again. No ``window``: no
+    item has a key (the caller's check), so none is a duplicate and there is nothing
+    to split (most appends: an agent's lone event)."""
+    if window is None:
+        if len(items) == 1:
+            event, key = items[0]
+            seq = next_seq + 1
+            return [StoredEvent(seq, now, completed_event(event), key)], [Appended(seq)]
+        stored = [
+            StoredEvent(seq, now, completed_event(event), key)
+            for seq, (event, key) in enumerate(items, next_seq + 1)
+        ]
+        return stored, [Appended(event.seq) for event in stored]
     fresh, results = split_duplicates(items, next_seq, window)
     if len(fresh) == 1:  # most appends: one event (no comprehension's frame)
         seq, event, key = fresh[0]
