@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..base import SessionLogFailed, StorageError
 from .batch import Batch, Commit, Group, QueuedControl
@@ -62,7 +63,7 @@ class Answers:
                 for append in group.batches:
                     future = append.future
                     if future is not None and not future.done():
-                        future.set_result(None)
+                        future.set_result(append.results)
             else:
                 cause = group.error or OSError("the log writer failed")
                 failure = SessionLogFailed if group.alone else StorageError
@@ -115,6 +116,6 @@ class Answers:
         self._on_failed(session_id, cause, self._files.uncut.get(session_id, 0))
 
 
-def _fail(future: asyncio.Future[None] | None, error: BaseException) -> None:
+def _fail(future: asyncio.Future[Any] | None, error: BaseException) -> None:
     if future is not None and not future.done():
         future.set_exception(error)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -99,34 +99,51 @@ class Appender:
             config.sync_helper,
         )
 
-    async def append(
+    def append(
         self,
         record: SessionRecord,
         items: Sequence[AppendItem],
         window: KeyWindow | None,
         capped: bool = True,
-    ) -> list[Appended]:
+    ) -> Awaitable[list[Appended]]:
         """Append the items (the caller checked, with no await since, that the session
         takes them, and got ``window`` from :meth:`key_window` if any item has a key);
         ``capped``: held to ``max_session_bytes`` (SessionFull past it, nothing
-        written) and ``max_user_bytes`` (UserFull). The hot path: no await but the
-        acknowledgement's."""
+        written) and ``max_user_bytes`` (UserFull). What to await for what each item
+        became. The hot path, not a coroutine: when every item is fresh that is the
+        writer's future itself, which resolves to the results, so the caller's await
+        is the append's only one (no frame of this layer made, entered and resumed)."""
         check_settled(record)
         if self.writer.wal_kept_bytes > self.wal_kept_max_bytes:
             self.check_wal_kept()  # refused
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
         stored, results = _to_store(items, record.next_seq, window, self._clock.stamp())
+        written = None
         if stored:
-            batch = _batch(stored, imported=False)
+            batch = _batch(stored, results, imported=False)
             if capped:
                 adding, user = len(batch.data), record.meta.user_id
                 check_room(record.log_end, adding, self.max_session_bytes)
                 check_user_room(user, self.users.of(user), adding, self.max_user_bytes)
             # Not shielded: a caller cancelled meanwhile cancels only this future of its
             # own, and the writer writes the lines all the same (it skips a done future).
-            await self._submit(record, batch, window)
-        if len(stored) != len(items):  # duplicates: acknowledged once their originals are
-            await self._await_originals(record.session_id, results)
+            written = self._submit(record, batch, window)
+            if len(stored) == len(items):
+                return written
+        # Duplicates: acknowledged once their originals are.
+        return self._with_originals(written, record.session_id, results)
+
+    async def _with_originals(
+        self,
+        written: Awaitable[list[Appended]] | None,
+        session_id: str,
+        results: list[Appended],
+    ) -> list[Appended]:
+        """An append with duplicates: its fresh items written (``written``, if any),
+        then the appends its duplicates repeat."""
+        if written is not None:
+            await written
+        await self._await_originals(session_id, results)
         return results
 
     async def import_events(
@@ -141,7 +158,7 @@ class Appender:
             if event.seq != expected:
                 raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
             expected += 1
-        batch = _batch(list(events), imported=True)
+        batch = _batch(list(events), [], imported=True)
         await asyncio.shield(self._submit(record, batch, window))
 
     def check_wal_kept(self) -> None:
@@ -172,7 +189,7 @@ class Appender:
 
     def _submit(
         self, record: SessionRecord, batch: Batch, window: KeyWindow | None
-    ) -> asyncio.Future[None]:
+    ) -> asyncio.Future[list[Appended]]:
         session_id = record.session_id
         stored = batch.events
         if window is not None:
@@ -372,14 +389,15 @@ def _to_store(
     return stored, results
 
 
-def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
-    """The events as log lines, with where each message's line is among them."""
+def _batch(stored: list[StoredEvent], results: list[Appended], imported: bool) -> Batch:
+    """The events as log lines, with where each message's line is among them;
+    ``results``: what the append's future resolves to once they are written."""
     if len(stored) == 1:  # most appends: one event
         event = stored[0]
         line = encode_stored_event(event) + b"\n"
         if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
-            return Batch(stored, line, [(event.seq, 0, len(line) - 1)], imported)
-        return Batch(stored, line, [], imported)
+            return Batch(stored, line, [(event.seq, 0, len(line) - 1)], imported, results)
+        return Batch(stored, line, [], imported, results)
     lines = [encode_stored_event(event) + b"\n" for event in stored]
     messages = []
     offset = 0
@@ -387,4 +405,4 @@ def _batch(stored: list[StoredEvent], imported: bool) -> Batch:
         if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
             messages.append((event.seq, offset, len(line) - 1))
         offset += len(line)
-    return Batch(stored, b"".join(lines), messages, imported)
+    return Batch(stored, b"".join(lines), messages, imported, results)

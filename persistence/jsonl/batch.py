@@ -19,6 +19,8 @@ from msgspec import Struct, field
 
 from bamboo_session.protocol.models import StoredEvent
 
+from ..base import Appended
+
 
 class Batch(Struct):
     """The events of one append call, encoded (``data``: whole lines) and as objects.
@@ -32,9 +34,11 @@ class Batch(Struct):
     # (seq, offset in data, length without the newline) of each ``message`` event
     messages: list[tuple[int, int, int]] = field(default_factory=list)
     imported: bool = False  # carried over from another store: not activity
+    results: list[Appended] = []  # (the caller's: each append's own list)
     session_id: str = ""
     generation: int = 0
-    future: asyncio.Future[None] | None = None  # set when queued
+    # Set when queued; resolves to ``results``, what each item became.
+    future: asyncio.Future[list[Appended]] | None = None
 
 
 class Group(Struct):

@@ -51,7 +51,7 @@ from typing import TypeVar
 from bamboo_session.tasks import detached
 from bamboo_session.wakeup import Wakeup
 
-from ..base import StorageError
+from ..base import Appended, StorageError
 from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
@@ -137,9 +137,10 @@ class LogWriter(CommitStarts):
             sync_loop = self._syncs.run(self._fsync_interval)
             self._tasks.append(detached(sync_loop, name="bamboo-log-sync"))
 
-    def submit(self, session_id: str, batch: Batch) -> asyncio.Future[None]:
-        """Queue the batch's lines for the session's log; the future resolves when they
-        are as durable as the mode says, or fails with :class:`StorageError`."""
+    def submit(self, session_id: str, batch: Batch) -> asyncio.Future[list[Appended]]:
+        """Queue the batch's lines for the session's log; the future resolves (to the
+        batch's ``results``) when they are as durable as the mode says, or fails with
+        :class:`StorageError`."""
         if self._closing:
             raise StorageError("storage is closed")
         assert self._loop is not None, "start() the writer first"
