@@ -74,13 +74,10 @@ _fallocate = getattr(os, "posix_fallocate", None)
 
 
 class _Record(msgspec.Struct, omit_defaults=True):
-    """A record as written: ``lines`` is the JSON array of the log lines, pre-built."""
+    """A deletion's record, or its cancellation's, as written (a record of lines is
+    made as bytes directly: ``encode_lines``)."""
 
     sid: str
-    seq: int = 0
-    off: int = 0
-    crc: int = 0
-    lines: msgspec.Raw = msgspec.Raw(b"[]")
     deleted: bool = False
     undeleted: bool = False
     epoch: str = ""  # of the deleted session: a re-created one has another
@@ -110,10 +107,19 @@ _decoder = msgspec.json.Decoder(ReadRecord)
 
 def encode_lines(session_id: str, first_seq: int, offset: int, data: bytes) -> bytes:
     """The record of ``data`` (whole log lines, each ended by a newline) for one session,
-    newline included. A log line is compact JSON, so it holds no raw newline."""
-    lines = msgspec.Raw(b"[" + data[:-1].replace(b"\n", b",") + b"]")
-    record = _Record(session_id, first_seq, offset, zlib.crc32(data), lines)
-    return _encoder.encode(record) + b"\n"
+    newline included. A log line is compact JSON, so it holds no raw newline, and the
+    lines joined by commas are the array's items as they are. Made as bytes directly,
+    at every group commit: a Struct made, encoded and joined cost a fifth more."""
+    return _LINES_RECORD % (
+        _encoder.encode(session_id),
+        first_seq,
+        offset,
+        zlib.crc32(data),
+        data[:-1].replace(b"\n", b","),
+    )
+
+
+_LINES_RECORD: Final = b'{"sid":%b,"seq":%d,"off":%d,"crc":%d,"lines":[%b]}\n'
 
 
 def encode_deleted(session_id: str, epoch: str) -> bytes:
