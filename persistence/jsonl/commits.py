@@ -106,10 +106,11 @@ class Committer:
                 self.files.needs_truncate.setdefault(forget.session_id, forget.cut_to)
                 self.files.uncut.setdefault(forget.session_id, forget.uncut)
 
-    def write(self, commit: Commit) -> Left:
+    def write(self, commit: Commit, now: float) -> Left:
         """The first step, in one pass over the groups: each group's lines to its log,
         its log marked (unsynced, covered by the WAL's segment), its WAL record made;
-        then the records to the segment. All to the page cache. What is left to do."""
+        then the records to the segment. All to the page cache. What is left to do.
+        ``now``: the monotonic time the commit started (the caller's read of it)."""
         wal, files = self.wal, self.files
         open_logs = files.open_logs
         logs_synced_later = self._logs_synced_later
@@ -147,7 +148,7 @@ class Committer:
                     if touched is not None:  # (else ``finish`` starts the first segment)
                         touched.add(session_id)
             if wal is not None:
-                left = self._write_wal(wal, commit, records)
+                left = self._write_wal(wal, commit, records, now)
             elif logs_synced_later:  # ``os`` mode
                 left = NOTHING
             else:
@@ -163,7 +164,7 @@ class Committer:
     def write_and_finish(self, commit: Commit) -> None:
         """Both steps at once, on the I/O thread, for a batch too large for the loop:
         one hand-off, and its sync right there."""
-        if self.write(commit):
+        if self.write(commit, time.monotonic()):
             self.finish(commit)
 
     def finish(self, commit: Commit) -> None:
@@ -212,7 +213,9 @@ class Committer:
         if not commit.on_loop and len(self.files.open_logs) > self.files.max_open:
             self.files.trim()
 
-    def _write_wal(self, wal: SegmentFile, commit: Commit, records: list[bytes]) -> Left:
+    def _write_wal(
+        self, wal: SegmentFile, commit: Commit, records: list[bytes], now: float
+    ) -> Left:
         """The written groups' records (and deletions), written to the WAL now when the
         current segment takes them, else kept for ``finish`` to start a new one."""
         forgets = commit.forgets
@@ -229,7 +232,7 @@ class Committer:
         data = b"".join(records)  # (one record: that record itself, not a copy)
         if not data:
             return NOTHING
-        if not wal.ready(time.monotonic(), len(data)):
+        if not wal.ready(now, len(data)):
             commit.wal_data = data
             return FINISH
         commit.wal_before = wal.size

@@ -118,13 +118,14 @@ class CommitStarts:
         self._queue, self._carried = [], False
         return queue
 
-    def _start(self, commit: Commit) -> Left:
+    def _start(self, commit: Commit, now: float) -> Left:
         """The commit's first step, on the loop's thread, the files taken: its lines
         written if it is small enough (``on_loop``); what is left (``WHOLE``: all of it,
-        on the I/O thread). Never raises (``write`` fails the commit instead)."""
+        on the I/O thread). ``now``: the monotonic time it started (the WAL segment's
+        age is told by it). Never raises (``write`` fails the commit instead)."""
         if commit.forgets:  # before this commit's appends to a session back
             self._commits.cut_again(commit.forgets)
-        return self._commits.write(commit) if commit.on_loop else WHOLE
+        return self._commits.write(commit, now) if commit.on_loop else WHOLE
 
     def _wake(self) -> None:
         """Something was queued: have it taken. While the writer's task is idle and the
@@ -184,13 +185,14 @@ class CommitStarts:
             self._wakeup.set()
             return
         batch = self._in_flight = self._take_batch()
-        self._in_flight_since, self._waiting_on = time.monotonic(), None
+        now = self._in_flight_since = time.monotonic()
+        self._waiting_on = None
         if self._commit_window:
             assert self._loop is not None
             self._last_commit = self._loop.time()
         try:
             commit = self._commits.gather(batch, self._answers)
-            left = self._start(commit)
+            left = self._start(commit, now)
         except Exception as exc:  # (a bug: as in the task, no append waits for ever)
             log.exception("log writer failed")
             self._answers.fail_unanswered(batch, repr(exc))
@@ -222,8 +224,10 @@ class CommitStarts:
             self._hand(commit, FINISH)
             return
         try:
+            # No ``conclude``: a commit begun here wrote on the loop, to logs that were
+            # open, and its sync succeeded, with nothing cut, failed or forgotten in it
+            # (``_begin`` keeps one with a marker for the task): nothing for it to do.
             self.batches += 1
-            self._commits.conclude(commit)
             self._answers.settle(commit)
         except Exception as exc:  # (a bug: as in the task, no append waits for ever)
             log.exception("log writer failed")

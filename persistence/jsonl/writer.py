@@ -279,7 +279,7 @@ class LogWriter(CommitStarts):
         in_use = self._files_in_use
         if not in_use.take_now():  # (a background sync holds the files)
             await in_use.take()
-        await self._carry_on(commit, self._start(commit))
+        await self._carry_on(commit, self._start(commit, time.monotonic()))
 
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         """The rest of a started commit, in the writer's task, then its answers; the
