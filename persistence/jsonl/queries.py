@@ -182,8 +182,13 @@ class JsonlQueries(OnStoreClock):
     # -- helpers --------------------------------------------------------------------
 
     def _record(self, session_id: str, epoch: str | None = None) -> SessionRecord:
-        """The session's record; with ``epoch``, only if its log is of that epoch."""
-        record = self._records.get(check_session_id(session_id))
+        """The session's record; with ``epoch``, only if its log is of that epoch. An id
+        of a bad form is told as such: one of a record is valid (checked at its
+        creation, or in its files' names at the open), and is not matched again at
+        every append (a regular expression: the memory store's way, bench/RESULTS.md)."""
+        record = self._records.get(session_id) if isinstance(session_id, str) else None
+        if record is None:
+            check_session_id(session_id)
         if record is None or (epoch is not None and record.meta.epoch != epoch):
             raise SessionNotFound(f"session {session_id!r} not found")
         return record
