@@ -27,6 +27,7 @@ once to gather them, once to write, once to answer.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -134,7 +135,10 @@ class Committer:
                 data, before = group.data, open_log.size
                 group.open_log, group.size_before = open_log, before
                 try:
-                    write_all(open_log.fd, data)
+                    # ``write_all``'s first write here: nearly always the only one.
+                    written = os.write(open_log.fd, data)
+                    if written != len(data):
+                        write_all(open_log.fd, memoryview(data)[written:])
                 except OSError as exc:  # recorded, and cut back by ``finish``
                     group.error, group.alone = exc, of_its_own(exc)
                     commit.cuts.append(group)

@@ -96,7 +96,7 @@ def of_its_own(error: OSError, opened: str | None = None) -> bool:
     return True
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """``os.write`` until every byte is written: a write may be short (disk almost full,
     file size limit) and the rest then fails with the real error."""
     written = os.write(fd, data)
@@ -110,7 +110,7 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``os.pwrite`` at ``offset`` until every byte is written (see ``write_all``)."""
     written = os.pwrite(fd, data, offset)
     if written == len(data):  # nearly always: no view, no loop

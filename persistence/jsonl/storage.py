@@ -72,6 +72,7 @@ _FINAL_STATES: Final = frozenset({SessionState.CLOSED, SessionState.EXPIRED})
 # Read once: a member read off its class goes through EnumType.__getattr__ on Python
 # 3.11 (about 850 machine instructions), and every append asks.
 _CLOSED: Final = SessionState.CLOSED
+_EXPIRED: Final = SessionState.EXPIRED
 
 
 class JsonlStorage(JsonlUpkeep, AppendOne):
@@ -383,9 +384,11 @@ class JsonlStorage(JsonlUpkeep, AppendOne):
         """The session's record, if it takes appends now (to the log of ``epoch``, if
         given); with no await between this and the seqs' assignment."""
         record = self._record(session_id, epoch)
-        if record.meta.state == _CLOSED:
+        meta = record.meta
+        if meta.state == _CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
-        self._check_not_expired(record)
+        if meta.expires_at is not None or meta.state == _EXPIRED:  # (most: neither)
+            self._check_not_expired(record)
         return record
 
     # -- helpers --------------------------------------------------------------------
