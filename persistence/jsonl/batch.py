@@ -89,12 +89,14 @@ class Commit(Struct):
     ``gather`` took them from the queue, what ``write`` did, and what ``finish`` must
     still do, on the I/O thread or in the sync helper."""
 
-    groups: list[Group] = field(default_factory=list)  # in queue order
-    controls: list[QueuedControl] = field(default_factory=list)  # flushes, deletions
+    groups: list[Group]  # in queue order
+    # Flushes and deletions; what failed, to cut back to its size_before. Empty tuples
+    # unless there are some: a lone append's commit makes no list for them.
+    controls: Sequence[QueuedControl] = ()
     forgets: Sequence[Forget] = ()  # the deletions' records
     # Small, to logs open already, nothing to cut first: ``write`` may run on the loop.
     on_loop: bool = True
-    cuts: list[Group] = field(default_factory=list)  # to cut back to their size_before
+    cuts: Sequence[Group] = ()
     # The WAL records went into the segment (unsynced; when ``wal_error``, perhaps in
     # part): its size before them, to sync from or to cut back to.
     wal_before: int | None = None
@@ -103,6 +105,14 @@ class Commit(Struct):
     sync_logs: bool = False  # ``fsync`` without the WAL: every written log
     failed: bool = False  # something unexpected: nothing of the batch may stay
     cut_done: bool = False  # ``finish`` ran: whatever failed is cut back
+
+    def cut(self, group: Group) -> None:
+        """The group failed: it is to be cut back."""
+        cuts = self.cuts
+        if isinstance(cuts, list):
+            cuts.append(group)
+        else:
+            self.cuts = [group]
 
     @property
     def batches(self) -> list[Batch]:

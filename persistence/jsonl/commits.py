@@ -72,15 +72,19 @@ class Committer:
         ``write`` may run on the loop's thread (``on_loop``): a small batch to logs that
         are open (opening one may block), nothing an earlier failure left to cut
         first (a cut syncs)."""
-        commit = Commit()
+        ordered: list[Group] = []
+        commit = Commit(ordered)
+        controls: list[QueuedControl] | None = None
         groups: dict[str, Group] = {}
-        ordered = commit.groups
         open_logs, needs_truncate = self.files.open_logs, self.files.needs_truncate
         generations = answers.generations  # empty until a session's append fails
         size, on_loop = 0, True
         for item in items:
             if type(item) is QueuedControl:  # (isinstance asks a Struct's metaclass)
-                commit.controls.append(item)
+                if controls is None:  # (a list made for the commit's first)
+                    controls = []
+                    commit.controls = controls
+                controls.append(item)
                 continue
             if (generations or item.generation) and answers.stale(item):
                 continue
@@ -95,8 +99,8 @@ class Committer:
                 group.batches.append(item)
             size += len(item.data)
         commit.on_loop = on_loop and size <= LOOP_WRITE_BYTES
-        if commit.controls:
-            commit.forgets = [c.forget for c in commit.controls if c.forget is not None]
+        if controls:
+            commit.forgets = [c.forget for c in controls if c.forget is not None]
         return commit
 
     def cut_again(self, forgets: Sequence[Forget]) -> None:
@@ -141,7 +145,7 @@ class Committer:
                         write_all(open_log.fd, memoryview(data)[written:])
                 except OSError as exc:  # recorded, and cut back by ``finish``
                     group.error, group.alone = exc, of_its_own(exc)
-                    commit.cuts.append(group)
+                    commit.cut(group)
                     continue
                 open_log.size = group.new_size = before + len(data)
                 group.ok = True
@@ -287,4 +291,4 @@ def _fail(commit: Commit, exc: OSError | None) -> None:
         forget.error = forget.error or error
     for group in commit.written:
         group.error, group.ok = group.error or error, False
-        commit.cuts.append(group)
+        commit.cut(group)

@@ -86,7 +86,7 @@ class LogFiles:
         for group, error in zip(written, errors, strict=True):
             if error is not None:
                 group.error, group.ok = error, False
-                commit.cuts.append(group)
+                commit.cut(group)
 
     def path(self, session_id: str) -> str:
         return self._layout.log_file(session_id)
