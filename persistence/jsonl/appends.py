@@ -134,16 +134,23 @@ class Appender:
         return self._with_originals(written, record.session_id, results)
 
     async def _with_originals(
-        self,
-        written: Awaitable[list[Appended]] | None,
-        session_id: str,
-        results: list[Appended],
+        self, written: Awaitable[object] | None, session_id: str, results: list[Appended]
     ) -> list[Appended]:
         """An append with duplicates: its fresh items written (``written``, if any),
-        then the appends its duplicates repeat."""
+        then acknowledged only once the appends its duplicates repeat are: if one of
+        those fails, so does this call (the caller retries with the same key)."""
         if written is not None:
             await written
-        await self._await_originals(session_id, results)
+        newest = max((r.seq for r in results if r.duplicate), default=0)
+        record = self._records.get(session_id)
+        if record is None or newest <= record.meta.last_seq:
+            return results
+        await self.writer.flush()
+        record = self._records.get(session_id)
+        if record is None or newest > record.meta.last_seq:
+            raise StorageError(
+                f"the first append with this key to session {session_id!r} failed; retry"
+            )
         return results
 
     async def import_events(
@@ -219,20 +226,6 @@ class Appender:
             del self.deleting[record.session_id]
         if self._records.get(record.session_id) is not record:
             record.uncount()
-
-    async def _await_originals(self, session_id: str, results: list[Appended]) -> None:
-        """A duplicate of an append still being written is acknowledged only once that
-        one is: if it fails, so does this call (the caller retries with the same key)."""
-        newest = max((r.seq for r in results if r.duplicate), default=0)
-        record = self._records.get(session_id)
-        if record is None or newest <= record.meta.last_seq:
-            return
-        await self.writer.flush()
-        record = self._records.get(session_id)
-        if record is None or newest > record.meta.last_seq:
-            raise StorageError(
-                f"the first append with this key to session {session_id!r} failed; retry"
-            )
 
     async def key_window(self, session_id: str) -> KeyWindow:
         """The session's key window: cached, or read from its log once, however many
