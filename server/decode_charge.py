@@ -46,9 +46,9 @@ JSON_PER_FRAME_BYTE = 6
 # (the last two for the strings of 65,536 bytes or more that are not values: objects'
 # keys, typed fields; and a message's typed list of 16 tool calls or more): 81,928
 # bytes and 0.003% more, the tighter of the two from 63 KB on. An event under the
-# limit by the tighter bound is not encoded again: with the default limit, up to
-# 966,000 bytes of JSON, where 2.3 J + 8 stopped at 455,000 (tests/test_msgpack_bound.py:
-# fuzzed, and the worst cases). (A frame byte becomes at most 3 in MessagePack, ``1e5``
+# limit by the tighter bound is not encoded again: with the default limit (less the
+# envelope's 1,019 bytes), up to 965,000 bytes of JSON, where 2.3 J + 8 stopped at
+# 455,000 (tests/test_msgpack_bound.py: fuzzed, and the worst cases). (A frame byte becomes at most 3 in MessagePack, ``1e5``
 # a float of 9: fewer than 6, so the frames not looked at above are not here either.)
 MSGPACK_PER_JSON_BYTE = 2.3
 MSGPACK_PER_FREE_VALUE = 5
@@ -107,16 +107,19 @@ def check_json_sizes(frame: ClientFrame, max_event_json: int) -> None:
             raise ProtocolError(ErrorCode.TOO_LARGE, reason, frame.id)
 
 
-def over_frame_limit(event_json: bytes, max_event_json: int) -> str | None:
+def over_frame_limit(
+    event_json: bytes, max_event_json: int, *, values_counted: bool = True
+) -> str | None:
     """What is wrong with an event of ``event_json`` (as stored) that is more than
     ``max_event_json`` bytes in JSON or in MessagePack, as its viewers get it: ``is N
     bytes in JSON, as JSON viewers get it: over the frame limit …``; None when it is
     within. The check of every publish (:func:`check_json_sizes`), of an in-process
-    append (server/commands.py) and of an event ``migrate`` copies. Its MessagePack
-    bound (:func:`msgpack_bound`) holds for an event of at most ``MAX_FREE_VALUES``
-    free-form values, as every append path has it."""
+    append (server/commands.py) and of an event ``migrate`` copies. With
+    ``values_counted``, the event holds at most ``MAX_FREE_VALUES`` free-form values,
+    as every append path holds it now (:func:`msgpack_bound`); without, as a stored
+    event may hold more (an in-process append of 0.1.0, a store written directly)."""
     size, form = len(event_json), "JSON, as JSON viewers get it"
-    if size <= max_event_json < msgpack_bound(size):
+    if size <= max_event_json < msgpack_bound(size, values_counted):
         size = len(_msgpack.encode(msgspec.json.decode(event_json)))
         form = "MessagePack, as MessagePack viewers get it"
     if size <= max_event_json:
@@ -127,9 +130,12 @@ def over_frame_limit(event_json: bytes, max_event_json: int) -> str | None:
     )
 
 
-def msgpack_bound(size: int) -> float:
-    """The most bytes an event of ``size`` bytes in JSON, of a frame that was decoded
-    (its free-form values counted), can be in MessagePack."""
+def msgpack_bound(size: int, values_counted: bool = True) -> float:
+    """The most bytes an event of ``size`` bytes in JSON can be in MessagePack: of a
+    frame that was decoded (``values_counted``: at most ``MAX_FREE_VALUES``), or of
+    any number of free-form values."""
     by_bytes = size * MSGPACK_PER_JSON_BYTE
+    if not values_counted:
+        return by_bytes + MSGPACK_HEADERS_BYTES
     by_values = size + MSGPACK_PER_FREE_VALUE * MAX_FREE_VALUES + (size >> 15)
     return min(by_bytes, by_values) + MSGPACK_HEADERS_BYTES

@@ -221,7 +221,8 @@ def _summary(progress: Progress, dry_run: bool) -> None:
 
 
 def _event_problem(max_frame_bytes: int) -> Callable[[StoredEvent], str | None] | None:
-    """Over the frame limit less the envelope of a frame of it: as a publish is checked."""
+    """Over the frame limit less the envelope of a frame of it: as a publish is checked,
+    but for any number of free-form values (a store may hold more than a frame can)."""
     if max_frame_bytes <= 0:
         return None
     from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
@@ -229,7 +230,7 @@ def _event_problem(max_frame_bytes: int) -> Callable[[StoredEvent], str | None] 
     from .decode_charge import over_frame_limit
 
     limit = max(1, max_frame_bytes - EVENT_ENVELOPE_BYTES)
-    return lambda event: over_frame_limit(event.event_json, limit)
+    return lambda event: over_frame_limit(event.event_json, limit, values_counted=False)
 
 
 def _oversized(progress: Progress, max_frame_bytes: int) -> None:

@@ -61,3 +61,31 @@ def test_an_event_over_the_destinations_frame_limit_is_copied_and_named(tmp_path
         result = migrate("--from", source, "--to", again, *limit)
         assert result.returncode == 0, result.stderr
         assert "warning" not in result.stderr, result.stderr
+
+
+def test_an_event_of_more_free_form_values_than_a_frame_holds_is_measured_whole(
+    tmp_path: Path,
+) -> None:
+    """An event of more than 16,384 free-form values (MAX_FREE_VALUES), which no frame
+    holds but an in-process append stored before it was held to that bound (0.1.0),
+    and a store written directly may hold: 150,000 floats are 600 KB of JSON and 1.35 MB
+    in MessagePack, over a 1 MiB frame. Its size in MessagePack was bounded by its
+    count of values as if it were a frame's (at most 16,384 floats of 5 bytes more):
+    the copy named nothing, and its MessagePack viewers closed 1009 at it. A JSONL
+    source, as most stores are."""
+    source = f"jsonl://{tmp_path / 'src'}"
+
+    async def make() -> None:
+        async with await open_storage(source, cleanup_interval=None) as store:
+            await store.create_session(Session.new("floats"))
+            await store.append_event("floats", AgentEvent.custom("n", [0.5] * 150_000))
+
+    asyncio.run(make())
+    result = migrate("--from", source, "--to", sqlite_url(tmp_path / "dst.db"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.stderr
+    assert warnings[0].startswith(
+        "warning: session 'floats' seq 1: the event is 1350030 bytes in MessagePack"
+    ), warnings
+    assert f"({1024 * 1024 - EVENT_ENVELOPE_BYTES})" in warnings[0]
