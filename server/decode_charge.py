@@ -48,8 +48,9 @@ JSON_PER_FRAME_BYTE = 6
 # bytes and 0.003% more, the tighter of the two from 63 KB on. An event under the
 # limit by the tighter bound is not encoded again: with the default limit (less the
 # envelope's 1,019 bytes), up to 965,000 bytes of JSON, where 2.3 J + 8 stopped at
-# 455,000 (tests/test_msgpack_bound.py: fuzzed, and the worst cases). (A frame byte becomes at most 3 in MessagePack, ``1e5``
-# a float of 9: fewer than 6, so the frames not looked at above are not here either.)
+# 455,000 (tests/test_msgpack_bound.py: fuzzed, and the worst cases). (A frame byte
+# becomes at most 3 in MessagePack, ``1e5`` a float of 9: fewer than 6, so the frames
+# not looked at above are not here either.)
 MSGPACK_PER_JSON_BYTE = 2.3
 MSGPACK_PER_FREE_VALUE = 5
 MSGPACK_HEADERS_BYTES = 8
