@@ -72,7 +72,7 @@ def main() -> None:
     bound = decode_charge.msgpack_bound
     headers = decode_charge.MSGPACK_HEADERS_BYTES
 
-    def by_bytes(size: int) -> float:
+    def by_bytes(size: int, values_counted: bool = True) -> float:
         return size * decode_charge.MSGPACK_PER_JSON_BYTE + headers
 
     for name, frame in events().items():
