@@ -31,6 +31,7 @@ from .free_form import (
     held_at_most,
     walk_free_form,
 )
+from .hello_id import HelloIdReader
 from .leap_seconds import INVALID_TIME, LeapSecondReader
 from .malformed import why_malformed
 from .models import (
@@ -205,6 +206,7 @@ class Codec:
         self._server = make_decoder(ServerFrame)
         self._request_id = make_decoder(_RequestIdOnly)
         self._leap_seconds = LeapSecondReader(make_decoder, encoder.encode, json=text)
+        self._hello_ids = HelloIdReader(make_decoder)
 
     def __repr__(self) -> str:
         return f"<Codec {self.name}>"
@@ -228,18 +230,17 @@ class Codec:
         return self._decode(data)[0]
 
     def _decode(self, data: bytes | str) -> tuple[ClientFrame, int]:
-        """:meth:`decode_client`, and how many free-form values the frame holds. A
-        frame refused for a time it holds is decoded again, each leap second of a
-        message's time read as leap_seconds.py says."""
+        """:meth:`decode_client`, and how many free-form values the frame holds. Read
+        again: a frame refused for a time, each leap second read (leap_seconds.py); a
+        hello refused for its id, without it (hello_id.py)."""
         try:
             # msgspec reads JSON from a str as it is; MessagePack only from bytes.
             raw: Any = data.encode() if isinstance(data, str) and not self.text else data
             try:
                 frame: ClientFrame = self._client.decode(raw)
             except msgspec.ValidationError as exc:
-                if not str(exc).startswith(INVALID_TIME):
-                    raise
-                frame = self._leap_seconds.decode(raw, exc)
+                leap = str(exc).startswith(INVALID_TIME)
+                frame = (self._leap_seconds if leap else self._hello_ids).decode(raw, exc)
         except msgspec.ValidationError as exc:
             reason = quoting_at_most(str(exc))
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, self._salvage_id(raw)) from None

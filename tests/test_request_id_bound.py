@@ -29,6 +29,7 @@ MOST = LIMIT - EVENT_ENVELOPE_BYTES  # the largest event a publish may hold
 # The longest id in JSON: a control character is 6 bytes there (``\u0001``); the longest
 # in MessagePack: a character of 4 bytes of UTF-8.
 LONGEST_IDS = ["\x01" * MAX_ID_LENGTH, "\U0010ffff" * MAX_ID_LENGTH, -(2**63)]
+SUBPROTOCOLS: dict[bool, Any] = {False: "bamboo.v1", True: "bamboo.v1.msgpack"}
 
 
 async def reading_peer(server: BambooServer, msgpack: bool, **hello: Any) -> Peer:
@@ -123,3 +124,26 @@ async def test_the_longest_id_is_echoed_by_every_reply() -> None:
                 for request_id in LONGEST_IDS:
                     pong = await peer.request({"type": "ping", "id": request_id}, "pong")
                     assert pong["id"] == request_id
+
+
+@pytest.mark.parametrize("msgpack", [False, True])
+async def test_a_hello_whose_id_is_no_request_id_is_welcomed(msgpack: bool) -> None:
+    """PROTOCOL.md's ``hello`` has no ``id``: there it is an unknown field, which a
+    client may fill with anything and the server must ignore. This server reads one to
+    echo it in an error about the hello; one it cannot echo (over the bound, or of
+    another type) refused the hello with close 1008 (the bound made a string id of 129
+    characters one). It is now left out; a second hello's error then has no id."""
+    async with run_server(max_frame_bytes=LIMIT) as server:
+        for request_id in ("h" * (MAX_ID_LENGTH + 1), 1.5, True, [1, "a"], {"a": 1}, 2**63):
+            peer = await reading_peer(server, msgpack, create=True, id=request_id)
+            await peer.send({"type": "hello", "id": request_id})
+            error = await peer.recv()
+            assert (error["type"], error["code"]) == ("error", "bad_request"), error
+            assert "id" not in error and error["message"] == "hello was already received"
+            await peer.ws.close()
+        # Another bad field of such a hello refuses it, for that field, as before.
+        ws = await connect(stream_url(server, "s"), subprotocols=[SUBPROTOCOLS[msgpack]])
+        peer = Peer(ws, msgpack)
+        await peer.send({"type": "hello", "id": 1.5, "role": "boss"})
+        code, frames = await peer.closed()
+        assert code == 1008 and "$.role" in frames[0]["message"] and "id" not in frames[0]
