@@ -539,6 +539,12 @@ async function edges() {
   const hee = await he.next();
   check("bad hello error echoes its id", hee && hee.type === "error" && hee.id === "h1", J(hee));
   await he.waitClose();
+  // PROTOCOL.md's hello lists no id: there any value is an unknown field, ignored
+  for (const id of ["h".repeat(129), 1.5, [1]]) {
+    const hi = await attach("/api/v1/stream", { id });
+    check("hello with an id of " + J(id).slice(0, 10) + " (unknown there) welcomed", hi.welcome && hi.welcome.type === "welcome", J(hi.welcome));
+    await hi.close();
+  }
   // first frame over the limit
   const big = await Conn.open("/api/v1/stream");
   big.send({ type: "hello", title: "x".repeat(1100000) });
