@@ -224,6 +224,10 @@ def with_redis_options(url: str, options: Mapping[str, int]) -> str:
 _HINTS: dict[str, Any] = typing.get_type_hints(ServerConfig)
 FIELD_NAMES = tuple(field.name for field in dataclasses.fields(ServerConfig))
 
+# Below 4 KiB, a frame's envelope (1,019 bytes with the longest request id) and an
+# error quoting a cut value with that id (about 2 KiB) leave an event no room.
+MIN_FRAME_BYTES = 4096
+
 # Inclusive bounds of the numbers, else >= 0. Times are seconds, sizes bytes; 0 turns
 # off what the help of the flag says it turns off.
 _BOUNDS: dict[str, tuple[float, float | None]] = {
@@ -235,9 +239,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "default_ttl": (1, 100 * 365 * 86400),
     "cleanup_interval": (0.001, None),
     "backlog": (1, None),
-    # Below 4 KiB, a frame's envelope (1,019 bytes with the longest request id) and an
-    # error quoting a cut value with that id (about 2 KiB) leave an event no room.
-    "max_frame_bytes": (4096, None),
+    "max_frame_bytes": (MIN_FRAME_BYTES, None),
     "max_queue": (1, None),
     "max_queue_bytes": (1024, None),
     "write_limit": (1024, None),

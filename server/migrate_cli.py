@@ -31,6 +31,7 @@ from bamboo_session.persistence import (
     parse_store_url,
 )
 
+from .config import MIN_FRAME_BYTES
 from .manager_config import MIB
 
 if TYPE_CHECKING:  # argparse's class is generic to type checkers only
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-frame-bytes",
-        type=int,
+        type=_frame_limit,
         default=MIB,
         metavar="N",
         help="the --max-frame-bytes the destination is served with (default 1 MiB): an event "
@@ -218,6 +219,14 @@ def _summary(progress: Progress, dry_run: bool) -> None:
     )
     for conflict in progress.conflicts:
         print(f"conflict: {conflict.session_id}: {conflict.reason}", flush=True)
+
+
+def _frame_limit(text: str) -> int:
+    """A destination's frame limit as serve takes it (0: no check)."""
+    value = int(text)
+    if value != 0 and value < MIN_FRAME_BYTES:
+        raise argparse.ArgumentTypeError(f"0 or at least {MIN_FRAME_BYTES}, as serve takes it")
+    return value
 
 
 def _event_problem(max_frame_bytes: int) -> Callable[[StoredEvent], str | None] | None:

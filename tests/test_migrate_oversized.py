@@ -61,6 +61,9 @@ def test_an_event_over_the_destinations_frame_limit_is_copied_and_named(tmp_path
         result = migrate("--from", source, "--to", again, *limit)
         assert result.returncode == 0, result.stderr
         assert "warning" not in result.stderr, result.stderr
+    for refused in ("4095", "-1"):  # serve's bound: not a check of every event, nor none
+        result = migrate("--from", source, "--to", target, "--max-frame-bytes", refused)
+        assert result.returncode == 2 and "0 or at least 4096" in result.stderr, result.stderr
 
 
 def test_an_event_of_more_free_form_values_than_a_frame_holds_is_measured_whole(
