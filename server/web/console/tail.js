@@ -9,7 +9,8 @@
  * cost half a core (bench/RESULTS.md). The tail drops its oldest blocks while its text
  * passes MAX_TAIL_CHARS or its blocks MAX_BLOCKS, counted as they are added (a sum
  * kept, never a walk of the page), once a frame as it is drawn (the events of one
- * frame hold it under twice the bound: see `#trim`). A viewer scrolled up keeps what
+ * frame hold it at twice the bound at most: see `#trim`; so does a page the browser
+ * draws no frame of, a background tab, until it is shown). A viewer scrolled up keeps what
  * they read: the tail then waits until twice the bound before it drops anything, and
  * never holds more (what it held past its bound goes once they scroll back to the
  * end, not at the next event, which a quiet or closed session may never send). Its first line then
