@@ -2,7 +2,8 @@
 MAX_TAIL_CHARS characters and MAX_BLOCKS blocks while the viewer follows the end, its
 first line says which events it does not show, "Show earlier" brings exactly those
 back (read over HTTP, a page at a time), and a viewer scrolled up keeps their place
-while events arrive and while earlier ones are put above.
+while events arrive and while earlier ones are put above; a page the browser draws no
+frame of (a background tab) holds at most twice the bound until one is drawn.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pytest
 
 from bamboo_session.protocol import AgentEvent
 from bamboo_session.protocol.client import BambooClient
-from tests.browser import eventually
-from tests.console_support import DASH, ws_url
+from tests.browser import eventually, watch_page
+from tests.console_support import DASH, console_url, ws_url
 from tests.proxies import HttpProxy
 from tests.support import run_server
 from tests.tail_support import (
@@ -237,4 +238,76 @@ async def test_a_live_session_opens_with_show_earlier_for_what_it_does_not_repla
             await expect(tail).to_have_attribute("data-last-seq", "251")
             blocks = await tail.evaluate(BLOCKS)
     assert [seq for seq, _, _ in blocks] == list(range(1, 252))
+    assert problems == []
+
+
+# Frames held, as in a background tab (which the browser does not draw: headless
+# Chromium draws every page): requestAnimationFrame's callbacks wait for `__draw()`.
+HOLD_FRAMES = """
+window.__held = false;
+const held = [];
+const request = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) =>
+  window.__held ? held.push(callback) : request(callback);
+window.__draw = () => {  // the frames held drawn, and how many waited
+  window.__held = false;
+  const waiting = held.splice(0);
+  waiting.forEach(request);
+  return waiting.length;
+};
+"""
+# The most the tail's blocks held, in blocks and characters, after any task changed it.
+WATCH_PEAK = """el => {
+  window.__peak = { blocks: 0, chars: 0 };
+  new MutationObserver(() => {
+    const blocks = [...el.querySelectorAll(":scope > .ev")];
+    const chars = blocks.reduce((sum, b) => sum + b.textContent.length, 0);
+    window.__peak.blocks = Math.max(window.__peak.blocks, blocks.length);
+    window.__peak.chars = Math.max(window.__peak.chars, chars);
+  }).observe(el, { childList: true, subtree: true, characterData: true });
+}"""
+
+
+async def test_a_tail_no_frame_is_drawn_of_stays_within_twice_its_bound(browser: Any) -> None:
+    """A page whose frames are not drawn (a background tab) while 1,800 events arrive
+    (600 steps, 1.2 million characters of tokens): its following tail, which drops to its
+    bound only as a frame is drawn, holds at most twice it meanwhile, in blocks and in
+    characters, and once a frame is drawn it is at its bound, at its end, following."""
+    count = 1800
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "unseen", create=True, role="agent")
+        async with await connect as agent:
+            context = await browser.new_context()
+            await context.add_init_script(HOLD_FRAMES)
+            page = await context.new_page()
+            problems = watch_page(page)
+            await page.goto(console_url(server.port, "#/s/unseen"))
+            await expect(page.locator("#conn-state")).to_have_attribute("data-state", "open")
+            tail = page.locator("#tail")
+            await tail.evaluate(WATCH_PEAK)
+            await page.evaluate("window.__held = true")
+            for start in range(1, count + 1, 300):
+                await asyncio.gather(
+                    *(
+                        agent.publish(
+                            AgentEvent.custom("step", {"i": i})
+                            if i % 3 == 0
+                            else AgentEvent.token(f"{i:06d} " + "x" * 992)
+                        )
+                        for i in range(start, start + 300)
+                    )
+                )
+            await expect(tail).to_have_attribute("data-last-seq", str(count), timeout=60_000)
+            peak = await page.evaluate("window.__peak")
+            held = await page.evaluate("window.__draw()")
+            await next_frame(page)
+            blocks = await tail.evaluate(BLOCKS)
+            await eventually(lambda: at_end(tail), "the tail at its end")
+            await agent.publish(AgentEvent.custom("step", {"i": count + 1}))
+            await expect(tail).to_have_attribute("data-last-seq", str(count + 1))
+            await eventually(lambda: at_end(tail), "the tail following its end")
+    assert held > 0  # (the tail waited for a frame all along)
+    assert peak["blocks"] <= 2 * MAX_BLOCKS and peak["chars"] <= 2 * MAX_TAIL_CHARS, peak
+    assert len(blocks) <= MAX_BLOCKS and sum(chars for _, _, chars in blocks) <= MAX_TAIL_CHARS
+    assert blocks[-1][1] == count
     assert problems == []
