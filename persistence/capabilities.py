@@ -63,11 +63,12 @@ class WriteLocations(Protocol):
 
 @runtime_checkable
 class WriteProbe(Protocol):
-    """A store without files that can tell whether it takes writes now, writing nothing
-    (the Redis store: Redis refuses writes while it cannot persist, ``MISCONF``; at its
-    ``maxmemory``, ``OOM``): while appends fail, ``/readyz`` trusts the store again
-    only once it says so, no sooner than it would trust one that cannot tell
-    (server/readiness.py)."""
+    """A store that can tell whether it takes writes now, writing nothing (the Redis
+    store: Redis refuses writes while it cannot persist, ``MISCONF``; at its
+    ``maxmemory``, ``OOM``; the SQLite store: whether it gets the write lock, which
+    another process may hold): while appends fail, ``/readyz`` trusts the store again
+    only once it says so, no sooner than it would trust one that cannot tell, and for
+    a store in files, once its directories take writes too (server/readiness.py)."""
 
     async def probe_writes(self) -> None:
         """Returns if the store would take a write now; StorageError if not."""

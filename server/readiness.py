@@ -53,7 +53,11 @@ same deadline. Not sooner: its probe sees refusals of every write, not every fai
 of the store's (an index every session's appends write, written over by another
 client). Without it, with Redis still refusing every write, ``/readyz`` answered 200
 again ``RETRY_AFTER`` after the last failure, and a load balancer sent traffic back
-to fail (bench/redis_disk_full.py).
+to fail (bench/redis_disk_full.py). A store in files that can tell is asked too, after
+its directories: the SQLite store takes its write lock in an empty transaction, which
+another process may hold (the ``sqlite3`` shell in a transaction) while every
+directory takes writes; before, ``/readyz`` answered 200 as soon as an append had
+failed for that lock, still held (tests/test_sqlite_readyz_under_lock.py).
 
 A read or a probe the store does not answer is not started again until it ends (each
 would hold a thread, or a connection): ``/readyz`` answers 503 meanwhile, at once.
@@ -255,8 +259,9 @@ class Readiness:
         self._says_why = storage if isinstance(storage, NotReadyReason) else None
         # Where the store's appends write (none: a store without files, or read-only).
         self._probe_dirs = storage.write_locations() if isinstance(storage, WriteLocations) else ()
-        # A store without files that can say whether it takes writes (Redis).
-        self._asks_store = not self._probe_dirs and isinstance(storage, WriteProbe)
+        # A store that can say whether it takes writes (Redis; SQLite, whose write lock
+        # another process may hold, which no directory's probe sees): asked after them.
+        self._asks_store = isinstance(storage, WriteProbe)
         self._probe_bytes = probe_bytes
         self.probe_every = PROBE_EVERY  # a test sets 0: a probe at each /readyz
         self._probed_at = -PROBE_EVERY
@@ -335,13 +340,13 @@ class Readiness:
         return self.health.failure is None
 
     async def _write_probe(self) -> int:
-        """Probes every directory, or asks the store; the store's failures reported
-        when it began."""
+        """Probes every directory, then asks the store if it can tell; the store's
+        failures reported when it began."""
         reported = self.health.reported
-        if isinstance(self.storage, WriteProbe) and self._asks_store:
-            await self.storage.probe_writes()
-        else:
+        if self._probe_dirs:
             await asyncio.to_thread(write_probes, self._probe_dirs, self._probe_bytes)
+        if isinstance(self.storage, WriteProbe):
+            await self.storage.probe_writes()
         return reported
 
 

@@ -151,6 +151,11 @@ class SqliteStorage(OnStoreClock, AppendOne):
         """Where SQLite writes its file, journal and WAL: the real file's directory."""
         return () if self.config.read_only else (real_file(self.config.path).parent,)
 
+    async def probe_writes(self) -> None:  # WriteProbe: /readyz while appends fail
+        """An empty transaction: the write lock taken as an append takes it (another
+        process may hold it: lock_wait.py), after any fold of the WAL writes wait for."""
+        await self._write(lambda batch: None)
+
     async def close(self) -> None:
         """Commit what is queued (or fail it at once, nothing of it stored, while another
         process holds the write lock: lock_wait.py), close the connections (the last
