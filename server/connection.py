@@ -162,12 +162,16 @@ class Connection:
         (Outbox.run_writer_on_demand): the flusher writes the rest, the welcome too.
         Whichever side closes the socket ends the other."""
         assert self.outbox is not None
-        self.reader = asyncio.current_task()
+        reader = self.reader = asyncio.current_task()
+        assert reader is not None
         self.services.metrics.connections.inc()
+        flusher = self.services.flusher
         try:
             self.outbox.run_writer_on_demand()
+            flusher.reading(reader)
             await self._read()
         finally:
+            flusher.stopped_reading(reader)
             self.services.metrics.connections.dec()
             if self.writer is not None:
                 self.writer.cancel()
@@ -196,7 +200,7 @@ class Connection:
         max_event_json = max(1, self.services.config.max_frame_bytes - EVENT_ENVELOPE_BYTES)
         # Bound by position: a partial with a keyword copies a dict at each call.
         decode = partial(decode_charged, self.codec, self.ws, max_event_json)
-        limiter = self.limiter
+        limiter, flusher = self.limiter, self.services.flusher
         taken = 0
         while True:
             # No local of this loop keeps a frame, as read or decoded, while the next is
@@ -204,6 +208,10 @@ class Connection:
             # as long as it stays, and a batch's items would be walked by the cycle
             # collector meanwhile.
             refused = await self._take(await next_message(self.ws), actor, outbox, decode, limiter)
+            # What this frame's step pushed (its ack, the event to the session's viewers,
+            # an answer) is written now, not at the end of the loop's turn: one turn
+            # fewer per lone event (server/flush.py Flusher).
+            flusher.frame_done()
             taken += 1
             if refused or taken >= FRAMES_PER_TURN:
                 # ws.recv() returns at once while frames are queued, and a refusal, a

@@ -219,19 +219,49 @@ def _never_at_once(replay: Replay, ahead: list[bytes]) -> bool:
 
 
 class Flusher:
-    """Outboxes with frames to write, flushed once per turn of the event loop."""
+    """Outboxes with frames to write, flushed once per turn of the event loop; or, for
+    frames a connection's reader pushed in its own step, by that reader at the end of
+    the frame it handled (:meth:`frame_done`), so that a lone event's ack and its
+    viewers' frames leave in the turn that read it, not in one more turn of the loop."""
 
-    __slots__ = ("_dirty", "_handle", "_loop")
+    __slots__ = ("_dirty", "_handle", "_loop", "_readers")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._dirty: list[WriterLife] = []
         self._handle: asyncio.Handle | None = None
+        # Readers' tasks, each writing what it pushes itself at the end of every frame
+        # it handles (frame_done) and as it stops reading (stopped_reading).
+        self._readers: set[asyncio.Task[object]] = set()
 
     def add(self, outbox: WriterLife) -> None:
         self._dirty.append(outbox)
-        if self._handle is None:
+        # A reader pushing in its own step writes at its frame's end: no turn for it.
+        # Anything else (another task, a callback: the store's answer, a timer, a close)
+        # has the turn's end: a reader awaiting its store meanwhile is not in its step,
+        # and a push from elsewhere never waits for one.
+        if self._handle is None and asyncio.current_task(self._loop) not in self._readers:
             self._handle = self._loop.call_soon(self._flush)
+
+    def reading(self, reader: asyncio.Task[object]) -> None:
+        """``reader`` (a connection's reading task) writes what it pushes itself, at the
+        end of each frame it handles (:meth:`frame_done`): it never awaits between a
+        push and that frame's end."""
+        self._readers.add(reader)
+
+    def stopped_reading(self, reader: asyncio.Task[object]) -> None:
+        """``reader`` reads no more: what it pushed is written now, and from here on
+        its pushes wait for the turn's end, as anyone's."""
+        self._readers.discard(reader)
+        self.frame_done()
+
+    def frame_done(self) -> None:
+        """A reader handled a frame: what it pushed is written now. When a flush is
+        due at the turn's end anyway (something else pushed in this turn), that one
+        writes it, with the rest: a connection written to from several steps of one
+        turn still gets one write."""
+        while self._dirty and self._handle is None:
+            self._flush()  # (again for what its writes pushed, if anything did)
 
     def _flush(self) -> None:
         self._handle = None
