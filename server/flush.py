@@ -4,8 +4,12 @@ Producers (a session's actor fanning out an event, answering a request) put fram
 into connections' outboxes. A connection whose writer task is idle does not need waking
 for that: the :class:`Flusher` collects every outbox that got frames during one turn of
 the event loop and, in one callback at the end of that turn, writes each one's frames
-with one ``writelines`` (its :class:`DirectSink`). The writer task runs only for what
-needs awaiting: a replay read from the store, a close, a socket whose buffer is full.
+with one ``writelines`` (its :class:`DirectSink`). What a connection's reader pushes in
+its own step (a lone event's ack and the event to its viewers, appended in that step;
+an answer) it writes itself at the end of the frame it handled, where the callback
+would have cost one more turn of the loop (a poll of every socket) per lone event. The
+writer task runs only for what needs awaiting: a replay read from the store, a close, a
+socket whose buffer is full.
 
 A frame is framed once for all the connections it goes to (:func:`websocket_frame`):
 server frames are never masked, so the bytes are the same for every peer of a codec.
@@ -33,6 +37,14 @@ if TYPE_CHECKING:
     from .writer_life import WriterLife
 
 log = structlog.get_logger("bamboo_session.connection")
+
+# The task a loop runs now, from the loop: on Python 3.11 asyncio.current_task(loop) is a
+# Python function that reads asyncio's dict of them (some 700 machine instructions a
+# call, twice a lone event); the dict's own get where it has one. Should a Python keep
+# the dict and stop filling it, every push would take the turn's end, as before.
+_running_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[object] | None]
+_current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+_running_task = asyncio.current_task if _current_tasks is None else _current_tasks.get
 
 _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode
@@ -240,7 +252,7 @@ class Flusher:
         # Anything else (another task, a callback: the store's answer, a timer, a close)
         # has the turn's end: a reader awaiting its store meanwhile is not in its step,
         # and a push from elsewhere never waits for one.
-        if self._handle is None and asyncio.current_task(self._loop) not in self._readers:
+        if self._handle is None and _running_task(self._loop) not in self._readers:
             self._handle = self._loop.call_soon(self._flush)
 
     def reading(self, reader: asyncio.Task[object]) -> None:

@@ -1,7 +1,8 @@
 """When a connection's writer task runs: the outbox's side of it.
 
 Frames queued during one turn of the event loop go to the socket at the end of that
-turn, through the :class:`~server.flush.Flusher`, with no task involved. A writer task
+turn, through the :class:`~server.flush.Flusher`, with no task involved (those a
+connection's reader queued in its own step, at the end of the frame it handled). A writer task
 runs only for what must be awaited (a replay read from the store, the close, a socket
 whose buffer is full; a stopping server's close is written with the frames ahead of it,
 by the flusher): the outbox starts it when such work is queued and none runs,
@@ -143,7 +144,8 @@ class WriterLife(SentEvents):
 
     def _notify(self) -> None:
         """Something was queued: an idle writer is woken, or, with a sink, the frames are
-        flushed at the end of this turn of the loop without waking it."""
+        flushed at the end of this turn of the loop (or of the reader's frame, if a
+        reader queued them: Flusher.add) without waking it."""
         if not (self._writer_absent or self._writer_idle()):
             return  # the writer is at work: it takes what was queued
         if self.sink is None or self.flusher is None:
