@@ -2,11 +2,11 @@
 
 Frames queued during one turn of the event loop go to the socket at the end of that
 turn, through the :class:`~server.flush.Flusher`, with no task involved (those a
-connection's reader queued in its own step, at the end of the frame it handled). A writer task
-runs only for what must be awaited (a replay read from the store, the close, a socket
-whose buffer is full; a stopping server's close is written with the frames ahead of it,
-by the flusher): the outbox starts it when such work is queued and none runs,
-and it ends once the outbox is empty, so an idle connection holds no task. What one
+connection's reader queued in its own step, at the end of the frame it handled). A
+writer task runs only for what must be awaited (a replay read from the store, the close,
+a socket whose buffer is full; a stopping server's close is written with the frames
+ahead of it, by the flusher): the outbox starts it when such work is queued and none
+runs, and it ends once the outbox is empty, so an idle connection holds no task. What one
 write takes from the queue is here too: the flusher's write of a turn's frames, one
 loop over them (``flush``), and the writer's (``take_frames``). The outbox's queue
 itself, its bounds and its close are server/outbox.py's.
