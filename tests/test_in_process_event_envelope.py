@@ -14,28 +14,14 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from websockets.asyncio.client import connect
 
 from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
 from bamboo_session.protocol.models import AgentEvent, Custom, Token
-from bamboo_session.server.app import BambooServer
-from tests.support import Peer, run_server, stream_url
+from tests.reading_peers import reading_peer
+from tests.support import run_server
 
 LIMIT = 4096
 MOST = LIMIT - EVENT_ENVELOPE_BYTES  # the largest event a publish may hold
-
-
-async def reading_viewer(server: BambooServer, msgpack: bool) -> Peer:
-    subprotocol = "bamboo.v1.msgpack" if msgpack else "bamboo.v1"
-    ws = await connect(
-        stream_url(server, "s"),
-        subprotocols=[subprotocol],  # type: ignore[list-item]
-        max_size=LIMIT,
-    )
-    peer = Peer(ws, msgpack)
-    await peer.send({"type": "hello", "create": True})
-    assert (await peer.recv())["type"] == "welcome"
-    return peer
 
 
 def token_of(size: int) -> Token:
@@ -57,7 +43,9 @@ def floats_of(size: int) -> Custom:
 @pytest.mark.parametrize("make", [token_of, floats_of], ids=["json", "msgpack"])
 async def test_an_in_process_append_is_held_to_the_frame_limit(make: object) -> None:
     async with run_server(max_frame_bytes=LIMIT) as server:
-        viewers = [await reading_viewer(server, msgpack) for msgpack in (False, True)]
+        viewers = [
+            await reading_peer(server, msgpack, LIMIT, create=True) for msgpack in (False, True)
+        ]
         manager = server.manager
         for items in ([(make(MOST + 1), None)], [(token_of(10), "k"), (make(LIMIT), None)]):  # type: ignore[operator]
             with pytest.raises(ValueError, match=rf"over the frame limit .*\({MOST}\)") as caught:

@@ -14,26 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
 
-from bamboo_session.server.app import BambooServer
-from tests.support import Peer, attach, run_server, stream_url
+from tests.reading_peers import reading_peer
+from tests.support import Peer, attach, run_server
 
 LIMIT = 4096
-
-
-async def reading_viewer(server: BambooServer, msgpack: bool) -> Peer:
-    """A viewer that reads frames of at most the server's limit, as documented."""
-    subprotocol = "bamboo.v1.msgpack" if msgpack else "bamboo.v1"
-    ws = await connect(
-        stream_url(server, "s"),
-        subprotocols=[subprotocol],  # type: ignore[list-item]
-        max_size=LIMIT,
-    )
-    peer = Peer(ws, msgpack)
-    await peer.send({"type": "hello"})
-    assert (await peer.recv())["type"] == "welcome"
-    return peer
 
 
 async def whole_log(viewer: Peer) -> list[int]:
@@ -79,7 +64,7 @@ async def test_a_viewer_reads_every_page_within_the_frame_limit(msgpack: bool) -
                     message = {"role": "assistant", "content": content}
                     frame = {"type": "message", "id": index, "message": message}
                 assert (await agent.request(frame, "ack"))["seq"] == index + 1
-        viewer = await reading_viewer(server, msgpack)
+        viewer = await reading_peer(server, msgpack, LIMIT)
         assert await whole_log(viewer) == list(range(1, count + 1))
         contents = await whole_history(viewer, count // 2)
         assert [content.split()[0] for content in contents] == [str(i) for i in range(0, count, 2)]

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from bamboo_session.protocol.event_envelope import EVENT_ENVELOPE_BYTES
 from bamboo_session.protocol.frames import MAX_ID_LENGTH
-from bamboo_session.server.app import BambooServer
+from tests.reading_peers import reading_peer
 from tests.support import Peer, attach, run_server, stream_url
 
 LIMIT = 4096
@@ -32,20 +32,6 @@ LONGEST_IDS = ["\x01" * MAX_ID_LENGTH, "\U0010ffff" * MAX_ID_LENGTH, -(2**63)]
 SUBPROTOCOLS: dict[bool, Any] = {False: "bamboo.v1", True: "bamboo.v1.msgpack"}
 
 
-async def reading_peer(server: BambooServer, msgpack: bool, **hello: Any) -> Peer:
-    """A peer that reads frames of at most the server's limit, as documented."""
-    subprotocol = "bamboo.v1.msgpack" if msgpack else "bamboo.v1"
-    ws = await connect(
-        stream_url(server, "s"),
-        subprotocols=[subprotocol],  # type: ignore[list-item]
-        max_size=LIMIT,
-    )
-    peer = Peer(ws, msgpack)
-    await peer.send({"type": "hello", **hello})
-    assert (await peer.recv())["type"] == "welcome"
-    return peer
-
-
 def controls(length: int) -> str:
     """Text of ``length`` bytes in JSON, one byte a character in MessagePack."""
     return "\x01" * (length // 6) + "x" * (length % 6)
@@ -54,7 +40,7 @@ def controls(length: int) -> str:
 @pytest.mark.parametrize("msgpack", [False, True])
 async def test_an_id_longer_than_the_bound_is_refused_and_not_echoed(msgpack: bool) -> None:
     async with run_server(max_frame_bytes=LIMIT) as server:
-        peer = await reading_peer(server, msgpack, create=True)
+        peer = await reading_peer(server, msgpack, LIMIT, create=True)
         message = {"role": "user", "content": "x" * 1000}
         assert (await peer.request({"type": "message", "message": message}, "ack"))["seq"] == 1
         longest = "i" * MAX_ID_LENGTH
@@ -75,7 +61,8 @@ async def test_an_id_longer_than_the_bound_is_refused_and_not_echoed(msgpack: bo
 @pytest.mark.parametrize("msgpack", [False, True])
 async def test_a_page_of_the_largest_event_fits_with_the_longest_id(msgpack: bool) -> None:
     async with run_server(max_frame_bytes=LIMIT) as server:
-        publisher = await reading_peer(server, True, create=True)  # MessagePack: 1 byte a control
+        # MessagePack: 1 byte a control character
+        publisher = await reading_peer(server, True, LIMIT, create=True)
         room = MOST - len('{"type":"token","content":""}')
         # The largest event in JSON (controls: 6 bytes each there), in MessagePack (plain
         # text: as long in both), and a message of nearly that much.
@@ -84,7 +71,7 @@ async def test_a_page_of_the_largest_event_fits_with_the_longest_id(msgpack: boo
             assert (await publisher.request(sent, "ack"))["type"] == "ack"
         message = {"role": "user", "content": "x" * (MOST - 200)}
         assert (await publisher.request({"type": "message", "message": message}, "ack"))["seq"] == 3
-        reader = await reading_peer(server, msgpack)
+        reader = await reading_peer(server, msgpack, LIMIT)
         for request_id in LONGEST_IDS:
             for seq in (1, 2, 3):
                 events = {"type": "events", "id": request_id, "after_seq": seq - 1, "limit": 1}
@@ -99,7 +86,7 @@ async def test_a_page_of_the_largest_event_fits_with_the_longest_id(msgpack: boo
 @pytest.mark.parametrize("msgpack", [False, True])
 async def test_an_error_quoting_a_long_value_is_within_the_frame_limit(msgpack: bool) -> None:
     async with run_server(max_frame_bytes=LIMIT) as server:
-        peer = await reading_peer(server, msgpack, create=True)
+        peer = await reading_peer(server, msgpack, LIMIT, create=True)
         for frame in (
             {"type": "x" * (LIMIT - 200), "id": "i" * MAX_ID_LENGTH},
             {"type": "state", "state": "x" * (LIMIT - 200), "id": "i" * MAX_ID_LENGTH},
@@ -135,7 +122,7 @@ async def test_a_hello_whose_id_is_no_request_id_is_welcomed(msgpack: bool) -> N
     characters one). It is now left out; a second hello's error then has no id."""
     async with run_server(max_frame_bytes=LIMIT) as server:
         for request_id in ("h" * (MAX_ID_LENGTH + 1), 1.5, True, [1, "a"], {"a": 1}, 2**63):
-            peer = await reading_peer(server, msgpack, create=True, id=request_id)
+            peer = await reading_peer(server, msgpack, LIMIT, create=True, id=request_id)
             await peer.send({"type": "hello", "id": request_id})
             error = await peer.recv()
             assert (error["type"], error["code"]) == ("error", "bad_request"), error
