@@ -40,8 +40,9 @@ BEFORE_DURABILITY_ENV = "BENCH_BEFORE_DURABILITY"  # fsync unless it says otherw
 # maps them), found by a finder put ahead of every other: first on sys.path was not
 # enough, a finder of bamboo_session in sys.meta_path (a sitecustomize's that maps it to
 # a worktree, inherited through PYTHONPATH) ran this tree's server as ``before`` too.
-BEFORE_BOOT = """
-import runpy, sys
+# OLDER_TREE: the finder, from the package given as the child's first argument (popped).
+OLDER_TREE = """
+import sys
 from importlib.machinery import PathFinder
 root = sys.argv.pop(1)
 class OlderTree:
@@ -53,8 +54,12 @@ class OlderTree:
             return PathFinder.find_spec(name, path)
         return None
 sys.meta_path.insert(0, OlderTree)
+"""
+_RUN_SERVER = """
+import runpy
 runpy.run_module("bamboo_session.server", run_name="__main__", alter_sys=True)
 """
+BEFORE_BOOT = OLDER_TREE + _RUN_SERVER
 
 
 # Seconds: the JSONL store's commit_window for fsync-window (BENCH_WINDOW sets another).

@@ -24,26 +24,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .compare import older_package
+from .compare import OLDER_TREE, older_package
 
 ROOT = Path(__file__).resolve().parent.parent
 # A child: ``bamboo_session`` from the package at argv[1], then ``count(argv[2])``.
-CHILD = """
-import json, sys
-from importlib.machinery import PathFinder
-root, appends = sys.argv[1], int(sys.argv[2])
-class Tree:
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name == "bamboo_session":
-            return PathFinder.find_spec(name, [root])
-        if name.startswith("bamboo_session."):
-            return PathFinder.find_spec(name, path)
-        return None
-sys.meta_path.insert(0, Tree)
+_COUNT = """
+import json
 from bench.sqlite_commit_bytecodes import count
-print(json.dumps(count(appends)))
+print(json.dumps(count(int(sys.argv[1]))))
 """
+CHILD = OLDER_TREE + _COUNT
 
 
 def count(appends: int) -> dict[str, float]:
