@@ -239,8 +239,14 @@ class Codec:
             try:
                 frame: ClientFrame = self._client.decode(raw)
             except msgspec.ValidationError as exc:
-                leap = str(exc).startswith(INVALID_TIME)
-                frame = (self._leap_seconds if leap else self._hello_ids).decode(raw, exc)
+                reason = str(exc)
+                if reason.startswith(INVALID_TIME):
+                    read = self._leap_seconds.decode(raw)
+                else:
+                    read = self._hello_ids.decode(raw, reason)
+                if read is None:  # raised again here: see hello_id.py
+                    raise
+                frame = read
         except msgspec.ValidationError as exc:
             reason = quoting_at_most(str(exc))
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, self._salvage_id(raw)) from None

@@ -155,14 +155,16 @@ class LeapSecondReader:
         self._text = make_decoder(str)
         self._encode = encode
 
-    def decode(self, raw: bytes | str, refused: msgspec.ValidationError) -> Any:
-        """The client frame ``raw`` holds, each leap second of a message's time read;
-        ``refused``, the typed decoder's refusal of ``raw`` for an invalid time, raised
-        again when it cannot hold a leap second. Raises msgspec's errors as the typed
-        decoder would. Of a member named twice, the last occurrence counts, as the
+    def decode(self, raw: bytes | str) -> Any:
+        """The client frame ``raw`` holds, each leap second of a message's time read,
+        when the typed decoder refused it for an invalid time; None when it cannot hold
+        a leap second (the caller raises its refusal again, from its own ``except``: an
+        error raised here, from a frame that holds it, would be a reference cycle
+        holding ``raw`` until the cycle collector runs). Raises msgspec's errors as the
+        typed decoder would. Of a member named twice, the last occurrence counts, as the
         typed decoder reads it, and every other is checked as it checks them."""
         if not _may_hold_leap_second(raw, self._json):
-            raise refused
+            return None
         try:
             read = self._every_occurrence.decode(raw)
         except msgspec.ValidationError as exc:
