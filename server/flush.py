@@ -38,13 +38,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("bamboo_session.connection")
 
-# The task a loop runs now, from the loop: on Python 3.11 asyncio.current_task(loop) is a
-# Python function that reads asyncio's dict of them (some 700 machine instructions a
-# call, twice a lone event); the dict's own get where it has one. Should a Python keep
-# the dict and stop filling it, every push would take the turn's end, as before.
-_running_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[object] | None]
-_current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
-_running_task = asyncio.current_task if _current_tasks is None else _current_tasks.get
+# asyncio's dict of the task each loop runs now, if it has one: on Python 3.11
+# asyncio.current_task(loop) is a Python function that reads it (some 700 machine
+# instructions a call, twice a lone event), where the dict's own get is one call.
+# Python 3.14 keeps the dict for its Python tasks only, never filled by the C ones
+# (which keep the running task on the thread's state): see running_task_reader.
+_current_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[object]] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
+RunningTask = Callable[[asyncio.AbstractEventLoop], "asyncio.Task[object] | None"]
 
 _TEXT = 0x81  # FIN + text opcode
 _BINARY = 0x82  # FIN + binary opcode
@@ -113,6 +115,18 @@ class DirectSink(Protocol):
     def abort(self) -> None:
         """End the connection at once, without a close frame: its client resumes."""
         ...
+
+
+def running_task_reader(loop: asyncio.AbstractEventLoop) -> RunningTask:
+    """How to read the task ``loop`` runs now, chosen from within one of its tasks: the
+    get of asyncio's dict of them if the dict holds that task (Python 3.11 to 3.13, with
+    uvloop's loops too), else ``asyncio.current_task``. Taken on trust, a dict that is
+    there and never filled (Python 3.14) named no task ever: every push a reader made
+    took the turn's end, the flush of its own frame a turn late."""
+    running = asyncio.current_task(loop)
+    if _current_tasks is not None and running is not None and _current_tasks.get(loop) is running:
+        return _current_tasks.get
+    return asyncio.current_task
 
 
 def can_write_now(ws: ServerConnection) -> bool:
@@ -236,10 +250,12 @@ class Flusher:
     the frame it handled (:meth:`frame_done`), so that a lone event's ack and its
     viewers' frames leave in the turn that read it, not in one more turn of the loop."""
 
-    __slots__ = ("_dirty", "_handle", "_loop", "_readers")
+    __slots__ = ("_dirty", "_handle", "_loop", "_readers", "_running_task")
 
     def __init__(self) -> None:
+        """Made in a task of the running loop (the server's start)."""
         self._loop = asyncio.get_running_loop()
+        self._running_task = running_task_reader(self._loop)
         self._dirty: list[WriterLife] = []
         self._handle: asyncio.Handle | None = None
         # Readers' tasks, each writing what it pushes itself at the end of every frame
@@ -252,7 +268,7 @@ class Flusher:
         # Anything else (another task, a callback: the store's answer, a timer, a close)
         # has the turn's end: a reader awaiting its store meanwhile is not in its step,
         # and a push from elsewhere never waits for one.
-        if self._handle is None and _running_task(self._loop) not in self._readers:
+        if self._handle is None and self._running_task(self._loop) not in self._readers:
             self._handle = self._loop.call_soon(self._flush)
 
     def reading(self, reader: asyncio.Task[object]) -> None:

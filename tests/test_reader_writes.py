@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from bamboo_session.server import flush
 from bamboo_session.server.app import BambooServer
 from bamboo_session.server.config import ServerConfig
 from tests.gated_appends import GatedAppends
@@ -134,3 +135,17 @@ async def test_a_reader_awaiting_its_store_holds_back_no_other_sessions_frames(
             assert (await held.recv_type("ack"))["seq"] == 1
     finally:
         await server.stop()
+
+
+def test_a_lone_event_takes_one_turn_where_asyncio_leaves_its_dict_of_tasks_unfilled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python 3.14's C tasks keep the running task on the thread's state: asyncio.tasks
+    # still has its dict of them (for its Python tasks), never filled. A flusher that
+    # took that dict's get on trust saw no reader ever, and every lone event took the
+    # flusher's turn again (3 polls); one that checks the dict against
+    # asyncio.current_task as it starts reads the task that way instead.
+    unfilled: dict[asyncio.AbstractEventLoop, asyncio.Task[object]] = {}
+    monkeypatch.setattr(flush, "_current_tasks", unfilled)
+    monkeypatch.setattr(flush, "_running_task", unfilled.get, raising=False)
+    test_a_lone_event_is_written_in_the_turn_that_read_it("memory://", 2.5)
