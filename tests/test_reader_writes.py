@@ -137,15 +137,18 @@ async def test_a_reader_awaiting_its_store_holds_back_no_other_sessions_frames(
         await server.stop()
 
 
-def test_a_lone_event_takes_one_turn_where_asyncio_leaves_its_dict_of_tasks_unfilled(
+@pytest.mark.parametrize("tasks", [{}, None], ids=["unfilled", "absent"])
+def test_a_lone_event_takes_one_turn_whatever_asyncio_keeps_of_its_running_tasks(
+    tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[object]] | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Python 3.14's C tasks keep the running task on the thread's state: asyncio.tasks
     # still has its dict of them (for its Python tasks), never filled. A flusher that
     # took that dict's get on trust saw no reader ever, and every lone event took the
     # flusher's turn again (3 polls); one that checks the dict against
-    # asyncio.current_task as it starts reads the task that way instead.
-    unfilled: dict[asyncio.AbstractEventLoop, asyncio.Task[object]] = {}
-    monkeypatch.setattr(flush, "_current_tasks", unfilled)
-    monkeypatch.setattr(flush, "_running_task", unfilled.get, raising=False)
+    # asyncio.current_task as it starts reads the task that way instead, as it does
+    # where there is no dict at all.
+    monkeypatch.setattr(flush, "_current_tasks", tasks)
+    running = asyncio.current_task if tasks is None else tasks.get
+    monkeypatch.setattr(flush, "_running_task", running, raising=False)  # (its reader before)
     test_a_lone_event_is_written_in_the_turn_that_read_it("memory://", 2.5)
