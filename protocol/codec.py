@@ -33,7 +33,7 @@ from .free_form import (
 )
 from .hello_id import HelloIdReader
 from .leap_seconds import INVALID_TIME, LeapSecondReader
-from .malformed import why_malformed
+from .malformed import quoting_at_most, why_malformed
 from .models import (
     AnyAgentEvent,
     Complete,
@@ -50,23 +50,10 @@ from .models import (
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
-# The most characters of a decoder's reason an error carries: it quotes the value at
-# fault (an unknown ``type``, ``role`` or ``state``), which can be most of the frame, and
-# the error, its id besides, would be over the frame limit. Some 1,200 bytes of JSON.
-MAX_REASON_CHARS: Final = 200
 
 
 class _RequestIdOnly(msgspec.Struct):
     id: RequestId = None
-
-
-def quoting_at_most(reason: str) -> str:
-    """A decoder's ``reason``, of at most ``MAX_REASON_CHARS`` characters: its head and
-    its tail (where it says the path, ``- at `$.type```) around an ellipsis."""
-    if len(reason) <= MAX_REASON_CHARS:
-        return reason
-    half = MAX_REASON_CHARS // 2
-    return reason[:half] + "…" + reason[-half:]
 
 
 def _free_form_fields(event: AnyAgentEvent | None, message: Message | None) -> list[Any]:

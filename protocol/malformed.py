@@ -1,7 +1,8 @@
 """Why a frame could not be decoded, in msgspec's words, except where they mislead: a
 lone high surrogate escape in JSON (``"\\ud800"`` with no low half after it) is named
 as what it is, one way wherever it stands. msgspec says ``Input data was truncated``
-of some and ``unexpected end of escaped utf-16 surrogate pair`` of others."""
+of some and ``unexpected end of escaped utf-16 surrogate pair`` of others. And a
+decoder's reason cut to what an error may quote (``quoting_at_most``)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,18 @@ def why_malformed(exc: Exception, raw: bytes | str, json: bool) -> str:
         if _LONE_HIGH_SURROGATE.search(data.replace(_ESCAPED_BACKSLASH, _NOT_AN_ESCAPE)):
             return _LONE_HIGH_HALF
     return words
+
+
+# The most characters of a decoder's reason an error carries: it quotes the value at
+# fault (an unknown ``type``, ``role`` or ``state``), which can be most of the frame, and
+# the error, its id besides, would be over the frame limit. Some 1,200 bytes of JSON.
+MAX_REASON_CHARS: Final = 200
+
+
+def quoting_at_most(reason: str) -> str:
+    """A decoder's ``reason``, of at most ``MAX_REASON_CHARS`` characters: its head and
+    its tail (where it says the path, ``- at `$.type```) around an ellipsis."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    half = MAX_REASON_CHARS // 2
+    return reason[:half] + "…" + reason[-half:]
