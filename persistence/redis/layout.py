@@ -46,6 +46,11 @@ The indexes share one tag of their own, ``{idx}``::
     <prefix>:{idx}:instance:<name> sorted set: "<id> <epoch>" -> deadline (ms): the
                              sessions the instance registered connections in
 
+``idx`` is a valid session id, whose keys carry this tag too. Of their names only
+``msgs`` is an index's as well, so that session's history list is
+``<prefix>:{idx}:history`` (``HISTORY_OF_IDX``): sharing the index by message count,
+its messages failed for ever (WRONGTYPE) and its delete took the index with it.
+
 Times are integers, microseconds since the Unix epoch, in hashes and scores alike
 (exact in a double until the year 2255), so scripts compute expiry without parsing.
 """
@@ -73,6 +78,9 @@ CLOSED_NOTICE: Final = b"closed"
 DELETED_NOTICE: Final = b"deleted"
 PRESENCE_NOTICE: Final = b"p"  # b"p" + JSON of a presence notice
 
+INDEX_TAG: Final = "idx"  # the indexes' hash tag, a valid session id too
+HISTORY_OF_IDX: Final = "history"  # that session's "msgs", an index's name (above)
+
 
 class Layout:
     """Key and channel names under one prefix."""
@@ -81,7 +89,7 @@ class Layout:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.index = f"{prefix}:{{idx}}:"  # scripts append created, user:<u>, ...
+        self.index = f"{prefix}:{{{INDEX_TAG}}}:"  # scripts append created, user:<u>, ...
 
     def session(self, session_id: str) -> str:
         """The common start of a session's keys; scripts append meta, log, ..."""
@@ -90,7 +98,8 @@ class Layout:
     def session_keys(self, session_id: str) -> list[str]:
         """meta, log, keys, msgs, conns: in the order every script takes them."""
         start = self.session(session_id)
-        return [start + name for name in ("meta", "log", "keys", "msgs", "conns")]
+        history = HISTORY_OF_IDX if session_id == INDEX_TAG else "msgs"
+        return [start + name for name in ("meta", "log", "keys", history, "conns")]
 
     def meta(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:meta"
