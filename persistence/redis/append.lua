@@ -13,8 +13,10 @@
 -- existed counts from 0). Past the user's: the sum of 'bytes' of the sessions of the
 -- session's 'user' (the field <user> of the hash <index prefix>userbytes, moved with
 -- every append, import, delete and replacement; a session without a user is not
--- counted): fail USERFULL <stored> <adding> <cap> <bytes of user> <user>, nothing
--- written (Redis adds the script's name after the user).
+-- counted): fail USERFULL <stored> <adding> <cap> <user in hex>, nothing written. In
+-- hex, as no other way of writing it passes through an error whole: Redis cuts the
+-- text at a NUL and turns line breaks to spaces, redis-py strips its ends, and Redis
+-- adds the script's name after it.
 -- The batch's ts (its events', and the session's updated_at and last_activity_at) is
 -- Redis's TIME, or just past the session's updated_at if that is not behind it
 -- (common.lua stamp_after): events' ts never go back within a session.
@@ -71,7 +73,8 @@ local user = s[8]
 if user_cap and user then
   local mine = tonumber(redis.call('HGET', idx .. 'userbytes', user)) or 0
   if mine + adding > user_cap then
-    fail('USERFULL ' .. int(mine) .. ' ' .. int(adding) .. ' ' .. int(user_cap) .. ' ' .. #user .. ' ' .. user)
+    local hex = string.gsub(user, '.', function(c) return string.format('%02x', string.byte(c)) end)
+    fail('USERFULL ' .. int(mine) .. ' ' .. int(adding) .. ' ' .. int(user_cap) .. ' ' .. hex)
   end
 end
 

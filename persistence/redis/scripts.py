@@ -279,10 +279,9 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
             stored, adding, cap = (int(number) for number in rest.split()[:3])
             return SessionFull(stored, adding, cap)
         case "USERFULL":
-            parts = rest.split(" ", 4)
-            stored, adding, cap, length = (int(number) for number in parts[:4])
-            user = parts[4].encode()[:length].decode(errors="replace")
-            return UserFull(user, stored, adding, cap)
+            stored, adding, cap, *hex_user = rest.split()[:4]  # no hex: the user ""
+            user = bytes.fromhex("".join(hex_user)).decode(errors="replace")
+            return UserFull(user, int(stored), int(adding), int(cap))
         case "ORDER":
             seq, expected = rest.split()[:2]
             return ValueError(f"import: seq {seq}, not {expected}")
