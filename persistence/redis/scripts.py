@@ -279,9 +279,10 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
             stored, adding, cap = (int(number) for number in rest.split()[:3])
             return SessionFull(stored, adding, cap)
         case "USERFULL":
-            stored, adding, cap, *hex_user = rest.split()[:4]  # no hex: the user ""
+            numbers, hex_user = rest.split()[:3], rest.split()[3:4]  # no hex: the user ""
             user = bytes.fromhex("".join(hex_user)).decode(errors="replace")
-            return UserFull(user, int(stored), int(adding), int(cap))
+            mine, adding, cap = (int(number) for number in numbers)
+            return UserFull(user, mine, adding, cap)
         case "ORDER":
             seq, expected = rest.split()[:2]
             return ValueError(f"import: seq {seq}, not {expected}")
