@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.connection import Connection as WebSocket
 
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.protocol.codec import Codec
+from bamboo_session.protocol.errors import ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import Events, EventsRequest, History, HistoryRequest
 
 from .failures import request_error
+from .flush import unframe
 from .outbound import Outbound
 from .outbox import Outbox
 from .pages import events_reply, history_reply, within_frame
@@ -91,21 +92,50 @@ async def page_reply(
     (the one the connection is attached to: of a session replaced meanwhile, under the
     same id, the reply is ``not_found``), with no more items than its frame has room
     for within ``--max-frame-bytes`` (pages.within_frame). It is framed in the same
-    step as the read returns, so the slots still bound the pages decoded at once."""
+    step as the read returns, so the slots still bound the pages decoded at once.
+    A first item that has no room even alone is ``too_large`` (:func:`no_room`)."""
     config, storage = services.config, services.manager.storage
-    read: Callable[[], Awaitable[History | Events]]
-    if isinstance(request, HistoryRequest):
-        limits = (config.max_history_page, config.max_page_bytes)
-        read = functools.partial(history_reply, storage, session_id, request, *limits, epoch)
-    else:
-        limits = (config.max_events_page, config.max_page_bytes)
-        read = functools.partial(events_reply, storage, session_id, request, *limits, epoch)
+    end = 0  # of a history page: the index just past its newest message
     try:
-        reply: History | Events = await services.page_reads.read(read)
+        if isinstance(request, HistoryRequest):
+            limits = (config.max_history_page, config.max_page_bytes)
+            read = functools.partial(history_reply, storage, session_id, request, *limits, epoch)
+            reply: History | Events
+            reply, end = await services.page_reads.read(read)
+        else:
+            limits = (config.max_events_page, config.max_page_bytes)
+            events = functools.partial(events_reply, storage, session_id, request, *limits, epoch)
+            reply = await services.page_reads.read(events)
     except StorageError as exc:
         raise request_error(exc, request.id) from None
     framed = Outbound.reply(reply, codec)
+    limit = config.max_frame_bytes
     # Its WebSocket frame within the limit: so is the payload a client counts.
-    if len(framed.framed(codec)) <= config.max_frame_bytes:
+    if len(framed.framed(codec)) <= limit:
         return framed
-    return Outbound.reply(within_frame(reply, codec, config.max_frame_bytes), codec)
+    reply = within_frame(reply, codec, limit)
+    framed = Outbound.reply(reply, codec)
+    if (size := len(unframe(framed.framed(codec))[0])) > limit:
+        raise no_room(reply, end, size, limit)
+    return framed
+
+
+def no_room(reply: History | Events, end: int, size: int, limit: int) -> ProtocolError:
+    """``too_large`` for a page whose one item is over the frame limit with the request's
+    ``id`` around it: an event or message stored before publishes kept room for the
+    longest ``id`` (1,019 bytes; 269 before h457, none before that), by an in-process
+    append of a manager without ``max_frame_bytes``, or copied by ``migrate`` from a
+    store of a larger limit. Sent, the page would be closed with 1009 by a client
+    reading frames of the limit, which would ask for it again, for ever. It is not
+    skipped either: a page starts where it was asked to, or has no gap to tell."""
+    if isinstance(reply, Events):
+        seq = reply.events[0].seq
+        what, past = f"the event at seq {seq}", f"after_seq {seq}"
+    else:
+        what, past = f"the message at index {end - 1}", f"before {end - 1}"
+    return ProtocolError(
+        ErrorCode.TOO_LARGE,
+        f"{what} makes a page of {size} bytes with this request's id: over the frame"
+        f" limit ({limit}); ask with a shorter id, or {past} to go past it",
+        reply.id,
+    )

@@ -300,11 +300,13 @@ async def history_reply(
     max_messages: int,
     max_bytes: int,
     epoch: str | None = None,
-) -> History:
-    """The ``history`` reply to ``request``: one page, at most the server's maximums."""
+) -> tuple[History, int]:
+    """The ``history`` reply to ``request``: one page, at most the server's maximums;
+    and the index just past its newest message (what an error about that message
+    names, server/page_requests.py)."""
     limit = min(request.limit, max_messages)
     page = await history_page(storage, session_id, limit, request.before, max_bytes, epoch)
-    return History(page.messages, page.has_more, id=request.id)
+    return History(page.messages, page.has_more, id=request.id), page.start + len(page.messages)
 
 
 async def events_reply(
