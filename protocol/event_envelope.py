@@ -3,7 +3,8 @@
 checks a publish's event (server/decode_charge.py), so that every frame of an event it
 stored is within the limit a client is documented to read (docs/protocol.md,
 MessagePack); and :func:`welcome_bytes`, the most a ``welcome`` of a session with a
-given title and user id can be, which a ``hello`` that creates one is held to.
+given title, user id and ``extra`` can be, which a new session is held to, and an
+attach to a stored one (server/quotas.py).
 
 Derived here by encoding the frames themselves with the worst case of every field the
 event does not hold, not counted by hand: a codec that writes a field longer moves it.
@@ -117,9 +118,12 @@ _WELCOME: Final = Welcome(
 )
 
 
-def welcome_bytes(title: str | None, user_id: str | None) -> int:
-    """The most bytes a ``welcome`` of a session created with ``title`` and ``user_id``
-    (and no ``extra``) can be, in either codec."""
-    session = msgspec.structs.replace(_WELCOME.session, title=title, user_id=user_id)
+def welcome_bytes(
+    title: str | None, user_id: str | None, extra: dict[str, Any] | None = None
+) -> int:
+    """The most bytes a ``welcome`` of a session with ``title``, ``user_id`` and
+    ``extra`` can be, in either codec."""
+    fields = {"title": title, "user_id": user_id, "extra": extra or {}}
+    session = msgspec.structs.replace(_WELCOME.session, **fields)
     welcome = msgspec.structs.replace(_WELCOME, session=session)
     return max(len(JSON.encode(welcome)), len(MSGPACK.encode(welcome)))

@@ -48,6 +48,7 @@ from .decode_charge import over_frame_limit
 from .failures import request_error
 from .outbound import Outbound
 from .outbox import Outbox
+from .quotas import WelcomeTooLarge, welcome_over
 from .room import HeldConnections
 
 
@@ -303,9 +304,11 @@ def attach_refusal(
     session_id: str,
     now: datetime,
     access: AccessRefusal | None = None,
+    max_frame_bytes: int = 0,
 ) -> Exception | None:
     """Why a session may not be attached to (by a peer ``access`` may refuse), if it
-    may not; ``now``: the store's clock (``Storage.now``), which its expiry is of."""
+    may not; ``now``: the store's clock (``Storage.now``), which its expiry is of. With
+    ``max_frame_bytes``, a session whose ``welcome`` would be over it is refused too."""
     if metadata is None:
         return SessionNotFound(session_id)
     if access is not None and (refused := access(metadata)) is not None:
@@ -314,6 +317,9 @@ def attach_refusal(
         return SessionExpired(session_id)
     if metadata.state == SessionState.CLOSED:
         return SessionClosed(session_id)
+    title, user_id, extra = metadata.title, metadata.user_id, metadata.extra
+    if (size := welcome_over(max_frame_bytes, title, user_id, extra)) is not None:
+        return WelcomeTooLarge(f"its welcome would be {size} bytes ({max_frame_bytes})")
     return None
 
 

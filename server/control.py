@@ -113,7 +113,8 @@ async def attach(actor: SessionActor, command: Attach) -> None:
     metadata = await actor.storage.get_metadata(actor.session_id)
     if command.future.done():
         return
-    refusal = attach_refusal(metadata, actor.session_id, actor.storage.now(), command.access)
+    limit, now = actor.config.max_frame_bytes, actor.storage.now()
+    refusal = attach_refusal(metadata, actor.session_id, now, command.access, limit)
     if refusal is not None or metadata is None:
         command.future.set_exception(refusal or SessionNotFound(actor.session_id))
         return

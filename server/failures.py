@@ -34,7 +34,7 @@ from bamboo_session.protocol.errors import (
 from .auth import Forbidden, Unauthorized
 from .limits import TooManyConnections, TooManySessionConnections
 from .pages import StoreTimeout
-from .quotas import CreatingTooFast, TooManySessions, TooManyStoredSessions
+from .quotas import CreatingTooFast, TooManySessions, TooManyStoredSessions, WelcomeTooLarge
 
 
 class ServerBusy(Exception):
@@ -134,6 +134,12 @@ _TABLE: dict[type[BaseException], Failure] = {
     ),
     CreatingTooFast: Failure(
         _C.TOO_SLOW, _E.RATE_LIMITED, _S.TOO_MANY_REQUESTS, "creating sessions too fast"
+    ),
+    WelcomeTooLarge: Failure(
+        _C.MESSAGE_TOO_BIG,
+        _E.TOO_LARGE,
+        _S.REQUEST_ENTITY_TOO_LARGE,
+        "the session's metadata makes a welcome over the frame limit",
     ),
 }
 _UNEXPECTED = Failure(_C.INTERNAL_ERROR, _E.INTERNAL, _S.INTERNAL_SERVER_ERROR, "internal error")

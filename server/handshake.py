@@ -47,7 +47,7 @@ from .http_wire import BambooConnection
 from .limits import TooManyConnections, TooManySessionConnections
 from .outbox import Outbox
 from .pages import StoreTimeout
-from .quotas import Admission, CreatingTooFast, TooManySessions, creator_key
+from .quotas import Admission, CreatingTooFast, TooManySessions, WelcomeTooLarge, creator_key
 from .replay_now import replay_now
 from .token_expiry import TokenExpiry
 
@@ -65,6 +65,7 @@ _ATTACH_FAILURES = (
     CreatingTooFast,
     Unauthorized,
     Forbidden,
+    WelcomeTooLarge,
 )
 
 

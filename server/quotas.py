@@ -86,20 +86,43 @@ def check_fields(
     title: str | None,
     extra: dict[str, Any] | None,
 ) -> None:
-    """FieldTooLong unless a new session's fields are within their limits."""
+    """FieldTooLong unless a new session's fields are within their limits, the bytes of
+    its ``welcome`` within ``max_frame_bytes`` (0: none) included."""
     if user_id is not None and len(user_id) > config.max_user_id_length:
         raise FieldTooLong(f"user_id is longer than {config.max_user_id_length} characters")
     if title is not None and len(title) > config.max_title_length:
         raise FieldTooLong(f"title is longer than {config.max_title_length} characters")
     if extra and len(msgspec.json.encode(extra)) > config.max_extra_bytes:
         raise FieldTooLong(f"extra is larger than {config.max_extra_bytes} bytes")
-    # A character is up to 6 bytes of either codec (JSON's \u0001): only a frame limit
-    # that short is checked, by encoding the welcome with the longest of the rest.
-    limit, length = config.max_frame_bytes, len(title or "") + len(user_id or "")
-    short = limit and 6 * length + WELCOME_ROOM > limit
-    if short and (size := welcome_bytes(title, user_id)) > limit:
-        reason = f"title and user_id make a welcome of {size} bytes: over the frame limit"
-        raise FieldTooLong(f"{reason} ({limit})")
+    limit = config.max_frame_bytes
+    if (size := welcome_over(limit, title, user_id, extra)) is not None:
+        fields = "title, user_id and extra" if extra else "title and user_id"
+        raise FieldTooLong(
+            f"{fields} make a welcome of {size} bytes: over the frame limit ({limit})"
+        )
+
+
+class WelcomeTooLarge(Exception):
+    """A stored session whose ``welcome`` would be over the frame limit: made before
+    its ``extra`` was held to it, by a manager without ``max_frame_bytes`` or of a
+    larger one, or copied from another store. Its attach is refused (close 1009)
+    rather than its ``welcome`` sent over the limit the server advertises."""
+
+
+def welcome_over(
+    limit: int, title: str | None, user_id: str | None, extra: dict[str, Any] | None
+) -> int | None:
+    """The most bytes a ``welcome`` of a session with these fields can be, if that is
+    over ``limit`` (0: none); else None. Encoded only where it could be over: a
+    character of ``title`` or ``user_id`` is up to 6 bytes in either codec (JSON's
+    ``\\u0001``), and ``extra``, when not empty, is always measured."""
+    if not limit:
+        return None
+    length = len(title or "") + len(user_id or "")
+    if not extra and 6 * length + WELCOME_ROOM <= limit:
+        return None
+    size = welcome_bytes(title, user_id, extra)
+    return size if size > limit else None
 
 
 def creator_key(user: str | None, address: str | None) -> str | None:
