@@ -44,7 +44,7 @@ from bamboo_session.protocol.models import (
     SessionState,
 )
 
-from .decode_charge import over_frame_limit
+from .decode_charge import msgpack_bound, over_frame_limit
 from .failures import request_error
 from .outbound import Outbound
 from .outbox import Outbox
@@ -156,7 +156,11 @@ def in_process_batch(
     ``max_event_json`` as a viewer gets it (0: none; decode_charge.py
     ``over_frame_limit``, the check of a peer's publish)."""
     checked = [(*checked_event(event), checked_key(key)) for event, key in items]
-    for index, (event, _, _) in enumerate(checked if max_event_json else ()):
+    for index, (event, weight, _) in enumerate(checked if max_event_json else ()):
+        # Its weight is at least its JSON as given, which its copy's is no longer than
+        # (a time brought to UTC is shorter): most are far within, and not encoded again.
+        if msgpack_bound(weight) <= max_event_json:
+            continue
         if (found := over_frame_limit(JSON.encode(event), max_event_json)) is not None:
             which = f"item {index}'s event" if len(checked) > 1 else "the event"
             raise ValueError(f"event cannot be stored: {which} {found}")

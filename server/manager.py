@@ -317,7 +317,9 @@ class SessionManager:
     async def add_message(
         self, session_id: str, message: Message, key: str | None = None
     ) -> Appended:
-        return await self.append_event(session_id, MessageEvent(message.completed()), key)
+        # Checked as sent, as a peer's publish is: the store fills in what is absent
+        # (its id and created_at), which the frame limit's envelope has room for.
+        return await self.append_event(session_id, MessageEvent(message), key)
 
     async def list_sessions(self, filter: SessionFilter | None = None) -> SessionListResult:
         """What the store lists: a session mid-delete may be missing (back if the delete fails)."""
