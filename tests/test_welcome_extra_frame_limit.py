@@ -24,7 +24,7 @@ from tests.reading_peers import reading_peer
 from tests.support import Peer, run_server, stream_url
 
 LIMIT = 4096
-TOO_MUCH = {"notes": "\x01" * 600}  # 3,600 bytes of JSON: a welcome of some 4.2 KB
+TOO_MUCH = {"notes": "\x01" * 600}  # 3,600 bytes of JSON: a welcome of 4,497 at most
 ENOUGH = {"notes": "\x01" * 400}
 
 
