@@ -16,6 +16,13 @@ alternated; printed: instructions per lone event, each run, and the ratio of med
 
     python -m bench.instruction_count /work/wt/base /tmp/h416/tree --durability memory
     python -m bench.instruction_count /work/wt/base /tmp/h416/tree --durability fsync --runs 4
+    python -m bench.instruction_count /work/main --runs 1 --cache-sim --keep /tmp/dumps
+
+With ``--cache-sim`` each run also prints its cache misses per lone event as callgrind
+simulates them (I1/D1: first level, LL: last level; ``mr`` read, ``mw`` write misses),
+the caches warm: what a lone event overflows of them back to back, not what it pays
+after an idle (bench/idle_gap.py). ``--keep`` keeps the dumps for
+``callgrind_annotate``.
 """
 
 from __future__ import annotations
@@ -36,12 +43,16 @@ from .bytecode_count import NO_CLOCK_WORK, lone_event_peers, lone_events
 START_TIMEOUT = 600.0  # a server under valgrind starts in tens of seconds on a busy machine
 
 
-def counted_server(tree: Path, durability: str, tmp: Path, label: str) -> common.ServerProcess:
-    """``tree``'s server under callgrind, instrumentation off, its dumps at tmp/label.cg.*"""
+def counted_server(
+    tree: Path, durability: str, tmp: Path, label: str, cache_sim: bool = False
+) -> common.ServerProcess:
+    """``tree``'s server under callgrind, instrumentation off, its dumps at tmp/label.cg.*;
+    with ``cache_sim``, callgrind's simulation of the caches on too."""
     store = ["--store", "memory://"] if durability == "memory" else []
     data, log = tmp / f"data-{label}", tmp / f"{label}.log"
     server = common.bamboo_server(data, log, *store, *NO_CLOCK_WORK)
     callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    callgrind += ["--cache-sim=yes"] if cache_sim else []
     callgrind.append(f"--callgrind-out-file={tmp / label}.cg")
     package = compare.older_package(tree, tmp / label)
     server.argv[0:3] = [*callgrind, sys.executable, "-c", compare.BEFORE_BOOT, str(package)]
@@ -50,7 +61,7 @@ def counted_server(tree: Path, durability: str, tmp: Path, label: str) -> common
 
 async def count_once(tree: Path, args: argparse.Namespace, tmp: Path, label: str) -> float:
     """Instructions per lone event of one server of ``tree``."""
-    server = counted_server(tree, args.durability, tmp, label)
+    server = counted_server(tree, args.durability, tmp, label, args.cache_sim)
     common.START_TIMEOUT, started = START_TIMEOUT, common.START_TIMEOUT
     try:
         server.start()
@@ -67,11 +78,24 @@ async def count_once(tree: Path, args: argparse.Namespace, tmp: Path, label: str
     finally:
         server.terminate(60)
     dump = tmp / f"{label}.cg.1"  # the first dump: -d's; the second is the exit's
-    found = re.search(r"^(?:totals|summary): (\d+)", dump.read_text(), re.MULTILINE)
-    if found is None:
+    per_event = totals(dump, args.events)
+    if args.cache_sim:
+        print(f"  {label}: " + ", ".join(f"{k} {v:,.0f}" for k, v in per_event.items()))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, args.keep / f"{tree.name}-{args.durability}-{label}.cg")
+    return per_event["Ir"]
+
+
+def totals(dump: Path, events: int) -> dict[str, float]:
+    """Each of ``dump``'s counters (Ir, and with the cache simulation I1mr, D1mr, ...)
+    per lone event."""
+    text = dump.read_text()
+    names = re.search(r"^events: (.+)$", text, re.MULTILINE)
+    found = re.search(r"^(?:totals|summary): (.+)$", text, re.MULTILINE)
+    if names is None or found is None:
         raise RuntimeError(f"{dump}: no totals")
-    events: int = args.events
-    return int(found.group(1)) / events
+    return {n: int(v) / events for n, v in zip(names.group(1).split(), found.group(1).split(), strict=False)}
 
 
 def callgrind_control(*argv: str | int) -> None:
@@ -106,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100, help="lone events not counted")
     parser.add_argument("--events", type=int, default=400, help="counted lone events")
     parser.add_argument("--runs", type=int, default=2, help="runs of each tree, alternated")
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="simulate the caches: I1/D1/LL misses per event"
+    )
+    parser.add_argument("--keep", type=Path, help="a folder to copy each run's dump into")
     return parser.parse_args(argv)
 
 
