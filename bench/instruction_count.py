@@ -95,7 +95,10 @@ def totals(dump: Path, events: int) -> dict[str, float]:
     found = re.search(r"^(?:totals|summary): (.+)$", text, re.MULTILINE)
     if names is None or found is None:
         raise RuntimeError(f"{dump}: no totals")
-    return {n: int(v) / events for n, v in zip(names.group(1).split(), found.group(1).split(), strict=False)}
+    return {
+        n: int(v) / events
+        for n, v in zip(names.group(1).split(), found.group(1).split(), strict=False)
+    }
 
 
 def callgrind_control(*argv: str | int) -> None:
