@@ -19,6 +19,13 @@ bare WebSocket: ``40`` connect with the auth, ``42<id>[...]`` an emit acknowledg
 
     python -m bench.idle_gap /work/main --durability memory fsync --peers socketio
     python -m bench.idle_gap /work/wt/base /work/wt/tree --durability fsync --gaps 0 500
+    python -m bench.idle_gap /work/main --peers socketio --pin 0 --spin
+
+``--pin CPU`` runs the server on that CPU alone and the driver on the others; with
+``--spin`` a busy loop of the idle scheduling class (``chrt --idle``) keeps that CPU
+from ever halting while the server sleeps (it yields to the server at once): if the
+penalty goes with it, it is the CPU's halt (a virtual CPU given back to its host),
+not time alone.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -160,10 +169,35 @@ def switches(pid: int) -> int:
     return total
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` and of its children to ``cpu``, this driver to the others."""
+    for process in (pid, *common._children(pid)):
+        for task in Path(f"/proc/{process}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task.name), {cpu})
+    others = os.sched_getaffinity(0) - {cpu}
+    if others:
+        os.sched_setaffinity(0, others)
+
+
+def spinner(cpu: int) -> subprocess.Popen[bytes]:
+    """A busy loop on ``cpu`` at the idle scheduling class (SCHED_IDLE): any other task
+    there takes the CPU from it at once, but the CPU itself never halts."""
+    argv = ["chrt", "--idle", "0", "taskset", "-c", str(cpu), sys.executable, "-c", SPIN]
+    return subprocess.Popen(argv)
+
+
+SPIN = "while True: pass"
+
+
 async def measure(
     kind: str, server: common.ServerProcess, args: argparse.Namespace
 ) -> dict[str, Any]:
     server.start()
+    spinning = None
+    if args.pin is not None:
+        pin(server.pid, args.pin)
+        spinning = spinner(args.pin) if args.spin else None
     try:
         peers = await attach(kind, server, args.sessions)
         for index in range(args.warmup):
@@ -183,6 +217,9 @@ async def measure(
         for ws in peers.agents + peers.viewers:
             await ws.close()
     finally:
+        if spinning is not None:
+            spinning.kill()
+            spinning.wait()
         server.terminate(30)
     return {"per_gap": per_gap, "idle_switches_per_s": wakeups}
 
@@ -252,6 +289,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--events", type=int, default=1000, help="lone events per block")
     parser.add_argument("--rounds", type=int, default=3, help="blocks of each gap, alternated")
+    parser.add_argument("--pin", type=int, help="the CPU the server runs on (the driver: others)")
+    parser.add_argument(
+        "--spin", action="store_true", help="with --pin: keep that CPU from halting (SCHED_IDLE)"
+    )
     parser.add_argument("--idle", type=float, default=3.0, help="seconds idle, wake-ups counted")
     return parser.parse_args(argv)
 

@@ -17,11 +17,14 @@ alternated; printed: instructions per lone event, each run, and the ratio of med
     python -m bench.instruction_count /work/wt/base /tmp/h416/tree --durability memory
     python -m bench.instruction_count /work/wt/base /tmp/h416/tree --durability fsync --runs 4
     python -m bench.instruction_count /work/main --runs 1 --cache-sim --keep /tmp/dumps
+    python -m bench.instruction_count /work/main --runs 1 --cache-sim=--LL=65536,16,64
 
 With ``--cache-sim`` each run also prints its cache misses per lone event as callgrind
 simulates them (I1/D1: first level, LL: last level; ``mr`` read, ``mw`` write misses),
 the caches warm: what a lone event overflows of them back to back, not what it pays
-after an idle (bench/idle_gap.py). ``--keep`` keeps the dumps for
+after an idle (bench/idle_gap.py). A last level smaller than one event's working set
+(64 KiB) misses nearly every line the event touches once, so its misses per event
+approach the event's footprint in lines. ``--keep`` keeps the dumps for
 ``callgrind_annotate``.
 """
 
@@ -44,15 +47,16 @@ START_TIMEOUT = 600.0  # a server under valgrind starts in tens of seconds on a 
 
 
 def counted_server(
-    tree: Path, durability: str, tmp: Path, label: str, cache_sim: bool = False
+    tree: Path, durability: str, tmp: Path, label: str, cache_sim: str | None = None
 ) -> common.ServerProcess:
     """``tree``'s server under callgrind, instrumentation off, its dumps at tmp/label.cg.*;
-    with ``cache_sim``, callgrind's simulation of the caches on too."""
+    with ``cache_sim``, callgrind's simulation of the caches on too, those valgrind
+    options added (``--LL=65536,16,64``: a last level of 64 KiB)."""
     store = ["--store", "memory://"] if durability == "memory" else []
     data, log = tmp / f"data-{label}", tmp / f"{label}.log"
     server = common.bamboo_server(data, log, *store, *NO_CLOCK_WORK)
     callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-    callgrind += ["--cache-sim=yes"] if cache_sim else []
+    callgrind += ["--cache-sim=yes", *cache_sim.split()] if cache_sim is not None else []
     callgrind.append(f"--callgrind-out-file={tmp / label}.cg")
     package = compare.older_package(tree, tmp / label)
     server.argv[0:3] = [*callgrind, sys.executable, "-c", compare.BEFORE_BOOT, str(package)]
@@ -79,7 +83,7 @@ async def count_once(tree: Path, args: argparse.Namespace, tmp: Path, label: str
         server.terminate(60)
     dump = tmp / f"{label}.cg.1"  # the first dump: -d's; the second is the exit's
     per_event = totals(dump, args.events)
-    if args.cache_sim:
+    if args.cache_sim is not None:
         print(f"  {label}: " + ", ".join(f"{k} {v:,.0f}" for k, v in per_event.items()))
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=400, help="counted lone events")
     parser.add_argument("--runs", type=int, default=2, help="runs of each tree, alternated")
     parser.add_argument(
-        "--cache-sim", action="store_true", help="simulate the caches: I1/D1/LL misses per event"
+        "--cache-sim",
+        nargs="?",
+        const="",
+        metavar="VALGRIND_OPTIONS",
+        help="simulate the caches: I1/D1/LL misses per event (sizes: '--LL=65536,16,64')",
     )
     parser.add_argument("--keep", type=Path, help="a folder to copy each run's dump into")
     return parser.parse_args(argv)
