@@ -169,12 +169,14 @@ def switches(pid: int) -> int:
     return total
 
 
-def pin(pid: int, cpu: int) -> None:
-    """Every thread of ``pid`` and of its children to ``cpu``, this driver to the others."""
+def pin(pid: int, cpu: int, helper_cpu: int | None = None) -> None:
+    """Every thread of ``pid`` to ``cpu``, and of its children (the JSONL store's sync
+    helper) to ``helper_cpu`` or the same; this driver to the other CPUs."""
     for process in (pid, *common._children(pid)):
+        where = cpu if process == pid or helper_cpu is None else helper_cpu
         for task in Path(f"/proc/{process}/task").iterdir():
             with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(task.name), {cpu})
+                os.sched_setaffinity(int(task.name), {where})
     others = os.sched_getaffinity(0) - {cpu}
     if others:
         os.sched_setaffinity(0, others)
@@ -196,7 +198,7 @@ async def measure(
     server.start()
     spinning = None
     if args.pin is not None:
-        pin(server.pid, args.pin)
+        pin(server.pid, args.pin, args.helper_cpu)
         spinning = spinner(args.pin) if args.spin else None
     try:
         peers = await attach(kind, server, args.sessions)
@@ -290,6 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1000, help="lone events per block")
     parser.add_argument("--rounds", type=int, default=3, help="blocks of each gap, alternated")
     parser.add_argument("--pin", type=int, help="the CPU the server runs on (the driver: others)")
+    parser.add_argument("--helper-cpu", type=int, help="with --pin: the server's children's CPU")
     parser.add_argument(
         "--spin", action="store_true", help="with --pin: keep that CPU from halting (SCHED_IDLE)"
     )
