@@ -227,7 +227,8 @@ async def measure(
 
 
 def _median(blocks: list[Block], field: str) -> float:
-    return statistics.median(getattr(block, field) for block in blocks)
+    values: list[float] = [getattr(block, field) for block in blocks]
+    return statistics.median(values)
 
 
 def servers(args: argparse.Namespace, tmp: Path) -> list[Server]:
