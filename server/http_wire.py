@@ -43,9 +43,8 @@ from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 from .request_wait import RequestWait
-from .subprotocols import check_extension_offer
+from .subprotocols import NegotiatingProtocol, check_extension_offer
 from .upgrade_task import ProcessRequest, answer
-from .whole_frames import WholeFramesProtocol
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
@@ -100,9 +99,10 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
         arriving_frames: ArrivingFrames | None = None,
         **kwargs: Any,
     ) -> None:
-        # Whole data frames read without websockets' generator parser (whole_frames.py):
-        # the class's receive_data, no object more on the connection.
-        protocol.__class__ = WholeFramesProtocol
+        # Whole data frames read without websockets' generator parser (whole_frames.py),
+        # an empty subprotocol offer read as none (subprotocols.py): the class's
+        # methods, no object more on the connection.
+        protocol.__class__ = NegotiatingProtocol
         protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
         check_extension_offer(protocol)
         protocol.parser = parse_request(protocol)

@@ -1,9 +1,10 @@
 """What a WebSocket upgrade negotiates: the subprotocol (the codec) the server picks
 from the client's offer (websockets' ``select_subprotocol`` hook; a refusal names those
-it speaks), and the check of the client's extension offer, which a malformed
-``Sec-WebSocket-Extensions`` header fails whether compression is on or off (both
-refusals worded for the peer by server/http_refusals.py) and an empty one passes, as
-no offer at all."""
+it speaks; a ``Sec-WebSocket-Protocol`` header with no element in it offers nothing,
+as no header would: JSON), and the check of the client's extension offer, which a
+malformed ``Sec-WebSocket-Extensions`` header fails whether compression is on or off
+(both refusals worded for the peer by server/http_refusals.py) and an empty one
+passes, as no offer at all."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import NegotiationError
 from websockets.extensions.base import Extension
-from websockets.headers import parse_extension
+from websockets.headers import parse_extension, parse_subprotocol
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, SUBPROTOCOLS
+
+from .whole_frames import WholeFramesProtocol
 
 
 def select_subprotocol(
@@ -32,6 +35,32 @@ def select_subprotocol(
         if subprotocol in CODECS_BY_SUBPROTOCOL:
             return subprotocol
     raise NegotiationError(f"unsupported subprotocol; expected one of {', '.join(SUBPROTOCOLS)}")
+
+
+class NegotiatingProtocol(WholeFramesProtocol):
+    """The protocol of every connection (http_wire.py gives it this class): whole
+    frames as WholeFramesProtocol reads them, and a subprotocol offer read as a list
+    header. websockets parses each ``Sec-WebSocket-Protocol`` value as RFC 6455's
+    ``1#token``, at least one, and refused a header with no element at all (an empty
+    value, blanks, only commas) with 400, though it skips empty elements among others
+    (``, bamboo.v1`` is ``bamboo.v1``). Such a header offers nothing, as no header
+    would (RFC 9110 5.6.1.2: a recipient ignores empty list elements): PROTOCOL.md's
+    "a client that offers no subprotocol gets JSON". A client that joins an empty
+    list of offers into the header sends one, as an empty ``Sec-WebSocket-Extensions``
+    is sent, and passes, already (check_extension_offer). A class, not a method bound
+    to each protocol: nothing more on an idle connection."""
+
+    def process_subprotocol(self, headers: Headers) -> Subprotocol | None:
+        offered = [
+            subprotocol
+            for value in headers.get_all(PROTOCOLS)
+            if not _NO_ELEMENT.fullmatch(value)
+            for subprotocol in parse_subprotocol(value)  # raises: not well formed
+        ]
+        return self.select_subprotocol(offered)
+
+
+PROTOCOLS = "Sec-WebSocket-Protocol"
 
 
 def check_extension_offer(protocol: ServerProtocol) -> None:

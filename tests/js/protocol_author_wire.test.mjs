@@ -1,7 +1,8 @@
 // The outside check of the wire contract (outside.mjs), as a client author in another
 // language reads it: the statements of PROTOCOL.md and docs/protocol.md that the other
-// protocol_* files leave out. Here: subprotocol offers, paths, ids, integers, requests
-// before welcome, page limits, the idempotency key window, msgpack's errors and pages.
+// protocol_* files leave out. Here: subprotocol offers (an empty one too), paths, ids,
+// integers, requests before welcome, page limits, the idempotency key window, msgpack's
+// errors and pages.
 // Run by tests/test_js_protocol.py; by hand:
 //   BAMBOO_PYTHON=.venv/bin/python node --test tests/js/protocol_*.test.mjs
 import assert from "node:assert/strict";
@@ -32,7 +33,7 @@ const errorBody = (res, code) => {
 
 // ---- Transport ----
 
-test("subprotocols: the first offer the server speaks; only unknown ones are a 400", async () => {
+test("subprotocols: the first offer the server speaks; an empty offer is none; only unknown ones are a 400", async () => {
   const port = server.port;
   const offers = [
     [["x-unknown", "bamboo.v1.msgpack", "bamboo.v1"], "bamboo.v1.msgpack"],
@@ -48,6 +49,29 @@ test("subprotocols: the first offer the server speaks; only unknown ones are a 4
     assert.equal((await peer.recv(WELCOME_MS)).type, "welcome");
     peer.close();
   }
+  // A header with no element in it offers nothing, as no header would (RFC 9110
+  // 5.6.1.2: empty list elements are ignored): JSON. A client that joins an empty list
+  // of offers sends `Sec-WebSocket-Protocol: ` (upgrade() here does, given []).
+  const none = [{ protocols: [] }, { headers: { "Sec-WebSocket-Protocol": " , " } }];
+  for (const offer of none) {
+    const res = await upgrade(port, `/api/v1/stream/${sid("offer")}`, offer);
+    assert.equal(res.status, 101, `${JSON.stringify(offer)}: ${res.status} ${res.body}`);
+    assert.equal(res.headers["sec-websocket-protocol"], undefined, JSON.stringify(offer));
+    const peer = new Peer(res.ws, false);
+    peer.send({ type: "hello", create: true });
+    assert.equal((await peer.recv(WELCOME_MS)).type, "welcome");
+    peer.close();
+  }
+  const split = await upgrade(port, `/api/v1/stream/${sid("offer")}`, {
+    protocols: [],
+    headers: { "Sec-WebSocket-Protocol": "bamboo.v1.msgpack" },
+  });
+  assert.equal(split.status, 101, `${split.status} ${split.body}`);
+  assert.equal(split.headers["sec-websocket-protocol"], "bamboo.v1.msgpack");
+  const packed = new Peer(split.ws, true);
+  packed.send({ type: "hello", create: true });
+  assert.equal((await packed.recv(WELCOME_MS)).type, "welcome");
+  packed.close();
   const refused = await upgrade(port, `/api/v1/stream/${sid("offer")}`, {
     protocols: ["bamboo.v2", "json"],
   });
