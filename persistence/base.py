@@ -77,6 +77,7 @@ from .errors import (
     DeletedNotDurably,
     ListingChangedTooLarge,
     ListingTooLarge,
+    OutcomeUnknown,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -108,6 +109,7 @@ __all__ = [
     "ListPosition",
     "ListingChangedTooLarge",
     "ListingTooLarge",
+    "OutcomeUnknown",
     "SessionClosed",
     "SessionExists",
     "SessionExpired",
@@ -165,10 +167,11 @@ class EventStorage(Protocol):
     ) -> list[Appended]:
         """Append ``(event, key)`` items as one batch, in order: each fresh item gets the
         next seq, each duplicate (see the module docstring) gets its first seq. The
-        batch is stored whole or not at all. On a local store a StorageError means not
-        at all; on a networked one the reply may be lost after the store took the batch,
-        so a StorageError means "maybe": retry with the same keys, and the retry gets
-        the first seqs as duplicates. With ``epoch``, only to the log of that epoch:
+        batch is stored whole or not at all. A StorageError means not at all, but for
+        OutcomeUnknown, which only a networked store raises: the reply may be lost
+        after the store took the batch (or it took it short of the durability asked),
+        so it means "maybe": retry with the same keys, and the retry gets the first
+        seqs as duplicates if it was stored. With ``epoch``, only to the log of that epoch:
         the session's is another (it was deleted and created again, or replaced), and
         the batch is SessionNotFound, nothing of it stored, checked atomically with the
         append. Past the store's ``max_session_bytes``, the batch is SessionFull, and
@@ -178,7 +181,7 @@ class EventStorage(Protocol):
         A failure of the session's own file, not of the store, is SessionLogFailed (the
         JSONL store's log at the file size limit, one it may not write). Raises
         SessionNotFound, SessionExpired, SessionClosed, SessionFull, AppendsSuspended,
-        SessionLogFailed, StorageError."""
+        SessionLogFailed, OutcomeUnknown, StorageError."""
         ...
 
     async def append_event(

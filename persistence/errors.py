@@ -1,10 +1,11 @@
 """The storage contract's exceptions (persistence/base.py says when each is raised;
 ``persistence.base`` and ``persistence`` export them all): a failing store
-(:class:`StorageError`, the base of every other), a session missing, present, expired,
-closed or full (its own cap, or its user's), deleted but not durably, taking no
-appends until the store is opened again, or whose append failed for a reason of its
-own file alone, a store full or held by another process, a backend run with settings
-the store refuses, or a store of a format newer than this version reads."""
+(:class:`StorageError`, the base of every other), a write whose outcome the store
+cannot know, a session missing, present, expired, closed or full (its own cap, or its
+user's), deleted but not durably, taking no appends until the store is opened again,
+or whose append failed for a reason of its own file alone, a store full or held by
+another process, a backend run with settings the store refuses, or a store of a
+format newer than this version reads."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ class StorageError(Exception):
     # Whether the server's log told of it already (server/command_failures.py), so that
     # a hello it then ends (1011) tells it no second time.
     told = False
+
+
+class OutcomeUnknown(StorageError):
+    """A write whose outcome the store cannot know: it may have taken effect. Its
+    command may have reached the store, whose answer was lost (a socket timeout, a
+    connection dropped mid-call: a Redis that hung past the timeout runs the command
+    once it goes on), or it took effect short of the durability asked for (a Redis
+    ``WAIT`` that fewer replicas than ``wait_replicas`` confirmed in time), or it was
+    made and the notice of it could not be sent. Only a store whose writes go over a
+    network raises it (Redis); a store one process owns knows what it stored. Of an
+    append: a retry with the same keys tells (a duplicate, with its seq, if it was
+    stored); a server does not answer its publisher with an ``ack`` or an ``error``,
+    but closes its connection to resume by (server/commands.py)."""
 
 
 class SessionNotFound(StorageError):

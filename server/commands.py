@@ -5,7 +5,8 @@ Requests (appends, state changes) come from a peer, whose reply goes to its outb
 from the in-process API, whose reply resolves a future; a request answers its
 requester either way. The items of a peer's ``batch`` frame are appends like any other,
 queued together, that answer their :class:`BatchReply` instead: one ``acks`` frame (or
-one ``error``) for the lot.
+one ``error``) for the lot. An append the store may have stored or not (OutcomeUnknown)
+answers a peer with no frame, but its connection's close (``_Request.in_doubt``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from msgspec import Struct
 
 from bamboo_session.persistence.base import (
     Appended,
+    OutcomeUnknown,
     SessionClosed,
     SessionExpired,
     SessionNotFound,
@@ -45,7 +47,7 @@ from bamboo_session.protocol.models import (
 )
 
 from .decode_charge import msgpack_bound, over_frame_limit
-from .failures import request_error
+from .failures import PUBLISH_IN_DOUBT, request_error
 from .outbound import Outbound
 from .outbox import Outbox
 from .quotas import WelcomeTooLarge, welcome_over
@@ -82,6 +84,19 @@ class _Request:
         self.origin.push(Outbound(Error(error.code.value, error.message, id=error.request_id)))
         return error.code.value
 
+    def in_doubt(self, exc: OutcomeUnknown) -> None:
+        """An append the store may have stored (OutcomeUnknown): a future gets ``exc``;
+        a peer neither an ``ack`` nor an ``error`` (either might be untrue), but its
+        connection closed with 1011, to resume by. The resume replays the event if it
+        was stored, through a new connection: the contract's publisher never gets its
+        own event; the closed one gets nothing more (Outbox.push)."""
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_exception(exc)
+        elif self.origin is not None:
+            self.origin.settle()
+            self.origin.close(*PUBLISH_IN_DOUBT)
+
 
 class Append(Struct, _Request):
     """An append (an ``event`` or ``message`` frame, an item of a ``batch``, an
@@ -105,6 +120,9 @@ class Append(Struct, _Request):
     def refuse(self, exc: BaseException) -> str | None:
         if self.batch is not None:
             return self.batch.refuse(exc)
+        if isinstance(exc, OutcomeUnknown):
+            self.in_doubt(exc)
+            return None
         return _Request.refuse(self, exc)
 
 
@@ -212,6 +230,9 @@ class BatchReply(_Request):
         if self.settled:
             return None
         self.settled = True
+        if isinstance(exc, OutcomeUnknown):
+            self.in_doubt(exc)
+            return None
         return _Request.refuse(self, exc)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import http
+from typing import Final
 
 from bamboo_session.persistence.base import (
     AppendsSuspended,
@@ -160,6 +161,15 @@ def failure_of(exc: BaseException) -> Failure:
             return failure
     return _UNEXPECTED
 
+
+# The close of a publisher whose append the store cannot say it stored or not
+# (OutcomeUnknown: server/commands.py), instead of an ``ack`` or an ``error`` (the
+# table's StorageError entry), either of which might be untrue: its resume replays
+# the event if it was stored, and a retry with the same key tells it its seq.
+PUBLISH_IN_DOUBT: Final = (
+    _C.INTERNAL_ERROR,
+    "storage failed: a publish may be stored; resume, then resend it with the same key",
+)
 
 # A hello's own words for a failure of the store's: the shared ones speak of a
 # publish, which a hello is not (a viewer's has no key at all). The code is the same.

@@ -2,7 +2,8 @@
 no silent retries (a read is made once more where its connection dropped: pool.py),
 Redis errors as the contract's exceptions, and the ``WAIT`` for replicas
 (``wait_replicas``) before anything written is acknowledged or published (a write
-they fall short on is published all the same: see ``Commands.write``)."""
+they fall short on is published all the same, and raises OutcomeUnknown: see
+``Commands.write``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from redis.backoff import NoBackoff
 
 from bamboo_session.tasks import cancel_and_wait
 
-from ..base import StorageError, StoreMisconfigured
+from ..base import OutcomeUnknown, StorageError, StoreMisconfigured
 from .config import RedisConfig
 from .pool import READ_COMMANDS, CheckedPool, attempt, read
 from .scripts import (
@@ -295,10 +296,21 @@ class Commands:
             # subscriptions on other instances attached until their server's next look
             # (idle_timeout), and a batch's events would reach them only with the next
             # batch, read from the log: never, if a close came first.
-            await self._publish(channel, _left(behind.reply, deferred, notice, epoch_of))
+            await self._publish_made(channel, _left(behind.reply, deferred, notice, epoch_of))
             raise
-        await self._publish(channel, _left(reply, deferred, notice, epoch_of))
+        await self._publish_made(channel, _left(reply, deferred, notice, epoch_of))
         return reply
+
+    async def _publish_made(self, channel: str, payloads: list[Any]) -> None:
+        """Publishes what a write that was made left to publish: a failure is its
+        write's, whose outcome its caller then does not know (OutcomeUnknown), since
+        the write stands."""
+        try:
+            await self._publish(channel, payloads)
+        except OutcomeUnknown:
+            raise
+        except StorageError as exc:
+            raise OutcomeUnknown(f"{exc} (the write was made; its notice failed)") from exc
 
     async def _publish(self, channel: str, payloads: list[Any]) -> None:
         payloads = [payload for payload in payloads if payload]

@@ -2,8 +2,9 @@
 how they are called: by SHA, loaded again when the server lost its script cache (a
 restart), made once more where their connection dropped if they only read
 (``READING_SCRIPTS``, pool.py), with their typed errors turned into the storage
-contract's exceptions and an unreachable server into :class:`StorageError`; and the
-epochs their replies carry.
+contract's exceptions and an unreachable server into :class:`StorageError` (into
+:class:`OutcomeUnknown` for a write that may have been sent: ``maybe_written``); and
+the epochs their replies carry.
 
 Each script runs atomically in Redis and checks everything before its first write, so
 a script that fails wrote nothing. ``common.lua`` is prepended to every script.
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 
 from ..base import (
     InvalidTransition,
+    OutcomeUnknown,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -33,7 +35,7 @@ from ..base import (
     StorageFull,
     UserFull,
 )
-from .pool import attempt, described
+from .pool import NoConnection, attempt, described
 
 NAMES: Final = (
     "append",
@@ -132,12 +134,13 @@ async def run(
                 await before_reload()
             return await client.execute_command(by_source, script.source, len(keys), *keys, *args)
 
+    reads = name in READING_SCRIPTS
     try:
-        return await attempt(client, once, only_reads=name in READING_SCRIPTS)
+        return await attempt(client, once, only_reads=reads)
     except redis.exceptions.ResponseError as exc:
         raise translate(exc) from None
     except redis.exceptions.RedisError as exc:
-        raise unreachable(exc) from exc
+        raise (unreachable(exc) if reads else maybe_written(exc)) from exc
 
 
 async def run_many(
@@ -172,8 +175,9 @@ async def run_many(
                 replies[i] = reply
         return replies
 
+    reads = name in READING_SCRIPTS
     try:
-        replies = await attempt(client, once, only_reads=name in READING_SCRIPTS)
+        replies = await attempt(client, once, only_reads=reads)
         for reply in replies:
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise translate(reply)
@@ -183,16 +187,17 @@ async def run_many(
     except redis.exceptions.ResponseError as exc:
         raise translate(exc) from None
     except redis.exceptions.RedisError as exc:
-        raise unreachable(exc) from exc
+        raise (unreachable(exc) if reads else maybe_written(exc)) from exc
 
 
 def _no_script(reply: object) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
 
 
-class ReplicasBehind(StorageError):
+class ReplicasBehind(OutcomeUnknown):
     """Fewer replicas than asked confirmed a script's writes in time: they are on the
-    primary all the same, and ``reply`` is what the script returned."""
+    primary all the same, and ``reply`` is what the script returned (made, but not as
+    durable as asked: not to be acknowledged)."""
 
     def __init__(self, message: str, reply: Any) -> None:
         super().__init__(message)
@@ -235,7 +240,7 @@ async def run_and_wait(
                 )
             return reply
     except redis.exceptions.RedisError as exc:
-        raise unreachable(exc) from exc
+        raise maybe_written(exc) from exc
     raise StorageError(f"redis: script {name} could not be loaded")
 
 
@@ -291,6 +296,16 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
 
 def unreachable(exc: redis.exceptions.RedisError) -> StorageError:
     return StorageError(f"redis unavailable: {described(exc)}")
+
+
+def maybe_written(exc: redis.exceptions.RedisError) -> StorageError:
+    """A write's failure (no Redis answer, not a script's refusal): OutcomeUnknown once
+    its command may have been sent (a timeout, a connection lost mid-call: Redis may
+    run it, even after the connection closed, from what it had read), a plain
+    StorageError where no connection was to be had (nothing was sent)."""
+    if isinstance(exc, NoConnection):
+        return unreachable(exc)
+    return OutcomeUnknown(f"redis unavailable: {described(exc)}")
 
 
 def optional_arg(value: int | None) -> int | str:

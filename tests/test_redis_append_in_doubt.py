@@ -1,0 +1,195 @@
+"""A Redis append whose outcome the store cannot know (its reply lost past the socket
+timeout, Redis running the command once it goes on; or a ``WAIT`` short of
+``wait_replicas``) never breaks the wire contract's "every connection except the one
+that published it": the publisher gets no ``ack`` or ``error`` the server cannot stand
+behind, and no ``event`` of its own publish, but a close 1011 (reconnect with
+resume). Its resume replays the event exactly once if Redis stored it, not at all if
+not, and a retry with the same key is then a duplicate, or the first append; the other
+viewers get every stored event once, in order. Real redis-servers (SIGSTOP, SIGKILL, a
+replica), a real server, real WebSocket peers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+from websockets.exceptions import ConnectionClosed
+
+from bamboo_session.persistence.redis import client as redis_client
+from bamboo_session.persistence.redis import storage as redis_storage
+from bamboo_session.server.app import BambooServer
+from tests.redis_server import RedisServer, link_replica, prefix_for
+from tests.support import Peer, attach, run_server, token
+
+SOCKET_TIMEOUT = 1.0  # the store's, shortened from its 10 s so that a test waits it out
+SLACK = 8.0  # seconds past it that a loaded machine may take to tell
+IN_DOUBT = 1011
+
+
+@pytest.fixture
+def short_socket_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's client (not its pub/sub listener's) gives up on Redis after
+    ``SOCKET_TIMEOUT``: the store has no setting for it."""
+    shortened = functools.partial(redis_client.connect, socket_timeout=SOCKET_TIMEOUT)
+    monkeypatch.setattr(redis_storage, "connect", shortened)
+
+
+async def frames_until_close(peer: Peer, within: float) -> tuple[int | None, list[dict[str, Any]]]:
+    """What ``peer`` reads for ``within`` seconds at most, and its close code (None:
+    still open then)."""
+    frames: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                frames.append(await peer.recv(within))
+    except ConnectionClosed:
+        return peer.ws.close_code, frames
+    except TimeoutError:
+        return None, frames
+
+
+def answers_and_events(frames: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The frames that would tell a publisher something of its publish (``id`` 2)."""
+    told = []
+    for frame in frames:
+        if frame["type"] in ("ack", "error", "acks") and frame.get("id") == 2:
+            told.append((frame["type"], frame.get("code", frame.get("seq"))))
+        elif frame["type"] == "event":
+            told.append(("event", frame["seq"]))
+    return told
+
+
+async def next_event(peer: Peer) -> tuple[int, str]:
+    frame = await peer.recv_type("event", timeout=SOCKET_TIMEOUT + SLACK)
+    return frame["seq"], frame["event"]["content"]
+
+
+async def publish(peer: Peer, request_id: int, content: str, key: str) -> dict[str, Any]:
+    return await peer.request(
+        {"type": "event", "id": request_id, "key": key, "event": token(content)}, "ack"
+    )
+
+
+async def publish_in_doubt(
+    publisher: Peer, stall: Callable[[], None], go_on: Callable[[], None]
+) -> tuple[int | None, list[dict[str, Any]]]:
+    """Publishes ``second`` (key ``k2``, id 2) after ``stall``, and calls ``go_on`` once
+    the publisher was told whatever it is told (or nothing for a while); every frame
+    the publisher read, until its close (or a few seconds of nothing more)."""
+    stall()
+    try:
+        await publisher.send({"type": "event", "id": 2, "key": "k2", "event": token("second")})
+        code, frames = await frames_until_close(publisher, SOCKET_TIMEOUT + SLACK)
+    finally:
+        go_on()
+    if code is None:
+        more_code, more = await frames_until_close(publisher, 3.0)
+        code, frames = more_code, frames + more
+    return code, frames
+
+
+async def check_resume(server: BambooServer, epoch: str, stored: bool, viewer: Peer) -> None:
+    """The publisher's resume from seq 1: the event replayed once if it was stored;
+    its retry with the same key a duplicate of it, or else its first append (which the
+    viewer gets then); a publish after it in order for the viewer."""
+    async with attach(server, "s", last_seq=1, epoch=epoch) as (again, welcome):
+        assert (welcome["resumed"], welcome["replay"]) == (True, 1 if stored else 0)
+        if stored:
+            assert await next_event(again) == (2, "second")
+        retry = await publish(again, 12, "second", "k2")
+        assert (retry["seq"], retry.get("duplicate", False)) == (2, stored)
+        if not stored:
+            assert await next_event(viewer) == (2, "second")
+        third = await publish(again, 13, "third", "k3")
+        assert third["seq"] == 3
+        assert await next_event(viewer) == (3, "third")
+        code, frames = await frames_until_close(again, 0.5)
+        assert code is None and answers_and_events(frames) == []  # nothing of its own
+
+
+@pytest.mark.usefixtures("short_socket_timeout")
+async def test_an_append_redis_runs_after_the_socket_timeout_closes_its_publisher(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    redis_server = start_redis("redis")
+    assert redis_server.pid is not None
+    pid = redis_server.pid
+    store = redis_server.url(prefix=prefix_for(tmp_path))
+    async with (
+        run_server(store=store) as server,
+        attach(server, "s", create=True) as (publisher, welcome),
+        attach(server, "s") as (viewer, _),
+    ):
+        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
+        assert await next_event(viewer) == (1, "first")
+        code, frames = await publish_in_doubt(
+            publisher, lambda: os.kill(pid, signal.SIGSTOP), lambda: os.kill(pid, signal.SIGCONT)
+        )
+        assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
+        assert await next_event(viewer) == (2, "second")  # Redis ran it once it went on
+        await check_resume(server, welcome["epoch"], True, viewer)
+
+
+@pytest.mark.usefixtures("short_socket_timeout")
+async def test_an_append_lost_with_redis_is_not_replayed_and_its_retry_appends_it(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """The command waits unread in a stopped Redis that is then killed: never run.
+    Redis comes back (durable: the same epoch) without it."""
+    redis_server = start_redis("redis")
+    assert redis_server.pid is not None
+    pid = redis_server.pid
+    store = redis_server.url(prefix=prefix_for(tmp_path))
+    async with (
+        run_server(store=store) as server,
+        attach(server, "s", create=True) as (publisher, welcome),
+        attach(server, "s") as (viewer, _),
+    ):
+        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
+        assert await next_event(viewer) == (1, "first")
+
+        def killed() -> None:
+            redis_server.stop(signal.SIGKILL)  # a stopped process dies of it too
+
+        code, frames = await publish_in_doubt(
+            publisher, lambda: os.kill(pid, signal.SIGSTOP), killed
+        )
+        await redis_server.start_in_loop()
+        assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
+        await check_resume(server, welcome["epoch"], False, viewer)
+
+
+async def test_an_append_short_of_its_replicas_closes_its_publisher(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """``wait_replicas=1``, its replica stopped: the append is on the primary, and
+    published, but not as durable as asked, so it is not acknowledged."""
+    primary, replica = start_redis("primary"), start_redis("replica")
+    assert replica.pid is not None
+    pid = replica.pid
+    admin = redis.asyncio.Redis(port=replica.port, decode_responses=True)
+    try:
+        await link_replica(admin, primary)
+    finally:
+        await admin.aclose()
+    store = primary.url(prefix=prefix_for(tmp_path), wait_replicas=1, wait_timeout_ms=300)
+    async with (
+        run_server(store=store) as server,
+        attach(server, "s", create=True) as (publisher, welcome),
+        attach(server, "s") as (viewer, _),
+    ):
+        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
+        assert await next_event(viewer) == (1, "first")
+        code, frames = await publish_in_doubt(
+            publisher, lambda: os.kill(pid, signal.SIGSTOP), lambda: os.kill(pid, signal.SIGCONT)
+        )
+        assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
+        assert await next_event(viewer) == (2, "second")
+        await check_resume(server, welcome["epoch"], True, viewer)
