@@ -31,6 +31,8 @@ from tests.support import Peer, attach, run_server, token
 SOCKET_TIMEOUT = 1.0  # the store's, shortened from its 10 s so that a test waits it out
 SLACK = 8.0  # seconds past it that a loaded machine may take to tell
 IN_DOUBT = 1011
+# What a write waits for its replica: long enough for one that goes on, under load.
+WAIT_MS = 2000
 
 
 @pytest.fixture
@@ -77,15 +79,27 @@ async def publish(peer: Peer, request_id: int, content: str, key: str) -> dict[s
     )
 
 
+SECOND: dict[str, Any] = {"type": "event", "id": 2, "key": "k2", "event": token("second")}
+# The same in a batch frame, whose items are answered together (``acks``).
+SECOND_IN_BATCH: dict[str, Any] = {
+    "type": "batch",
+    "id": 2,
+    "items": [{"key": "k2", "event": token("second")}],
+}
+
+
 async def publish_in_doubt(
-    publisher: Peer, stall: Callable[[], None], go_on: Callable[[], None]
+    publisher: Peer,
+    stall: Callable[[], None],
+    go_on: Callable[[], None],
+    frame: dict[str, Any] = SECOND,
 ) -> tuple[int | None, list[dict[str, Any]]]:
     """Publishes ``second`` (key ``k2``, id 2) after ``stall``, and calls ``go_on`` once
     the publisher was told whatever it is told (or nothing for a while); every frame
     the publisher read, until its close (or a few seconds of nothing more)."""
     stall()
     try:
-        await publisher.send({"type": "event", "id": 2, "key": "k2", "event": token("second")})
+        await publisher.send(frame)
         code, frames = await frames_until_close(publisher, SOCKET_TIMEOUT + SLACK)
     finally:
         go_on()
@@ -166,8 +180,9 @@ async def test_an_append_lost_with_redis_is_not_replayed_and_its_retry_appends_i
         await check_resume(server, welcome["epoch"], False, viewer)
 
 
+@pytest.mark.parametrize("frame", [SECOND, SECOND_IN_BATCH], ids=["event", "batch"])
 async def test_an_append_short_of_its_replicas_closes_its_publisher(
-    start_redis: Callable[[str], RedisServer], tmp_path: Path
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, frame: dict[str, Any]
 ) -> None:
     """``wait_replicas=1``, its replica stopped: the append is on the primary, and
     published, but not as durable as asked, so it is not acknowledged."""
@@ -175,11 +190,15 @@ async def test_an_append_short_of_its_replicas_closes_its_publisher(
     assert replica.pid is not None
     pid = replica.pid
     admin = redis.asyncio.Redis(port=replica.port, decode_responses=True)
+    writer = redis.asyncio.Redis(port=primary.port)
     try:
         await link_replica(admin, primary)
+        await writer.set("linked", 1)
+        assert await writer.execute_command("WAIT", 1, 20_000) == 1  # the replica acks
     finally:
         await admin.aclose()
-    store = primary.url(prefix=prefix_for(tmp_path), wait_replicas=1, wait_timeout_ms=300)
+        await writer.aclose()
+    store = primary.url(prefix=prefix_for(tmp_path), wait_replicas=1, wait_timeout_ms=WAIT_MS)
     async with (
         run_server(store=store) as server,
         attach(server, "s", create=True) as (publisher, welcome),
@@ -187,9 +206,8 @@ async def test_an_append_short_of_its_replicas_closes_its_publisher(
     ):
         assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
         assert await next_event(viewer) == (1, "first")
-        code, frames = await publish_in_doubt(
-            publisher, lambda: os.kill(pid, signal.SIGSTOP), lambda: os.kill(pid, signal.SIGCONT)
-        )
+        stop, go_on = (lambda: os.kill(pid, signal.SIGSTOP)), (lambda: os.kill(pid, signal.SIGCONT))
+        code, frames = await publish_in_doubt(publisher, stop, go_on, frame)
         assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
         assert await next_event(viewer) == (2, "second")
         await check_resume(server, welcome["epoch"], True, viewer)

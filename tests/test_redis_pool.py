@@ -6,10 +6,10 @@ first call (503, 1011, ``internal``). Through a proxy that closes Redis's side o
 connection and leaves the server's open (a close not yet seen): reads are made once
 more and succeed, after a lossy restart served the new epoch; once one connection
 dropped, every other made before it is made again before its next call, so writes then
-succeed; a write whose reply was lost is never made again, and its publisher's keyed
-retry is a duplicate. The scripts read again write nothing (Redis's EVAL_RO runs them,
-and none names a command Redis flags as writing), and the store calls them read-only:
-one that wrote would fail.
+succeed; a write whose reply was lost is never made again, its publisher is closed
+1011 (its outcome unknown), and its keyed retry after the resume is a duplicate. The
+scripts read again write nothing (Redis's EVAL_RO runs them, and none names a command
+Redis flags as writing), and the store calls them read-only: one that wrote would fail.
 """
 
 from __future__ import annotations
@@ -240,26 +240,52 @@ async def test_a_write_whose_reply_was_lost_is_not_made_again(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """The append script runs, and its reply is lost with its connection: the agent
-    gets ``internal``, for an event with no key as for one with a key, and the store
-    does not run the script again (each event is in the log once). The keyed event
-    sent again is acknowledged as a duplicate of the seq it was stored with
-    (docs/protocol.md, ``internal``: retry with the same key)."""
+    gets no answer but a close 1011 (its outcome unknown: docs/protocol.md, Readings
+    of the shared contract), for an event with no key as for one with a key, and the
+    store does not run the script again (each event is in the log once). Its resume
+    replays the event, never sent to the connection that published it; the keyed
+    event sent again is acknowledged as a duplicate of the seq it was stored with."""
     append = SCRIPTS["append"].sha.encode()
     async with through_proxy(redis_server, tmp_path) as (bamboo, _, proxy):
-        async with attach(bamboo, "s", create=True, role="agent") as (agent, _):
+        async with attach(bamboo, "s", create=True, role="agent") as (agent, welcome):
             assert await publish(agent, 1) == [1]
             proxy.lose_reply_to(append)
-            bare = await answer(agent, {"type": "event", "id": 1, "event": token("bare")})
+            bare = await closed_by(agent, {"type": "event", "id": 1, "event": token("bare")})
+        epoch = welcome["epoch"]
+        keyed = {"type": "event", "id": 2, "event": token("keyed"), "key": "k"}
+        async with attach(bamboo, "s", role="agent", last_seq=1, epoch=epoch) as (agent, _):
+            replayed = [await agent.recv_type("event") for _ in range(1)]
             proxy.lose_reply_to(append)
-            keyed = {"type": "event", "id": 2, "event": token("keyed"), "key": "k"}
-            lost = await answer(agent, keyed)
+            lost = await closed_by(agent, keyed)
+        async with attach(bamboo, "s", role="agent", last_seq=2, epoch=epoch) as (agent, _):
+            replayed += [await agent.recv_type("event") for _ in range(1)]
             again = await answer(agent, {**keyed, "id": 3})
             status, body = await get(bamboo, "/api/v1/sessions/s/events")
     assert proxy.lost == 2
-    assert [(reply["type"], reply["code"]) for reply in (bare, lost)] == [("error", "internal")] * 2
+    in_doubt = (
+        1011,
+        "storage failed: a publish may be stored; resume, then resend it with the same key",
+    )
+    assert bare == lost == (*in_doubt, [])
+    assert [(event["seq"], event["event"]["content"]) for event in replayed] == [
+        (2, "bare"),
+        (3, "keyed"),
+    ]
     assert (again["type"], again["seq"], again.get("duplicate")) == ("ack", 3, True), again
     assert status == 200
     assert [event["event"]["content"] for event in body["events"]] == ["e0", "bare", "keyed"]
+
+
+async def closed_by(peer: Peer, frame: dict[str, Any]) -> tuple[int | None, str, list[str]]:
+    """The close that ``frame`` met: its code and reason, and the frames read before it
+    (their types): no reply to it, nor its event."""
+    await peer.send(frame)
+    seen: list[str] = []
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            seen.append((await peer.recv())["type"])
+    close = peer.ws.protocol.close_rcvd
+    return (None, "", seen) if close is None else (close.code, close.reason, seen)
 
 
 async def test_a_read_made_again_after_a_lossy_restart_is_served_the_new_epoch(
