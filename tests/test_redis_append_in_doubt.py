@@ -24,7 +24,10 @@ from websockets.exceptions import ConnectionClosed
 
 from bamboo_session.persistence.redis import client as redis_client
 from bamboo_session.persistence.redis import storage as redis_storage
+from bamboo_session.protocol.client import BambooClient
+from bamboo_session.protocol.models import AgentEvent, StoredEvent
 from bamboo_session.server.app import BambooServer
+from tests.instances import eventually
 from tests.redis_server import RedisServer, link_replica, prefix_for
 from tests.support import Peer, attach, run_server, token
 
@@ -180,15 +183,13 @@ async def test_an_append_lost_with_redis_is_not_replayed_and_its_retry_appends_i
         await check_resume(server, welcome["epoch"], False, viewer)
 
 
-@pytest.mark.parametrize("frame", [SECOND, SECOND_IN_BATCH], ids=["event", "batch"])
-async def test_an_append_short_of_its_replicas_closes_its_publisher(
-    start_redis: Callable[[str], RedisServer], tmp_path: Path, frame: dict[str, Any]
-) -> None:
-    """``wait_replicas=1``, its replica stopped: the append is on the primary, and
-    published, but not as durable as asked, so it is not acknowledged."""
+async def replicated_store(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> tuple[str, int]:
+    """A store URL with ``wait_replicas=1`` on a primary whose replica is linked, and
+    the replica's pid (to stop it)."""
     primary, replica = start_redis("primary"), start_redis("replica")
     assert replica.pid is not None
-    pid = replica.pid
     admin = redis.asyncio.Redis(port=replica.port, decode_responses=True)
     writer = redis.asyncio.Redis(port=primary.port)
     try:
@@ -199,6 +200,16 @@ async def test_an_append_short_of_its_replicas_closes_its_publisher(
         await admin.aclose()
         await writer.aclose()
     store = primary.url(prefix=prefix_for(tmp_path), wait_replicas=1, wait_timeout_ms=WAIT_MS)
+    return store, replica.pid
+
+
+@pytest.mark.parametrize("frame", [SECOND, SECOND_IN_BATCH], ids=["event", "batch"])
+async def test_an_append_short_of_its_replicas_closes_its_publisher(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, frame: dict[str, Any]
+) -> None:
+    """``wait_replicas=1``, its replica stopped: the append is on the primary, and
+    published, but not as durable as asked, so it is not acknowledged."""
+    store, pid = await replicated_store(start_redis, tmp_path)
     async with (
         run_server(store=store) as server,
         attach(server, "s", create=True) as (publisher, welcome),
@@ -211,3 +222,31 @@ async def test_an_append_short_of_its_replicas_closes_its_publisher(
         assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
         assert await next_event(viewer) == (2, "second")
         await check_resume(server, welcome["epoch"], True, viewer)
+
+
+async def test_the_python_client_resumes_and_its_publish_gets_the_stored_seq(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path
+) -> None:
+    """The project's client, closed 1011 under its publish, resumes and resends it
+    until the replica goes on: the publish resolves with the seq it was stored under
+    (a duplicate), and its stream, with no SequenceError, holds that event once, as
+    a resume's replay of a publish whose ack was lost (BambooClient.events)."""
+    store, pid = await replicated_store(start_redis, tmp_path)
+    async with run_server(store=store) as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "s", create=True, role="agent") as agent:
+            assert await agent.publish(AgentEvent.token("first"), key="k1") == 1
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                second = asyncio.create_task(agent.publish(AgentEvent.token("second"), key="k2"))
+                await eventually(lambda: not agent.connected, timeout=WAIT_MS / 1000 + SLACK)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await asyncio.wait_for(second, SLACK + WAIT_MS / 1000) == 2
+            assert await agent.publish(AgentEvent.token("third"), key="k3") == 3
+            stream = agent.events()
+            seen = await asyncio.wait_for(anext(stream), SLACK)
+            assert isinstance(seen, StoredEvent)
+            assert (seen.seq, getattr(seen.event, "content", None)) == (2, "second")
+            assert agent.queued_events == 0  # nothing more: not "first", nor "third"
+            assert agent.reconnects >= 1
