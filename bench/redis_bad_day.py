@@ -10,7 +10,8 @@ pub/sub connections; ``--kill-instance`` also SIGKILLs instance 0 in each fault 
 starts it again. After each fault: both ``/readyz`` back to 200, new acks, viewers on
 both instances getting events, within ``RECOVERY`` seconds; per instance, the log lines
 and RSS. At the end: every acknowledged key stored once, at its acked seq, in the epoch
-it was acked under; viewers saw no gap and no seq twice within an epoch.
+it was acked under; viewers saw no gap and no seq twice within an epoch; publishers got
+no event of theirs on the connection that published it (``own_events``).
 
 Bounded: each fault lasts seconds, the run a few minutes at most; every process it
 starts (redis-server, the instances) is stopped by its pid at the end."""
@@ -35,16 +36,9 @@ from typing import Any
 
 import redis
 
+from . import redis_bad_day_clients
 from .common import rss_kib
-from .redis_bad_day_clients import (
-    Publisher,
-    Tally,
-    Viewer,
-    create_sessions,
-    keep,
-    publish,
-    view,
-)
+from .redis_bad_day_clients import Publisher, Tally, Viewer, create_sessions, keep, publish, view
 
 SESSIONS = 3
 RECOVERY = 20.0  # seconds each instance has to come back once Redis has
@@ -305,6 +299,7 @@ def check_store(rds: Redis, port: int, pubs: list[Publisher], epochs_lost: set[s
 
 
 async def main(args: argparse.Namespace) -> int:
+    redis_bad_day_clients.PATIENCE = args.patience
     work = Path(tempfile.mkdtemp(prefix="bamboo-redis-bad-day-"))
     (work / "redis").mkdir()
     rds = Redis(work / "redis", args.lossy)
@@ -375,7 +370,7 @@ async def run(args: argparse.Namespace, rds: Redis, cluster: Cluster) -> dict[st
     report["store_problems"] = check_store(rds, cluster.live_ports()[0], pubs, epochs_lost)[:20]
     report["epochs_lost"] = len(epochs_lost)
     report["acked"] = sum(len(p.acked) for p in pubs)
-    report["publishers"] = [{"errors": p.tally.errors, "closes": p.tally.closes} for p in pubs]
+    report["publishers"] = [p.summary() for p in pubs]
     report["viewers"] = [
         {
             "problems": v.problems[:5],
@@ -398,5 +393,12 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--lossy", action="store_true", help="appendfsync everysec, accept_lossy=true"
+    )
+    parser.add_argument(
+        "--patience",
+        type=float,
+        default=redis_bad_day_clients.PATIENCE,
+        help="seconds a peer waits for a reply (past the store's 10 s socket timeout: "
+        "publishers see what an append that timed out is answered)",
     )
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -52,6 +52,16 @@ class Publisher:
     next_index: int = 0
     last_ack_at: float = 0.0
     tally: Tally = field(default_factory=Tally)
+    # Events of its own publishes that came back to the connection that published them
+    # (the wire contract: never); one a later connection gets is a peer's event to it.
+    own_events: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "errors": self.tally.errors,
+            "closes": self.tally.closes,
+            "own_events": self.own_events,
+        }
 
     def frame(self, index: int) -> str:
         key = self.unacked[index]
@@ -118,16 +128,19 @@ async def publish(pub: Publisher, port: int) -> None:
         welcome = await hello(ws, create=True, role="agent")
         epoch = welcome["epoch"]
         window = asyncio.Semaphore(WINDOW)
+        sent_here: set[str] = set()  # the keys this connection published
 
         async def sender() -> None:
             for index in list(pub.unacked):
                 await window.acquire()
+                sent_here.add(pub.unacked[index])
                 await ws.send(pub.frame(index))
             while True:
                 await window.acquire()
                 index = pub.next_index
                 pub.next_index += 1
                 pub.unacked[index] = f"{pub.session_id}.k{index}"
+                sent_here.add(pub.unacked[index])
                 await ws.send(pub.frame(index))
                 await asyncio.sleep(0.01)
 
@@ -150,9 +163,16 @@ async def publish(pub: Publisher, port: int) -> None:
                     if words in pub.tally.messages or len(pub.tally.messages) < 20:
                         pub.tally.messages[words] = pub.tally.messages.get(words, 0) + 1
                     window.release()  # stays unacked: resent on the next connection
+                elif reply["type"] == "event" and content_of(reply["event"]) in sent_here:
+                    pub.own_events += 1
         finally:
             sending.cancel()
             await asyncio.wait({sending})
+
+
+def content_of(event: dict[str, Any]) -> Any:
+    """A publisher's key, which its events and messages carry as their content."""
+    return event.get("message", event).get("content")
 
 
 async def view(viewer: Viewer, port: int) -> None:

@@ -300,7 +300,8 @@ class SessionManager:
         that would reach a viewer in a frame over it is a ValueError too, as a peer's
         publish of it is ``too_large``: ``event cannot be stored: the event is N bytes
         in JSON, as JSON viewers get it: over the frame limit less the envelope of a
-        frame of it (M)``."""
+        frame of it (M)``. OutcomeUnknown (a StorageError; Redis only) when the store
+        cannot say whether it stored them: a retry with the same keys tells."""
         config = self.config
         appends, acked = in_process_batch(
             items, config.inbox_limit, config.inbox_bytes, self.max_event_json
