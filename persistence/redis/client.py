@@ -206,6 +206,23 @@ async def refuse_replica(client: Redis, config: RedisConfig) -> None:
         )
 
 
+async def refuse_unwaitable(client: Redis, config: RedisConfig) -> None:
+    """Refuses a writable store with ``wait_replicas`` whose user Redis refuses
+    ``WAIT`` (an ACL): every write would be made on the primary and then left in doubt,
+    its publisher closed 1011 again at each resend."""
+    if config.read_only or not config.wait_replicas:
+        return
+    try:
+        await client.execute_command("WAIT", 0, 0)
+    except redis.exceptions.ResponseError as exc:
+        raise StoreMisconfigured(
+            f"wait_replicas={config.wait_replicas} needs the WAIT command, which Redis "
+            f"refuses this store's user ({exc}); allow it (ACL +wait) or drop wait_replicas"
+        ) from exc
+    except redis.exceptions.RedisError as exc:
+        raise unreachable(exc) from exc
+
+
 def _what_a_restart_loses(appendonly: str, save: str | None) -> str:
     if save == "" and appendonly != "yes":  # neither a log nor snapshots: nothing survives
         return "a restart of Redis loses every session (it takes no snapshots either)"

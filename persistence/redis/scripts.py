@@ -232,6 +232,12 @@ async def run_and_wait(
                 raise translate(reply)
             if isinstance(reply, Exception):
                 raise reply
+            if isinstance(confirmed, Exception):  # (an ACL changed since the store opened)
+                raise ReplicasBehind(
+                    f"Redis refused WAIT ({confirmed}) after the write; it is on the "
+                    "primary, and may be lost with it",
+                    reply,
+                )
             if confirmed < replicas:
                 raise ReplicasBehind(
                     f"only {confirmed} of {replicas} replicas confirmed the write within "

@@ -54,6 +54,7 @@ from .client import (
     connect,
     connect_listener,
     refuse_replica,
+    refuse_unwaitable,
 )
 from .clock import RedisClock
 from .config import RedisConfig
@@ -125,6 +126,7 @@ class RedisStorage(StoreReports, AppendOne):
             sharded = config.pubsub != "classic"
             evicting = await warn_of_eviction(client)
             await refuse_replica(client, config)
+            await refuse_unwaitable(client, config)
             lossy = await check_persistence(client, config)
             found = await check_format(client, Layout(config.prefix), not config.read_only)
             storage = cls(config, client, sharded)
