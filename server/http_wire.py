@@ -43,6 +43,7 @@ from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 from .request_wait import RequestWait
+from .shutdown import end_after_close
 from .subprotocols import NegotiatingProtocol, check_extension_offer
 from .upgrade_task import ProcessRequest, answer
 
@@ -190,7 +191,7 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
         protocol = self.protocol
         if protocol.close_sent is None and not protocol.eof_sent:
             return  # open both ways (every frame read comes here): nothing below applies
-        if self.on_close_sent is not None and self.protocol.close_sent is not None:
+        if self.protocol.close_sent is not None:
             self.close_frame_out()
         if self.protocol.close_sent is not None and not self._close_sent and self._closing_first():
             self.await_close_reply()
@@ -200,12 +201,15 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             self._pass_on_eof()
 
     def close_frame_out(self) -> None:
-        """Our close frame is in the socket's buffer: ``on_close_sent``, once. Called by
+        """Our close frame is in the socket's buffer: ``on_close_sent``, once; in a stop,
+        the end of our stream (FIN) behind it (shutdown.py ``end_after_close``). Called by
         send_data, and by what writes a close without it (a stop's close_at_once,
         closing.cut_replay), which would otherwise leave it to the connection's end."""
         closing, self.on_close_sent = self.on_close_sent, None
         if closing is not None:
             closing()
+        if self._discarding:
+            end_after_close(self.transport)
 
     def _closing_first(self) -> bool:
         """Whether our close frame, sent, is out ahead of anything that ends the peer's
@@ -379,6 +383,8 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             self.keepalive_task.cancel()
         if not self.transport.is_closing():
             self.transport.resume_reading()
+        if self.protocol.close_sent is not None:  # closing already: its close is out
+            end_after_close(self.transport)
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -6,8 +6,10 @@ The peers' half of the closing handshake is not waited for. Reading it, and tear
 every connection down one by one, cost a restart with 6,000 connections 0.65 s of CPU
 after the last close frame was written, while the peers, who already had their close
 code, waited for the new server. From the stop's start, what peers send is read and
-dropped unseen; once nothing is owed, the sockets are closed (by the process's exit,
-or by ``drop_connections``) with FIN.
+dropped unseen; our stream ends (FIN) right behind each close frame
+(``end_after_close``), so that a peer sees its connection end with its close whatever
+the stop waits on after that (the park, the store's close); once nothing is owed, the
+sockets are closed (by the process's exit, or by ``drop_connections``).
 
 "In the peer's hands" means out of the kernel's send queue too, not only out of the
 transport's buffer: a socket closed while the peer still sends is reset, and a reset
@@ -25,12 +27,14 @@ import struct
 import termios
 import time
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from websockets.protocol import State
 
 from bamboo_session.protocol.errors import CloseCode
 
-from .http_wire import BambooConnection
+if TYPE_CHECKING:  # (http_wire.py calls end_after_close)
+    from .http_wire import BambooConnection
 
 FIRST_POLL_SECONDS = 0.005
 LAST_POLL_SECONDS = 0.05
@@ -49,6 +53,18 @@ def close_unattached(
         for connection in connections
         if connection.protocol.state is State.OPEN and not connection.closes_itself
     ]
+
+
+def end_after_close(transport: asyncio.Transport) -> None:
+    """Ends our stream (FIN) behind a stopping server's close frame, once the transport
+    has written what it holds. A client reports its close only when the connection
+    ends (websockets', a browser's), and the server does not read its close reply:
+    left to the process's exit, the end came only after the park and the store's close
+    (3 s more on an SQLite file another process keeps locked). Its socket stays open,
+    its input read and dropped, so nothing unread makes its close a reset; the peer
+    hangs up in turn (eof_received), or the exit closes it once its bytes arrived."""
+    if transport.can_write_eof():
+        transport.write_eof()
 
 
 def owes_bytes(connection: BambooConnection) -> bool:

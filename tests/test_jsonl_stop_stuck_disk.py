@@ -4,10 +4,12 @@ never returns, as on an NFS mount gone or a dying drive). The stop ends within i
 (``--store-close-timeout``, server/stop_bounds.py), logs what it still owed the disk,
 and exits 1; a second SIGTERM ends it at once (143). The publisher never hears an ack
 for an append whose sync did not end, and every acknowledged event is there at the
-next start, with the helper let go.
+next start, with the helper let go. The peers' connections end with their 1012 at the
+grace, not with the process.
 
 The bounds here (60 s) are hang guards, not timings: before the fix the stop waited
-for ever on the stuck sync."""
+for ever on the stuck sync. The peers' ends are measured against the grace, since
+before h464 they came with the exit, the store's close bound later."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
 HANG_GUARD = 60.0  # seconds: a stop still running then is taken for one that hangs
+GRACE = 1.0  # --shutdown-grace
+STUCK_CLOSE = 3.0  # --store-close-timeout where the peers' ends are timed
+CLOSE_MARGIN = 1.5  # seconds past the grace a peer's connection may end at, loaded
 ACKED = 3
 SESSION = "stuck"
 AFTER_THE_PARK = (
@@ -102,11 +107,13 @@ def events_after_restart(data: Path, log_path: Path) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def stuck(
-    tmp_path: Path, close_timeout: float
+    tmp_path: Path, close_timeout: float, viewers: list[ClientConnection] | None = None
 ) -> AsyncIterator[tuple[ServerProcess, int, ClientConnection]]:
     """A server whose sync helper is stopped while an append waits on its sync, with
-    a store close bound of ``close_timeout``; the helper is let go (SIGCONT) at the end."""
-    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--shutdown-grace", "1")
+    a store close bound of ``close_timeout``; the helper is let go (SIGCONT) at the end.
+    A viewer of the session is added to ``viewers``, if given, before the sync sticks."""
+    grace = ("--shutdown-grace", str(GRACE))
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *grace)
     # By the environment: a server without the setting starts all the same (and hangs).
     server.env = {**os.environ, "BAMBOO_STORE_CLOSE_TIMEOUT": str(close_timeout)}
     await server.start_in_loop()
@@ -114,6 +121,10 @@ async def stuck(
     helper = sync_helper_of(server.proc.pid)
     told: list[dict[str, Any]] = []
     ws = await publisher(server, told)
+    if viewers is not None:
+        viewers.append(await connect(server.url(SESSION), open_timeout=30))
+        await viewers[0].send(json.dumps({"type": "hello"}))
+        assert json.loads(await asyncio.wait_for(viewers[0].recv(), 30))["type"] == "welcome"
     log = tmp_path / "data" / "events" / f"{SESSION}.jsonl"
     os.kill(helper, signal.SIGSTOP)
     try:
@@ -190,3 +201,30 @@ async def stopped_by_a_second_signal(tmp_path: Path, server: ServerProcess, help
     os.kill(helper, signal.SIGCONT)
     contents = await asyncio.to_thread(events_after_restart, tmp_path / "data", tmp_path / "c.log")
     assert contents[:ACKED] == [f"event {n}" for n in range(1, ACKED + 1)]
+
+
+async def test_a_stop_on_a_stuck_sync_ends_its_peers_connections_at_the_grace(
+    tmp_path: Path,
+) -> None:
+    """The peers' connections end with their 1012, at the grace, not with the process
+    (the store's close held to its bound): a websockets client reports its close only
+    as the connection ends. Before, both peers' ended at the exit, 4 s later here."""
+    viewers: list[ClientConnection] = []
+    async with stuck(tmp_path, STUCK_CLOSE, viewers) as (server, _helper, publisher):
+        assert server.proc is not None
+        viewer = viewers[0]
+        started = time.monotonic()
+        hearing = [asyncio.ensure_future(ended(ws, started)) for ws in (publisher, viewer)]
+        server.proc.send_signal(signal.SIGTERM)
+        status = await asyncio.to_thread(server.proc.wait, HANG_GUARD)
+        exited = time.monotonic() - started
+        heard = [await asyncio.wait_for(one, HANG_GUARD) for one in hearing]
+    assert status == 1 and exited > GRACE + STUCK_CLOSE, exited  # the store's bound
+    assert heard[0][0] == heard[1][0] == 1012, heard
+    assert max(at for _, at in heard) < GRACE + CLOSE_MARGIN, (heard, exited)
+
+
+async def ended(ws: ClientConnection, started: float) -> tuple[int | None, float]:
+    """The close code the peer heard, and when (since ``started``) its connection ended."""
+    await hear(ws, [])
+    return ws.close_code, time.monotonic() - started
