@@ -111,6 +111,17 @@ class ThreadJobs:
         """No more jobs; with ``wait``, returns once those under way have ended."""
         self._pool.shutdown(wait=wait)
 
+    async def ended_within(self, seconds: float) -> bool:
+        """After :meth:`shutdown`: waits up to ``seconds`` for the jobs under way to end
+        (each slot taken back, and kept); whether they all did."""
+        try:
+            async with asyncio.timeout(seconds):  # not wait_for: 3.11's drops a cancellation
+                for _ in range(self.threads):
+                    await self._slots.acquire()
+        except TimeoutError:
+            return False
+        return True
+
 
 async def _outlast(answer: asyncio.Future[Any]) -> None:
     """Wait until ``answer`` is done, through any further cancellation."""

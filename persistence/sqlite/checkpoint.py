@@ -39,6 +39,7 @@ from typing import Final
 from bamboo_session.tasks import cancel_and_wait, detached
 
 from ..failure_log import FailureLog
+from .lock_wait import CLOSE_WAIT
 from .schema import connect_checkpointer
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,18 @@ class Checkpointer:
         self._task = detached(self._run(), name="bamboo-sqlite-checkpoint")
 
     async def close(self) -> None:
+        """Ends the rounds and closes the connection, on its thread once a checkpoint
+        under way has ended; waited for ``CLOSE_WAIT`` seconds at most: a checkpoint
+        whose read lock another process holds waits in SQLite for some 10 s
+        (lock_wait.py), and the close is then left to the thread."""
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
         if self._db is not None:
             db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
-        self._thread.shutdown()
+            closing = asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+            await asyncio.wait([closing], timeout=CLOSE_WAIT)
+        self._thread.shutdown(wait=False)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

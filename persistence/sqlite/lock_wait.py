@@ -14,6 +14,15 @@ with SQLite's own steps between tries.
 A wait given up leaves nothing behind: ``BEGIN IMMEDIATE`` never began, so nothing of
 the batch was written, and the caller fails the batch as for any SQLite error (its
 waiters get a StorageError, never an ack).
+
+A WAL read lock another process holds (the read marks in the ``-shm`` file, taken by
+hand) cannot be waited for here: SQLite retries it a hundred times, sleeping in
+between, some 10 s in all, then fails (``locking protocol``), asking neither the busy
+handler nor ``interrupt()`` (tests/test_sqlite_close_under_read_lock.py). Every
+statement needs that lock first: a read's, a checkpoint's, the writer's. So the
+store's close waits ``CLOSE_WAIT`` at most for the reads and the checkpoint under way
+(they write nothing a caller waits for: their threads close their connections as they
+end); the writer's batch it waits for, whatever it takes, since it may still commit.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from typing import Final
 
 # Seconds a batch waits for another process's write lock: SQLite's busy timeout before.
 LOCK_WAIT: Final = 10.0
+# Seconds the store's close waits for a read or a checkpoint under way, which may be in
+# SQLite's wait for a read lock another process holds (above).
+CLOSE_WAIT: Final = 1.0
 # The sleeps between tries of SQLite's default busy handler, the last one repeated.
 _STEPS: Final = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 

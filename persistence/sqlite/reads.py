@@ -10,9 +10,9 @@ its history by ``(session_id, message_index)``, a listing by the index of its fi
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import sqlite3
+import threading
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -26,6 +26,7 @@ from bamboo_session.protocol.models import Message, SessionMetadata, StoredEvent
 from ..base import SessionExpired, SessionFilter, SessionNotFound, SortBy, SortOrder, StorageError
 from ..events import forward_bounds, page_bounds
 from ..threads import ThreadJobs
+from .lock_wait import CLOSE_WAIT
 from .schema import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
@@ -60,21 +61,27 @@ class Readers:
     threads. A read holds its thread from before it is handed over until its query has
     ended there, even when its caller gave up on it (persistence/threads.py): reads of
     a file another process keeps locked wait for a thread, and are never queued
-    uncounted behind those that wait for the lock."""
+    uncounted behind those that wait for the lock.
+
+    The close waits ``CLOSE_WAIT`` seconds at most for the reads under way: one whose
+    read lock another process holds waits inside SQLite for some 10 s, and nothing ends
+    that sooner (lock_wait.py). It is left to end in its thread, which then closes its
+    connection itself: it writes nothing, and its caller is gone."""
 
     def __init__(self, path: Path, threads: int) -> None:
         self._path = path
         self._threads = threads
         self._jobs: ThreadJobs | None = None
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._connections: list[sqlite3.Connection] = []
+        # Taken to hand a connection back, and by the close: one left busy by the close
+        # is closed by its thread, never put back.
+        self._handover = threading.Lock()
+        self._closed = False
 
     async def start(self) -> None:
         self._jobs = ThreadJobs(self._threads, "bamboo-sqlite-read")
         for _ in range(self._threads):
-            connection = await self._jobs.run(connect_reader, self._path)
-            self._connections.append(connection)
-            self._idle.put(connection)
+            self._give_back(await self._jobs.run(connect_reader, self._path))
 
     async def run(self, query: Callable[..., T], *args: Any) -> T:
         """``query(connection, *args)`` on a reader thread; an SQLite error becomes a
@@ -101,15 +108,27 @@ class Readers:
         finally:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            self._idle.put(connection)
+            self._give_back(connection)
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        with self._handover:
+            if not self._closed:
+                self._idle.put(connection)
+                return
+        connection.close()  # the store closed while it read (``close``)
 
     async def close(self) -> None:
+        """No more reads; the connections closed, but those of reads still under way
+        after ``CLOSE_WAIT`` seconds, which their threads close as the reads end."""
         jobs, self._jobs = self._jobs, None
         if jobs is not None:
-            await asyncio.to_thread(jobs.shutdown, True)
-        for connection in self._connections:
+            jobs.shutdown(wait=False)
+            await jobs.ended_within(CLOSE_WAIT)
+        with self._handover:
+            self._closed = True
+            idle = [self._idle.get() for _ in range(self._idle.qsize())]
+        for connection in idle:
             connection.close()
-        self._connections.clear()
 
 
 # -- queries (each runs on a reader thread with its connection) --------------------------
