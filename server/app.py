@@ -46,6 +46,7 @@ from .http_wire import BambooConnection
 from .limits import connection_cap
 from .logs import announce
 from .manager import SessionManager
+from .manager_stop import after_sessions, close_sessions
 from .metrics import Metrics
 from .origins import RequestGuard, host_fault
 from .quotas import SessionQuotas
@@ -229,23 +230,22 @@ class BambooServer:
 
     async def stop(self, *, exiting: bool = False) -> None:
         """Graceful shutdown; safe to call twice. With ``exiting``, the process ends
-        right after: the sockets are left to its exit to close, and the connections'
-        handlers are not waited for."""
+        right after: its exit closes the sockets; the handlers are not waited for."""
         server, self._server = self._server, None
         if server is None:
             return
         started = time.monotonic()
         server.server.close()  # stop accepting first; upgrades under way get 503
-        grace = self.config.shutdown_grace
-        reason = "server restarting"
+        grace, reason = self.config.shutdown_grace, "server restarting"
         connections = self._open_connections
         count = len(connections)
         # Nothing a peer sends is answered any more: its close reply least of all.
         discard_input(connections)
         self._stop_phase(CLOSING_THE_SESSIONS)
         self.manager.restart_park.on_stop_park = functools.partial(self._stop_phase, PARKING)
-        await self.manager.close(CloseCode.SERVICE_RESTART, reason, grace)
-        closing = close_unattached(connections, reason)
+        await close_sessions(self.manager, CloseCode.SERVICE_RESTART, reason, grace)
+        closing = close_unattached(connections, reason)  # before the park: manager_stop.py
+        await after_sessions(self.manager)
         self._stop_phase(DELIVERING)
         owed = await bytes_delivered(connections, grace)
         if owed:

@@ -45,6 +45,7 @@ from .creations import Creations
 from .endings import SessionEndings
 from .failures import ServerBusy
 from .manager_config import SessionManagerConfig
+from .manager_stop import after_sessions, close_sessions
 from .metrics import Metrics
 from .outbox import Outbox
 from .owed_states import OwedStates, owed_by
@@ -377,19 +378,7 @@ class SessionManager:
         grace: float = 5.0,
     ) -> None:
         """Closes every connection with ``code`` after a ``closed`` frame, lets each
-        actor flush and checkpoint, and cancels what is still running after ``grace``."""
-        await self.restart_park.stop()
-        try:
-            await self.actors.close(code, reason, grace)
-        finally:  # an outage under way is told, not lost, however the close ends
-            self.append_health.failures.flush()
-            self.append_health.command_failures.flush()
-        await self.owed_states.close()  # a last round; what is left, the store's to park
-        await self.restart_park.park_at_stop()  # the states the closes above left
-        if self.shared_presence is not None:
-            await self.shared_presence.stop()
-        # Outages still on are told with their counts, which a call that works would have.
-        self.append_health.parked_looks.at_stop()
-        self.owed_states.outages.at_stop()
-        if self.shared_presence is not None:
-            self.shared_presence.outages.at_stop()
+        actor flush and checkpoint, and cancels what is still running after ``grace``;
+        then parks what the closes left attached (server/manager_stop.py)."""
+        await close_sessions(self, code, reason, grace)
+        await after_sessions(self)

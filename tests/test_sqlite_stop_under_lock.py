@@ -4,7 +4,8 @@ shell would be) and a publisher's append waits for it.
 
 The peers get ``closed`` and 1012 at the stop's grace, and their connections end then
 (a websockets client reports its close only then): the server ends its stream right
-behind the close frame. The append waiting for the lock is never acknowledged; the
+behind the close frame. A peer that sent no ``hello`` yet gets its 1012 then too, not
+after the park. The append waiting for the lock is never acknowledged; the
 process exits 0 within the grace and the park's bound (the park's writes wait for the
 lock too, and are given up at it). Before, the connections ended only with the process,
 once the park gave up (3 s past the grace: h458's leftover); and before h458 the
@@ -95,19 +96,23 @@ async def test_a_sigterm_while_another_process_holds_the_write_lock_stops_in_its
         epoch = welcome["epoch"]
         for number in range(1, ACKED + 1):
             await acked(publisher, number)
+        silent = await connect(server.url(SESSION), open_timeout=30)  # no hello yet
         async with write_lock_held(db):
             await publisher.send(event(ACKED + 1))
             await asyncio.sleep(0.3)  # its append waits for the lock
             started = [time.monotonic()]
-            hearing = [asyncio.ensure_future(told(ws, started)) for ws in (publisher, viewer)]
+            peers = (publisher, viewer, silent)
+            hearing = [asyncio.ensure_future(told(ws, started)) for ws in peers]
             server.proc.send_signal(signal.SIGTERM)
             status = await asyncio.to_thread(server.proc.wait, HANG_GUARD)
             exited = time.monotonic() - started[0]
             heard = [await asyncio.wait_for(one, HANG_GUARD) for one in hearing]
         assert status == 0
         assert exited < GRACE + STOP_BOUND + SLACK, exited
-        for frames, code, ended in heard:
+        for _, code, ended in heard:
             assert code == 1012 and ended < GRACE + CLOSE_MARGIN, (code, ended, exited)
+        assert not heard[2][0]  # no session, no ``closed``
+        for frames, _, _ in heard[:2]:
             closed = [at for frame, at in frames if frame["type"] == "closed"]
             assert len(closed) == 1 and closed[0] < GRACE + SLACK, frames
             assert not [frame for frame, _ in frames if frame["type"] in ("ack", "error")]
