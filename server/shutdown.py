@@ -22,6 +22,7 @@ unacknowledged, and nothing reads the socket any more to see the reset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import struct
 import termios
@@ -63,7 +64,9 @@ def end_after_close(transport: asyncio.Transport) -> None:
     (3 s more on an SQLite file another process keeps locked). Its socket stays open,
     its input read and dropped, so nothing unread makes its close a reset; the peer
     hangs up in turn (eof_received), or the exit closes it once its bytes arrived."""
-    if transport.can_write_eof():
+    if transport.is_closing() or not transport.can_write_eof():
+        return
+    with contextlib.suppress(OSError):  # reset by the peer already: nothing left to end
         transport.write_eof()
 
 
