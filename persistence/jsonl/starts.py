@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # EXPERIMENT (h463, not to land): the WAL's fdatasync on the loop's thread, and a window
 # that holds a commit only when the appends' pace predicts another within it.
 _SYNC_ON_LOOP = bool(os.environ.get("BAMBOO_EXP_SYNC_ON_LOOP"))
-_ADAPTIVE = bool(os.environ.get("BAMBOO_EXP_ADAPTIVE"))
+_ADAPTIVE = int(os.environ.get("BAMBOO_EXP_ADAPTIVE") or 0)
 
 
 class CommitStarts:
@@ -88,6 +88,7 @@ class CommitStarts:
         # what it logs (a helper found dead) would carry that connection's fields.
         self._begin_context = contextvars.Context()
         self._gap = float("inf")  # EXPERIMENT: seconds between appends, smoothed
+        self._sync_time = 0.0  # EXPERIMENT: seconds from a commit's start to its answer
 
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         raise NotImplementedError  # the writer's: the rest of a started commit
@@ -166,6 +167,7 @@ class CommitStarts:
             and not self._closing
             and not self._carried
             and (not _ADAPTIVE or due - now > self._gap)
+            and (_ADAPTIVE != 2 or self._gap < self._sync_time)
         ):
             self._begin_timer = loop.call_at(due, self._begin, context=self._begin_context)
         else:
@@ -244,6 +246,10 @@ class CommitStarts:
         handed to the writer's task (a failed sync is cut back on its I/O thread)."""
         commit, self._outside = self._outside, None
         assert commit is not None
+        if _ADAPTIVE == 2:
+            assert self._loop is not None
+            took = self._loop.time() - self._last_commit
+            self._sync_time += (took - self._sync_time) / 8
         if error is not None:
             commit.wal_error = error
             self._hand(commit, FINISH)
