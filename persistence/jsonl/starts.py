@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -45,11 +44,6 @@ from .syncer import Syncer
 from .wal import SegmentFile
 
 log = logging.getLogger(__name__)
-
-# EXPERIMENT (h463, not to land): the WAL's fdatasync on the loop's thread, and a window
-# that holds a commit only when the appends' pace predicts another within it.
-_SYNC_ON_LOOP = bool(os.environ.get("BAMBOO_EXP_SYNC_ON_LOOP"))
-_ADAPTIVE = int(os.environ.get("BAMBOO_EXP_ADAPTIVE") or 0)
 
 
 class CommitStarts:
@@ -87,8 +81,6 @@ class CommitStarts:
         # (``detached``), not a copy of the appending caller's that ``call_soon`` takes:
         # what it logs (a helper found dead) would carry that connection's fields.
         self._begin_context = contextvars.Context()
-        self._gap = float("inf")  # EXPERIMENT: seconds between appends, smoothed
-        self._sync_time = 0.0  # EXPERIMENT: seconds from a commit's start to its answer
 
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         raise NotImplementedError  # the writer's: the rest of a started commit
@@ -161,14 +153,7 @@ class CommitStarts:
         loop = self._loop
         assert loop is not None
         due = self._last_commit + self._commit_window
-        now = loop.time()
-        if (
-            now < due
-            and not self._closing
-            and not self._carried
-            and (not _ADAPTIVE or due - now > self._gap)
-            and (_ADAPTIVE != 2 or self._gap < self._sync_time)
-        ):
+        if loop.time() < due and not self._closing and not self._carried:
             self._begin_timer = loop.call_at(due, self._begin, context=self._begin_context)
         else:
             self._begin_timer = loop.call_soon(self._begin, context=self._begin_context)
@@ -204,10 +189,7 @@ class CommitStarts:
         self._waiting_on = None
         if self._commit_window:
             assert self._loop is not None
-            started = self._loop.time()
-            gap = min((started - self._last_commit) / len(batch), self._commit_window)
-            self._gap = gap if self._gap == float("inf") else self._gap + (gap - self._gap) / 8
-            self._last_commit = started
+            self._last_commit = self._loop.time()
         try:
             commit = self._commits.gather(batch, self._answers)
             left = self._start(commit, now)
@@ -220,15 +202,6 @@ class CommitStarts:
                 self._wakeup.set()
             return
         syncer, wal = self._syncer, self._wal
-        if _SYNC_ON_LOOP and left == WAL_SYNC and not commit.controls and wal is not None:
-            self._outside, self._waiting_on = commit, syncer
-            error: OSError | None = None
-            try:
-                os.fdatasync(wal.fd)
-            except OSError as exc:
-                error = exc
-            self._synced_outside(error)
-            return
         if (
             left == WAL_SYNC
             and not commit.controls
@@ -246,10 +219,6 @@ class CommitStarts:
         handed to the writer's task (a failed sync is cut back on its I/O thread)."""
         commit, self._outside = self._outside, None
         assert commit is not None
-        if _ADAPTIVE == 2:
-            assert self._loop is not None
-            took = self._loop.time() - self._last_commit
-            self._sync_time += (took - self._sync_time) / 8
         if error is not None:
             commit.wal_error = error
             self._hand(commit, FINISH)
