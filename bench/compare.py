@@ -64,7 +64,7 @@ BEFORE_BOOT = OLDER_TREE + _RUN_SERVER
 
 # Seconds: the JSONL store's commit_window for fsync-window (BENCH_WINDOW sets another).
 COMMIT_WINDOW = float(os.environ.get("BENCH_WINDOW", "0.002"))
-DURABILITIES = ("fsync", "fsync-window", "os", "memory")
+DURABILITIES: tuple[str, ...] = ("fsync", "fsync-window", "os", "memory")
 BATCH = "-batch"  # a durability with this suffix: its agents send batch frames
 
 

@@ -8,6 +8,7 @@ share the machine with, so that a change of the store's commit cycle shows apart
 them.
 
     python -m bench.store_open_loop --rate 2000 --sessions 200 --seconds 8
+    python -m bench.store_open_loop --rate 500 --sessions 100 --commit-window 0.002
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from bamboo_session.protocol.models import Message, Session
 
 
 async def run(args: argparse.Namespace, base: Path) -> str:
-    store = await JsonlStorage.open(JsonlStorageConfig(base, durability="fsync"))
+    store = await JsonlStorage.open(
+        JsonlStorageConfig(base, durability="fsync", commit_window=args.commit_window)
+    )
     sessions = [f"s{i}" for i in range(args.sessions)]
     for session_id in sessions:
         await store.create_session(Session.new(session_id))
@@ -62,6 +65,9 @@ async def run(args: argparse.Namespace, base: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--commit-window", type=float, default=0.0, help="the store's commit_window, seconds"
+    )
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=8)
