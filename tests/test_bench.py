@@ -324,3 +324,21 @@ def test_bytecode_count_counts_the_measured_lone_events_by_layer(tmp_path: Path)
         for layer in ("reading", "actor", "outbox", "store", "websockets send"):
             assert run["layers"][layer] > 0, (layer, run)
         assert abs(sum(run["layers"].values()) - run["total"]) < 1e-6 * run["total"]
+
+
+def test_latency_variants_run_each_store_variant_with_its_query_and_environment(
+    tmp_path: Path,
+) -> None:
+    variants = ["--variant", "w1=commit_window=0.001", "--variant", "plain=+BENCH_UNUSED=1"]
+    tail = ["--", *TINY_LATENCY, "--peers", "--durability", "fsync", "w1", "plain"]
+    stdout = run_bench("latency_variants", tmp_path / "variants.json", [*variants, *tail])
+    for kind in ("bamboo-fsync", "bamboo-w1", "bamboo-plain"):
+        assert f"| {kind} | " in stdout, stdout
+    # The query reaches the store's URL, the environment the server: each refused.
+    for variant in ("bad=commit_window=9", "bad=+PYTHONHOME=/nonexistent"):
+        argv = ["--variant", variant, "--", *TINY_LATENCY, "--peers", "--durability", "bad"]
+        out = tmp_path / "bad.json"
+        with pytest.raises(
+            AssertionError, match=r"exited before listening; see \S*bamboo-bad\.log"
+        ):
+            run_bench("latency_variants", out, argv)
