@@ -37,7 +37,7 @@ from bamboo_session.wakeup import Wakeup
 
 from .append_outcomes import append_failed, feed_repeated, over_cap, refuse
 from .budget import MemoryBudget
-from .commands import Append, Command, Tick, answer_late
+from .commands import Append, Command, Tick, answer_late, behind_doubt
 from .control import answer_stopped, arm_timer, handle, store_failed
 from .following import BATCH_MAX, Following
 from .inbox import Inbox
@@ -252,7 +252,9 @@ class SessionActor:
         try:
             for command in batch:
                 if isinstance(command, Append):
-                    appends.append(command)
+                    origin = command.origin
+                    if origin is None or origin.closing is None or not behind_doubt(command):
+                        appends.append(command)
                     continue
                 if appends:
                     await self.append(appends)

@@ -6,7 +6,8 @@ from the in-process API, whose reply resolves a future; a request answers its
 requester either way. The items of a peer's ``batch`` frame are appends like any other,
 queued together, that answer their :class:`BatchReply` instead: one ``acks`` frame (or
 one ``error``) for the lot. An append the store may have stored or not (OutcomeUnknown)
-answers a peer with no frame, but its connection's close (``_Request.in_doubt``).
+answers a peer with no frame, but its connection's close (``_Request.in_doubt``); the
+appends of that connection queued behind it are not made (:func:`behind_doubt`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,20 @@ class Append(Struct, _Request):
             self.in_doubt(exc)
             return None
         return _Request.refuse(self, exc)
+
+
+def behind_doubt(command: Append) -> bool:
+    """Whether ``command`` came on a connection closed already for an append in doubt
+    before it (PUBLISH_IN_DOUBT): then it is not made, but answered as in doubt too
+    (nothing; the close stands), as that close tells its peer to resend every request
+    unanswered. Made, it was stored, then stored again by the resend, without a key
+    to tell the two apart; and stored before the one in doubt, when Redis ran that one
+    late, out of its peer's order."""
+    closing = command.origin.closing if command.origin is not None else None
+    if closing is None or (closing.code, closing.reason) != PUBLISH_IN_DOUBT:
+        return False
+    command.refuse(OutcomeUnknown("not made: its connection closed for an append in doubt"))
+    return True
 
 
 def batch_frame_appends(frame: PublishBatch, origin: Outbox, size: int) -> list[Append]:

@@ -250,3 +250,53 @@ async def test_the_python_client_resumes_and_its_publish_gets_the_stored_seq(
             assert (seen.seq, getattr(seen.event, "content", None)) == (2, "second")
             assert agent.queued_events == 0  # nothing more: not "first", nor "third"
             assert agent.reconnects >= 1
+
+
+KEYLESS_THIRD: dict[str, Any] = {"type": "event", "id": 3, "event": token("third")}
+KEYLESS_THIRD_IN_BATCH: dict[str, Any] = {
+    "type": "batch",
+    "id": 3,
+    "items": [{"event": token("third")}],
+}
+
+
+@pytest.mark.parametrize("keyless", [KEYLESS_THIRD, KEYLESS_THIRD_IN_BATCH], ids=["event", "batch"])
+async def test_appends_queued_behind_one_in_doubt_are_not_made_and_their_resend_is_stored_once(
+    start_redis: Callable[[str], RedisServer], tmp_path: Path, keyless: dict[str, Any]
+) -> None:
+    """The publisher's keyless publish read while its publish before is in doubt (the
+    store call under way): the server, which closes the connection 1011 and tells it to
+    resend what is unanswered, does not make it all the same. Made, it was stored on
+    the primary, replayed by the resume, and stored again by the resend, which has no
+    key to tell: the viewer got it twice."""
+    store, pid = await replicated_store(start_redis, tmp_path)
+    async with (
+        run_server(store=store) as server,
+        attach(server, "s", create=True) as (publisher, welcome),
+        attach(server, "s") as (viewer, _),
+    ):
+        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
+        assert await next_event(viewer) == (1, "first")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await publisher.send(SECOND)
+            await asyncio.sleep(WAIT_MS / 4000)  # its WAIT under way: "third" queues behind
+            await publisher.send(keyless)
+            code, frames = await frames_until_close(publisher, WAIT_MS / 1000 + SLACK)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
+        # Its attach queues behind whatever of the old connection the session has yet
+        # to carry out: the replay says what was made.
+        async with attach(server, "s", last_seq=1, epoch=welcome["epoch"]) as (again, resumed):
+            assert (resumed["resumed"], resumed["replay"]) == (True, 1)
+            assert await next_event(again) == (2, "second")
+            assert (await publish(again, 12, "second", "k2"))["seq"] == 2
+            await again.send(keyless)
+            if keyless["type"] == "batch":
+                assert (await again.recv_type("acks"))["seqs"] == [3]
+            else:
+                assert (await again.recv_type("ack"))["seq"] == 3
+        assert [await next_event(viewer) for _ in range(2)] == [(2, "second"), (3, "third")]
+        code, frames = await frames_until_close(viewer, 1.0)
+        assert code is None and answers_and_events(frames) == []  # "third" once
