@@ -252,6 +252,10 @@ async def test_the_python_client_resumes_and_its_publish_gets_the_stored_seq(
             assert agent.reconnects >= 1
 
 
+async def on_primary(server: BambooServer, seq: int) -> bool:
+    return await server.manager.storage.last_seq("s") >= seq
+
+
 KEYLESS_THIRD: dict[str, Any] = {"type": "event", "id": 3, "event": token("third")}
 KEYLESS_THIRD_IN_BATCH: dict[str, Any] = {
     "type": "batch",
@@ -280,7 +284,8 @@ async def test_appends_queued_behind_one_in_doubt_are_not_made_and_their_resend_
         os.kill(pid, signal.SIGSTOP)
         try:
             await publisher.send(SECOND)
-            await asyncio.sleep(WAIT_MS / 4000)  # its WAIT under way: "third" queues behind
+            # On the primary, its WAIT under way: "third" queues behind.
+            await eventually(lambda: on_primary(server, 2), timeout=SLACK)
             await publisher.send(keyless)
             code, frames = await frames_until_close(publisher, WAIT_MS / 1000 + SLACK)
         finally:
