@@ -7,7 +7,8 @@ requester either way. The items of a peer's ``batch`` frame are appends like any
 queued together, that answer their :class:`BatchReply` instead: one ``acks`` frame (or
 one ``error``) for the lot. An append the store may have stored or not (OutcomeUnknown)
 answers a peer with no frame, but its connection's close (``_Request.in_doubt``); the
-appends of that connection queued behind it are not made (:func:`behind_doubt`).
+appends and state changes of that connection queued behind it are not made
+(:func:`behind_doubt`).
 """
 
 from __future__ import annotations
@@ -127,13 +128,14 @@ class Append(Struct, _Request):
         return _Request.refuse(self, exc)
 
 
-def behind_doubt(command: Append) -> bool:
-    """Whether ``command`` came on a connection closed already for an append in doubt
-    before it (PUBLISH_IN_DOUBT): then it is not made, but answered as in doubt too
-    (nothing; the close stands), as that close tells its peer to resend every request
-    unanswered. Made, it was stored, then stored again by the resend, without a key
-    to tell the two apart; and stored before the one in doubt, when Redis ran that one
-    late, out of its peer's order."""
+def behind_doubt(command: Append | SetState) -> bool:
+    """Whether ``command``, a write, came on a connection closed already for an append
+    in doubt before it (PUBLISH_IN_DOUBT): then it is not made, and its answer goes
+    with the connection, as that close tells its peer to resend every request
+    unanswered, in order. An append made was stored again by its resend, without a
+    key to tell the two apart, and stored before the one in doubt when Redis ran that
+    one late; a ``state`` of ``closed`` made closed the session before the resend of
+    the one in doubt, never stored if it was lost: refused 4409, the publish too."""
     closing = command.origin.closing if command.origin is not None else None
     if closing is None or (closing.code, closing.reason) != PUBLISH_IN_DOUBT:
         return False

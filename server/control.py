@@ -41,6 +41,7 @@ from .commands import (
     Tick,
     answer_late,
     attach_refusal,
+    behind_doubt,
 )
 from .failures import subscription_end
 from .limits import TooManySessionConnections
@@ -318,6 +319,8 @@ async def registered_again(actor: SessionActor) -> None:
 
 
 async def set_state(actor: SessionActor, command: SetState) -> None:
+    if behind_doubt(command):
+        return
     try:
         last_seq = await change_state(actor, command.state)
     except (StorageError, ValueError) as exc:

@@ -28,7 +28,7 @@ from bamboo_session.protocol.client import BambooClient
 from bamboo_session.protocol.models import AgentEvent, StoredEvent
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
-from tests.redis_server import RedisServer, link_replica, prefix_for
+from tests.redis_server import RedisServer, link_replica, prefix_for, store_through_proxy
 from tests.support import Peer, attach, run_server, token
 
 SOCKET_TIMEOUT = 1.0  # the store's, shortened from its 10 s so that a test waits it out
@@ -305,3 +305,37 @@ async def test_appends_queued_behind_one_in_doubt_are_not_made_and_their_resend_
         assert [await next_event(viewer) for _ in range(2)] == [(2, "second"), (3, "third")]
         code, frames = await frames_until_close(viewer, 1.0)
         assert code is None and answers_and_events(frames) == []  # "third" once
+
+
+@pytest.mark.usefixtures("short_socket_timeout")
+async def test_a_close_pipelined_behind_a_lost_publish_waits_for_the_resend(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An agent's last publish and its close, pipelined (docs/protocol.md, ``state``):
+    the publish never reaches Redis (withheld: lost), its reply waited for past the
+    socket timeout, and its connection is closed 1011, to resume and resend. The close
+    queued behind it was made all the same: the session closed without the publish,
+    whose resend the resume could no longer make (4409). Not made, both are resent in
+    their order: the viewer gets the publish, then the close."""
+    async with (
+        store_through_proxy(redis_server, prefix_for(tmp_path)) as (proxy, store),
+        run_server(store=store) as server,
+        attach(server, "s", create=True) as (agent, welcome),
+        attach(server, "s") as (viewer, _),
+    ):
+        assert (await publish(agent, 1, "first", "k1"))["seq"] == 1
+        assert await next_event(viewer) == (1, "first")
+        proxy.withhold(b"never-stored")
+        await agent.send({"type": "event", "id": 2, "key": "k2", "event": token("never-stored")})
+        await eventually(lambda: proxy.withheld >= 1, timeout=SLACK)
+        await agent.send({"type": "state", "id": 3, "state": "closed"})
+        code, frames = await frames_until_close(agent, SOCKET_TIMEOUT + SLACK)
+        assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
+        proxy.withhold()
+        async with attach(server, "s", last_seq=1, epoch=welcome["epoch"]) as (again, resumed):
+            assert (resumed["resumed"], resumed["replay"]) == (True, 0)
+            assert (await publish(again, 2, "never-stored", "k2"))["seq"] == 2
+            await again.send({"type": "state", "id": 3, "state": "closed"})
+            assert (await again.recv_type("ack"))["seq"] == 2
+        assert await next_event(viewer) == (2, "never-stored")
+        assert (await viewer.recv_type("closed"))["reason"] == "session closed"
