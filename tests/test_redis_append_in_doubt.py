@@ -5,8 +5,10 @@ that published it": the publisher gets no ``ack`` or ``error`` the server cannot
 behind, and no ``event`` of its own publish, but a close 1011 (reconnect with
 resume). Its resume replays the event exactly once if Redis stored it, not at all if
 not, and a retry with the same key is then a duplicate, or the first append; the other
-viewers get every stored event once, in order. Real redis-servers (SIGSTOP, SIGKILL, a
-replica), a real server, real WebSocket peers."""
+viewers get every stored event once, in order. The appends and state changes the
+publisher sent behind it, not yet begun, are not made: resent after the resume, each
+is made once, in order. Real redis-servers (SIGSTOP, SIGKILL, a replica, a proxy that
+withholds a command), a real server, real WebSocket peers."""
 
 from __future__ import annotations
 
