@@ -240,7 +240,7 @@ class BambooServer:
         connections = self._open_connections
         count = len(connections)
         # Nothing a peer sends is answered any more: its close reply least of all.
-        discard_input(connections)
+        past_grace = discard_input(connections, grace)
         self._stop_phase(CLOSING_THE_SESSIONS)
         self.manager.restart_park.on_stop_park = functools.partial(self._stop_phase, PARKING)
         await close_sessions(self.manager, CloseCode.SERVICE_RESTART, reason, grace)
@@ -260,6 +260,7 @@ class BambooServer:
             self._stop_phase(CLOSING_THE_STORE)
             timeout = self.config.store_close_timeout
             self.store_closed = await close_store_within(self.storage, timeout)
+        past_grace.cancel()
         log.info(
             "stopped",
             connections=count,

@@ -85,6 +85,8 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     route: Route | None = None
     # The deadline of the answer under way, made or streamed (run_handshake).
     _answering: Deadline | None = None
+    # A stop past its grace: our stream ends (FIN) right behind the close frame.
+    _ends_with_close = False
 
     def __init__(
         self,
@@ -201,14 +203,20 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             self._pass_on_eof()
 
     def close_frame_out(self) -> None:
-        """Our close frame is in the socket's buffer: ``on_close_sent``, once; in a stop,
-        the end of our stream (FIN) behind it (shutdown.py ``end_after_close``). Called by
+        """Our close frame is in the socket's buffer: ``on_close_sent``, once; in a stop
+        past its grace, our end of stream (FIN) behind it (``end_after_close``). Called by
         send_data, and by what writes a close without it (a stop's close_at_once,
         closing.cut_replay), which would otherwise leave it to the connection's end."""
         closing, self.on_close_sent = self.on_close_sent, None
         if closing is not None:
             closing()
-        if self._discarding:
+        if self._ends_with_close:
+            end_after_close(self.transport)
+
+    def end_with_close(self) -> None:
+        """A stop past its grace (shutdown.py ``end_streams``): FIN behind our close."""
+        self._ends_with_close = True
+        if self.protocol.close_sent is not None:
             end_after_close(self.transport)
 
     def _closing_first(self) -> bool:
@@ -383,8 +391,6 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             self.keepalive_task.cancel()
         if not self.transport.is_closing():
             self.transport.resume_reading()
-        if self.protocol.close_sent is not None:  # closing already: its close is out
-            end_after_close(self.transport)
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -6,10 +6,14 @@ The peers' half of the closing handshake is not waited for. Reading it, and tear
 every connection down one by one, cost a restart with 6,000 connections 0.65 s of CPU
 after the last close frame was written, while the peers, who already had their close
 code, waited for the new server. From the stop's start, what peers send is read and
-dropped unseen; our stream ends (FIN) right behind each close frame
-(``end_after_close``), so that a peer sees its connection end with its close whatever
-the stop waits on after that (the park, the store's close); once nothing is owed, the
-sockets are closed (by the process's exit, or by ``drop_connections``).
+dropped unseen; once nothing is owed, the sockets are closed (by the process's exit,
+or by ``drop_connections``). A stop still under way at its grace (the park or the
+store's close waiting on a store that hangs, or on another process's lock) ends our
+stream (FIN) right behind each close frame from then on (``end_streams``), so that a
+peer sees its connection end with its close whatever the stop waits on: websockets
+clients and browsers report a close only as the connection ends. Not sooner: a peer
+whose connection ends at once tries to reconnect while the server is still stopping,
+is refused, and backs off (a restart's 5,000 viewers were back 1.14x later, r469).
 
 "In the peer's hands" means out of the kernel's send queue too, not only out of the
 transport's buffer: a socket closed while the peer still sends is reset, and a reset
@@ -54,6 +58,13 @@ def close_unattached(
         for connection in connections
         if connection.protocol.state is State.OPEN and not connection.closes_itself
     ]
+
+
+def end_streams(connections: Collection[BambooConnection]) -> None:
+    """The stop is past its grace: each connection's stream ends behind its close
+    frame, at once where that is out already."""
+    for connection in list(connections):
+        connection.end_with_close()
 
 
 def end_after_close(transport: asyncio.Transport) -> None:
@@ -118,10 +129,13 @@ async def bytes_delivered(connections: Collection[BambooConnection], limit: floa
     return len(owed)
 
 
-def discard_input(connections: Collection[BambooConnection]) -> None:
-    """What any peer sends from here on is dropped unread (BambooConnection)."""
+def discard_input(connections: Collection[BambooConnection], grace: float) -> asyncio.TimerHandle:
+    """What any peer sends from here on is dropped unread (BambooConnection); at the
+    stop's ``grace``, the streams end behind their close frames (``end_streams``): the
+    timer, for the stop to cancel once over."""
     for connection in connections:
         connection.discard_input()
+    return asyncio.get_running_loop().call_later(grace, end_streams, connections)
 
 
 def drop_connections(connections: Collection[BambooConnection]) -> None:
