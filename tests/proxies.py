@@ -22,12 +22,13 @@ class HttpProxy:
     """A TCP proxy on loopback to the server's ``port`` (a page, or a client, reaches the
     server through it, WebSocket and HTTP alike). ``cut()`` ends every connection
     through it, and closes new ones at once until ``mend()``; once ``refusing``, a plain
-    HTTP request (no WebSocket upgrade) gets 503. With ``events_page``, a read of events
-    of 1,000 (``limit=1000``: the console's, not the client's ``limit=1`` check) gets
-    that JSON page instead of the server's answer; ``events_reads`` counts them. With
-    ``before_events_read``, the first such read waits for it before it goes on (to the
-    server, or to ``events_page``): what happens meanwhile comes between the console's
-    read of the session's metadata and its read of the events. ``freeze()`` is a silent
+    HTTP request (no WebSocket upgrade) gets 503 (``refusal`` its reason phrase). With
+    ``events_page``, a read of events of 1,000 (``limit=1000``: the console's, not the
+    client's ``limit=1`` check) gets that JSON page instead of the server's answer;
+    ``events_reads`` counts them. With ``before_events_read``, the first such read
+    waits for it before it goes on (to the server, or to ``events_page``): what happens
+    meanwhile comes between the console's read of the session's metadata and its read
+    of the events. ``freeze()`` is a silent
     partition (a phone in a tunnel): the connections through the proxy stop carrying
     bytes either way, with no FIN and no RST, while new ones go through (the client
     found another network); ``thaw()`` heals it, and what was held goes on, in order.
@@ -53,6 +54,7 @@ class HttpProxy:
         self.downlink_rate = downlink_rate
         self.down = False
         self.refusing = False
+        self.refusal = "Service Unavailable"
         self.events_page: dict[str, Any] | None = None
         self.events_reads = 0
         self.before_events_read: Callable[[], Awaitable[None]] | None = None
@@ -113,7 +115,7 @@ class HttpProxy:
             await self._admitting.wait()
             head = await reader.readuntil(b"\r\n\r\n")
             if self.refusing and b"upgrade: websocket" not in head.lower():
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                writer.write(f"HTTP/1.1 503 {self.refusal}\r\nContent-Length: 0\r\n\r\n".encode())
                 return
             console_read = re.match(rb"GET /[^ ]*/events\?[^ ]*limit=1000", head)
             if console_read and self.before_events_read is not None:

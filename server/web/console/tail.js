@@ -28,8 +28,9 @@
  * scroll back. (Measured before the frame's changes, not by scroll events: a drop at
  * the top moves the scroll, and its event comes a frame later, when more came below.)
  * A following tail is scrolled to the end once per frame, after that frame's events
- * (the page is measured once per frame, not once per event); one scrolled up keeps its
- * place: the block at the top of the view stays where it was as blocks are dropped or
+ * (the page is measured once per frame, not once per event), its end held until then
+ * (nothing the frame takes back moves its scroll up: `changing`); one scrolled up
+ * keeps its place: the block at the top of the view stays where it was as blocks are dropped or
  * inserted above it. A scroll the viewer makes while a frame has events to draw (on a
  * streaming session, nearly always) lands just before it is drawn, and counts as made
  * (`#settle`): scrolled to the end, they follow from then; scrolled up, they stop
@@ -185,11 +186,7 @@ export class Tail {
   /** The oldest blocks go while the tail passes `times` its bound. Events up to the
    * last one dropped are then not shown (blocks are in seq order; a line has no seq).
    * An event added trims at twice the bound; a following tail drops to its bound at
-   * its frame's settle, not as events come: a drop makes the tail shorter, and a
-   * layout any script forces in the middle of the frame (one reading `scrollHeight`)
-   * then moves the scroll up to the end as laid out then, which, with events added
-   * below after it, `#settle` could only take for the viewer's scroll up: the tail
-   * stopped following. @param {number} times */
+   * its frame's settle, once a frame, not as events come. @param {number} times */
   #trim(times) {
     let hidden = this.hidden;
     while (
@@ -289,12 +286,19 @@ export class Tail {
   /** Something in the tail changes: settle its scroll once this frame is drawn. The
    * view is measured as the frame's changes begin (laid out then, as last drawn: once
    * a frame): whether it follows the end, and the block at the top of the view, which
-   * a viewer scrolled up keeps, and one who scrolls up in this frame too. */
+   * a viewer scrolled up keeps, and one who scrolls up in this frame too. A following
+   * tail's end is held where it is until the frame is drawn (session.css's
+   * `.tail::before`): a line taken back, or any drop, makes the tail shorter below the
+   * view, and a layout forced in the middle of the frame (any script reading
+   * `scrollHeight`: messages.js's, as a catch-up shows a message) moved the scroll up to
+   * the end as laid out then, which, with events added below after it, `#settle` could
+   * only take for the viewer's scroll up: the tail stopped following. */
   changing() {
     if (this.frame !== null) return;
     const { scrollTop, scrollHeight, clientHeight } = this.el;
     const end = scrollHeight - clientHeight; // the scrollTop at the end
     this.following = end - scrollTop < END_SLACK;
+    if (this.following) this.el.style.setProperty("--held-end", `${end}px`);
     this.frame = { anchor: this.#anchor(), scrollTop, end };
     requestAnimationFrame(() => this.#settle());
   }
@@ -322,6 +326,7 @@ export class Tail {
     } else if (this.following && scrolled < 0 && this.el.scrollTop < frame.end - END_SLACK) {
       this.following = false; // up, out of the end as it was drawn
     }
+    this.el.style.removeProperty("--held-end");
     if (this.following) this.#trim(1); // (in this frame still: its drops are settled here)
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
@@ -335,10 +340,11 @@ export class Tail {
    * The browser moves the scroll up on its own when the tail gets shorter below the
    * view (blocks dropped above it, a note taken back), to the end as laid out: a move
    * up to the end is taken for that one (its viewer's place is kept as it was: the end
-   * came up to them), one above the end for the viewer's. (Not told apart: that move
-   * made by a layout some code forced in the middle of the frame, messages.js's say,
-   * and more than END_SLACK added below the view after it. Taken for the viewer's, the
-   * place kept is where it moved to, and a following tail stops following there.)
+   * came up to them), one above the end for the viewer's. (A following tail's end is
+   * held through the frame: that move is one of a tail scrolled up to near its end.
+   * Not told apart: that move made by a layout some code forced in the middle of the
+   * frame, and more than END_SLACK added below the view after it; taken for the
+   * viewer's, the place kept is where it moved to.)
    * @param {{ scrollTop: number }} frame */
   #scrolledBy(frame) {
     const moved = this.el.scrollTop - frame.scrollTop;
