@@ -1,6 +1,8 @@
-"""The console's tail following its end through what its own lines do, in a real
-headless Chromium: lines taken back in the middle of a frame (the catch-up's "may be
-missing" ones, once its Reload reads the events) leave it following.
+"""The console's tail following its end through what its own lines and reads do, in a
+real headless Chromium: lines taken back in the middle of a frame (the catch-up's "may
+be missing" ones, once its Reload reads the events) leave it following, and a read of
+earlier events the viewer asked for ("Show earlier" on a tail that fits its view) keeps
+what it read, the viewer up with them, until they go back to the end.
 """
 
 from __future__ import annotations
@@ -10,10 +12,22 @@ from typing import Any
 import pytest
 
 from bamboo_session.protocol import AgentEvent
+from bamboo_session.protocol.client import BambooClient
 from tests.browser import eventually
 from tests.console_missed_support import closed_while_the_page_is_away
+from tests.console_support import DASH, ws_url
 from tests.proxies import HttpProxy
-from tests.tail_support import at_end, next_frame
+from tests.support import run_server
+from tests.tail_support import (
+    BLOCKS,
+    EARLIER_PAGE,
+    IN_VIEW,
+    MAX_BLOCKS,
+    at_end,
+    next_frame,
+    open_tail,
+    publish_steps,
+)
 
 playwright = pytest.importorskip("playwright.async_api")
 expect = playwright.expect
@@ -62,4 +76,46 @@ async def test_lines_taken_back_in_a_frame_leave_the_tail_following(browser: Any
         added = (await message.bounding_box())["height"] + gap
         assert taken_back - added > END_SLACK  # (the end that layout saw: above the end)
         await eventually(lambda: at_end(tail), "the tail at its end, following")
+    assert problems == []
+
+
+async def test_show_earlier_on_a_tail_that_fits_keeps_what_it_read(browser: Any) -> None:
+    """A live session of 1,000 steps then 200 tokens: its page replays the tokens (one
+    block, which fits the view: the tail follows its end) and says events 1-1000 are
+    not shown. "Show earlier" reads a page of them: the tail keeps all it could (what a
+    tail scrolled up keeps, twice its bound) and the viewer is taken up to them, so the
+    next events do not drop them; back at the end, it follows, at its bound. Before,
+    the following tail dropped to its bound as the read was drawn: half of what the
+    viewer asked to see went at once."""
+    steps = EARLIER_PAGE
+    async with run_server() as server:
+        connect = BambooClient.connect(ws_url(server), "fits", create=True, role="agent")
+        async with await connect as agent:
+            await publish_steps(agent, 1, steps + 1)
+            for i in range(200):
+                await agent.publish(AgentEvent.token(f"t{i} "))
+            page, problems, tail = await open_tail(browser, server.port, "fits")
+            await expect(tail).to_have_attribute("data-last-seq", str(steps + 200))
+            header = page.locator("#tail-earlier")
+            await expect(header).to_contain_text(f"Events 1{DASH}{steps} not shown")
+            assert await tail.evaluate("el => el.scrollHeight <= el.clientHeight")
+
+            await header.get_by_role("button", name="Show earlier").click()
+            kept = 2 * MAX_BLOCKS - 1  # (the text block the 600th)
+            await expect(header).to_contain_text(f"Events 1{DASH}{steps - kept} not shown")
+            for i in range(2):  # events come, below (into the text block: no more blocks)
+                await agent.publish(AgentEvent.token(f"u{i} "))
+            await expect(tail).to_have_attribute("data-last-seq", str(steps + 202))
+            await next_frame(page)
+            blocks = await tail.evaluate(BLOCKS)
+            in_view = await tail.evaluate(IN_VIEW)
+            await expect(header).to_contain_text(f"Events 1{DASH}{steps - kept} not shown")
+
+            await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # back at the end
+            await next_frame(page)
+            await eventually(lambda: at_end(tail), "the tail at its end")
+            await expect(tail.locator(":scope > .ev")).to_have_count(MAX_BLOCKS)
+    assert in_view is not None and in_view[0] == steps - kept + 1  # the first read, in view
+    assert [seq for seq, _, _ in blocks][:kept] == list(range(steps - kept + 1, steps + 1))
+    assert len(blocks) == kept + 1
     assert problems == []

@@ -182,6 +182,8 @@ function insert(tail, spot, after, page) {
   }
   const oldest = /** @type {HTMLElement | undefined} */ (blocks[from]?.[0]);
   spot.shrink(from === 0 ? after : Number(oldest?.dataset.from ?? spot.upTo() + 1) - 1);
+  const first = line.parentElement === tail.el ? line : oldest; // (the line went: all read)
+  if (first !== undefined) tail.showRead(first);
 }
 
 /** The notes right under `line` (before any event's block or a gap's line), in order:

@@ -17,9 +17,12 @@
  * says which events it does not show, with "Show earlier", which reads them over
  * HTTP (`read`), a page at a time, into its top (earlier.js, which reads a gap's
  * events in its middle the same way); a page opened after events it does not replay
- * starts so (`startAfter`). A gap's line dropped makes its events the first line's;
- * so does one with no event shown between the first line and it (only notes, as a
- * "Disconnected" one): one line for one run of events not shown. A note says the seq it
+ * starts so (`startAfter`). A read the viewer asked for keeps what it read: a tail
+ * following the end (its first line in view: what it holds fits the view) stops
+ * following, what was read at the top of the view (`showRead`). A gap's line dropped
+ * makes its events the first line's; so does one with no event shown between the
+ * first line and it (only notes, as a "Disconnected" one): one line for one run of
+ * events not shown. A note says the seq it
  * came after, and the events read back go round it by that (earlier.js).
  *
  * Following the end is a state: whether the viewer was at the end (within END_SLACK)
@@ -47,6 +50,13 @@ import { lineParts, readInto } from "./earlier.js";
 /** @typedef {import("./blocks.js").Item} Item */
 /** The events after `after` up to `upTo`, oldest first, of the log the tail shows.
  * @typedef {(after: number, upTo: number) => Promise<Item[]>} ReadEvents */
+/** What a frame's settle needs (`#settle`): the view as the frame's changes began, and
+ * where a read the viewer asked for put its events in it (`showRead`).
+ * @typedef {object} Frame
+ * @property {{ block: Element, top: number } | null} anchor the view's top block, where it was
+ * @property {number} scrollTop the scroll
+ * @property {number} end the scroll at the end
+ * @property {Element | null} read the line it read under (or, gone, the first it read) */
 
 export const MAX_BLOCKS = 300;
 export const MAX_TAIL_CHARS = 500_000;
@@ -62,9 +72,7 @@ export class Tail {
   lastSeq = 0;
   hidden = 0; // events 1 to this are not shown (dropped, or before the first shown)
   following = true;
-  /** @type {{ anchor: { block: Element, top: number } | null, scrollTop: number, end: number } | null}
-   * a frame's changes, to settle when it is drawn: as they began, the block at the top
-   * of the view and where it was, the scroll, and the scroll at the end */
+  /** @type {Frame | null} */
   frame = null;
   /** Whether the viewer's last wheel down reached the end as the tail was laid out
    * then, and its scroll has not been settled yet (see `#wheeled`). */
@@ -166,6 +174,16 @@ export class Tail {
     const before = line.textContent?.length ?? 0;
     fill(line, ...parts);
     this.grew(line, (line.textContent?.length ?? 0) - before);
+  }
+
+  /** A read the viewer asked for ("Show earlier", a gap's "Show them": earlier.js)
+   * put events in this frame, under `block` (their line, or the first of them once it
+   * went): it keeps what it read. A following tail, which would drop to its bound as
+   * the frame is drawn, stops following, `block` at the top of the view, and keeps
+   * what a tail scrolled up keeps; one scrolled up keeps its place, as for any events
+   * put above it. @param {Element} block */
+  showRead(block) {
+    if (this.frame !== null) this.frame.read = block;
   }
 
   /** A block (or line) shown has `chars` more characters (earlier.js's too).
@@ -299,7 +317,7 @@ export class Tail {
     const end = scrollHeight - clientHeight; // the scrollTop at the end
     this.following = end - scrollTop < END_SLACK;
     if (this.following) this.el.style.setProperty("--held-end", `${end}px`);
-    this.frame = { anchor: this.#anchor(), scrollTop, end };
+    this.frame = { anchor: this.#anchor(), scrollTop, end, read: null };
     requestAnimationFrame(() => this.#settle());
   }
 
@@ -311,25 +329,32 @@ export class Tail {
    * scroll it is, not be undone. A viewer who went to the end follows it from now: the
    * tail drops to its bound (`#wentToEnd`). One who scrolled up stops following
    * (`#scrolledBy`): the next frames keep their place, not pull them back to the end.
-   * Then a following tail goes to its end; one scrolled up puts the block that was at
-   * the top of the view back where it was (blocks went or came above it), moved by as
-   * far as the viewer scrolled in the frame, up or down.
+   * One still following whose frame a read they asked for put events in stops
+   * following too, to keep them (`showRead`). Then a following tail goes to its end;
+   * one the read was for puts it at the top of the view; one scrolled up puts the block
+   * that was at the top of the view back where it was (blocks went or came above it),
+   * moved by as far as the viewer scrolled in the frame, up or down.
    */
   #settle() {
     const frame = this.frame;
     if (frame === null) return;
     const scrolled = this.#scrolledBy(frame);
     const wheeled = this.wheeledToEnd && scrolled > 0;
+    let read = null;
     if (!this.following && (wheeled || this.#wentToEnd(frame))) {
       this.following = true;
       this.wheeledToEnd = false;
     } else if (this.following && scrolled < 0 && this.el.scrollTop < frame.end - END_SLACK) {
       this.following = false; // up, out of the end as it was drawn
+    } else if (this.following && frame.read?.parentElement === this.el) {
+      this.following = false; // up, to what the viewer asked to read (`showRead`)
+      read = frame.read;
     }
     this.el.style.removeProperty("--held-end");
     if (this.following) this.#trim(1); // (in this frame still: its drops are settled here)
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
+    else if (read !== null) this.el.scrollTop += this.#top(read);
     else if (frame.anchor && frame.anchor.block.parentElement === this.el) {
       this.el.scrollTop += this.#top(frame.anchor.block) - frame.anchor.top + scrolled;
     } // (a viewer whose block and every one after it were dropped: nothing to keep)
