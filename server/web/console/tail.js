@@ -46,14 +46,16 @@
 import { Blocks } from "./blocks.js";
 import { fill, h } from "./dom.js";
 import { lineParts, readInto } from "./earlier.js";
+import { passOn, placeIn, topIn } from "./place.js";
 
 /** @typedef {import("./blocks.js").Item} Item */
 /** The events after `after` up to `upTo`, oldest first, of the log the tail shows.
  * @typedef {(after: number, upTo: number) => Promise<Item[]>} ReadEvents */
+/** @typedef {import("./place.js").Place} Place */
 /** What a frame's settle needs (`#settle`): the view as the frame's changes began, and
  * where a read the viewer asked for put its events in it (`showRead`).
  * @typedef {object} Frame
- * @property {{ block: Element, top: number } | null} anchor the view's top block, where it was
+ * @property {Place | null} anchor the block at the top of the view, and where it was
  * @property {number} scrollTop the scroll
  * @property {number} end the scroll at the end
  * @property {Element | null} read the line it read under (or, gone, the first it read) */
@@ -218,7 +220,7 @@ export class Tail {
       hidden = Math.max(hidden, Number(oldest.dataset.to ?? oldest.dataset.from ?? 0));
       if (oldest.dataset.result !== undefined)
         this.results.set(Number(oldest.dataset.from), Number(oldest.dataset.result));
-      if (this.frame?.anchor?.block === oldest) this.#passAnchor(this.frame.anchor, oldest);
+      if (this.frame?.anchor?.block === oldest) passOn(this.el, this.frame.anchor);
       this.drop(oldest);
     }
     if (hidden !== this.hidden) this.hide(hidden);
@@ -317,7 +319,8 @@ export class Tail {
     const end = scrollHeight - clientHeight; // the scrollTop at the end
     this.following = end - scrollTop < END_SLACK;
     if (this.following) this.el.style.setProperty("--held-end", `${end}px`);
-    this.frame = { anchor: this.#anchor(), scrollTop, end, read: null };
+    const anchor = placeIn(this.el, this.header === null ? 0 : 1); // (not the first line)
+    this.frame = { anchor, scrollTop, end, read: null };
     requestAnimationFrame(() => this.#settle());
   }
 
@@ -354,9 +357,9 @@ export class Tail {
     if (this.following) this.#trim(1); // (in this frame still: its drops are settled here)
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
-    else if (read !== null) this.el.scrollTop += this.#top(read);
+    else if (read !== null) this.el.scrollTop += topIn(this.el, read);
     else if (frame.anchor && frame.anchor.block.parentElement === this.el) {
-      this.el.scrollTop += this.#top(frame.anchor.block) - frame.anchor.top + scrolled;
+      this.el.scrollTop += topIn(this.el, frame.anchor.block) - frame.anchor.top + scrolled;
     } // (a viewer whose block and every one after it were dropped: nothing to keep)
     this.lastTop = this.el.scrollTop;
   }
@@ -383,37 +386,5 @@ export class Tail {
   #wentToEnd(frame) {
     const top = this.el.scrollTop;
     return top > frame.scrollTop && (top > frame.end - END_SLACK || this.#atEnd());
-  }
-
-  /** The block the viewer reads (`anchor`) goes: the one after it is kept where it was
-   * instead (how far below the one that goes it is does not change as blocks above go),
-   * so the view stays on what follows rather than jump by what went (to the end, even,
-   * which made the tail follow again and drop to its bound).
-   * @param {{ block: Element, top: number }} anchor @param {Element} block */
-  #passAnchor(anchor, block) {
-    const next = block.nextElementSibling;
-    if (next === null) return; // (the settle finds it gone: nothing to keep)
-    anchor.top += this.#top(next) - this.#top(block);
-    anchor.block = next;
-  }
-
-  /** The first block (not the first line) in view, and where it is in the view. */
-  #anchor() {
-    const children = this.el.children;
-    const viewTop = this.el.getBoundingClientRect().top;
-    let low = this.header === null ? 0 : 1;
-    let high = children.length;
-    while (low < high) {
-      const mid = (low + high) >> 1;
-      if (children[mid].getBoundingClientRect().bottom > viewTop) high = mid;
-      else low = mid + 1;
-    }
-    if (low >= children.length) return null;
-    return { block: children[low], top: this.#top(children[low]) };
-  }
-
-  /** Where a block is, from the top of the view. @param {Element} block */
-  #top(block) {
-    return block.getBoundingClientRect().top - this.el.getBoundingClientRect().top;
   }
 }
