@@ -31,9 +31,8 @@
  * scroll back. (Measured before the frame's changes, not by scroll events: a drop at
  * the top moves the scroll, and its event comes a frame later, when more came below.)
  * A following tail is scrolled to the end once per frame, after that frame's events
- * (the page is measured once per frame, not once per event), its end held until then
- * (nothing the frame takes back moves its scroll up: `changing`); one scrolled up
- * keeps its place: the block at the top of the view stays where it was as blocks are dropped or
+ * (the page is measured once per frame, not once per event); one scrolled up keeps its
+ * place: the block at the top of the view stays where it was as blocks are dropped or
  * inserted above it. A scroll the viewer makes while a frame has events to draw (on a
  * streaming session, nearly always) lands just before it is drawn, and counts as made
  * (`#settle`): scrolled to the end, they follow from then; scrolled up, they stop
@@ -58,7 +57,8 @@ import { passOn, placeIn, topIn } from "./place.js";
  * @property {Place | null} anchor the block at the top of the view, and where it was
  * @property {number} scrollTop the scroll
  * @property {number} end the scroll at the end
- * @property {Element | null} read the line it read under (or, gone, the first it read) */
+ * @property {Element | null} read the line it read under (or, gone, the first it read)
+ * @property {number} takenBack px of the lines taken back from a following tail in it */
 
 export const MAX_BLOCKS = 300;
 export const MAX_TAIL_CHARS = 500_000;
@@ -153,10 +153,15 @@ export class Tail {
     return line;
   }
 
-  /** Take back a line `note` added, if it is still shown. @param {HTMLElement} line */
+  /** Take back a line `note` added, if it is still shown. From a following tail, the
+   * px it took are the frame's (`#scrolledBy`). @param {HTMLElement} line */
   remove(line) {
     if (line.parentElement !== this.el || line === this.header) return;
     this.changing();
+    if (this.following && this.frame !== null) {
+      const gap = parseFloat(getComputedStyle(this.el).rowGap) || 0;
+      this.frame.takenBack += line.getBoundingClientRect().height + gap;
+    }
     this.drop(line);
   }
 
@@ -306,21 +311,14 @@ export class Tail {
   /** Something in the tail changes: settle its scroll once this frame is drawn. The
    * view is measured as the frame's changes begin (laid out then, as last drawn: once
    * a frame): whether it follows the end, and the block at the top of the view, which
-   * a viewer scrolled up keeps, and one who scrolls up in this frame too. A following
-   * tail's end is held where it is until the frame is drawn (session.css's
-   * `.tail::before`): a line taken back, or any drop, makes the tail shorter below the
-   * view, and a layout forced in the middle of the frame (any script reading
-   * `scrollHeight`: messages.js's, as a catch-up shows a message) moved the scroll up to
-   * the end as laid out then, which, with events added below after it, `#settle` could
-   * only take for the viewer's scroll up: the tail stopped following. */
+   * a viewer scrolled up keeps, and one who scrolls up in this frame too. */
   changing() {
     if (this.frame !== null) return;
     const { scrollTop, scrollHeight, clientHeight } = this.el;
     const end = scrollHeight - clientHeight; // the scrollTop at the end
     this.following = end - scrollTop < END_SLACK;
-    if (this.following) this.el.style.setProperty("--held-end", `${end}px`);
     const anchor = placeIn(this.el, this.header === null ? 0 : 1); // (not the first line)
-    this.frame = { anchor, scrollTop, end, read: null };
+    this.frame = { anchor, scrollTop, end, read: null, takenBack: 0 };
     requestAnimationFrame(() => this.#settle());
   }
 
@@ -353,7 +351,6 @@ export class Tail {
       this.following = false; // up, to what the viewer asked to read (`showRead`)
       read = frame.read;
     }
-    this.el.style.removeProperty("--held-end");
     if (this.following) this.#trim(1); // (in this frame still: its drops are settled here)
     this.frame = null;
     if (this.following) this.el.scrollTop = this.el.scrollHeight;
@@ -368,15 +365,18 @@ export class Tail {
    * The browser moves the scroll up on its own when the tail gets shorter below the
    * view (blocks dropped above it, a note taken back), to the end as laid out: a move
    * up to the end is taken for that one (its viewer's place is kept as it was: the end
-   * came up to them), one above the end for the viewer's. (A following tail's end is
-   * held through the frame: that move is one of a tail scrolled up to near its end.
-   * Not told apart: that move made by a layout some code forced in the middle of the
-   * frame, and more than END_SLACK added below the view after it; taken for the
-   * viewer's, the place kept is where it moved to.)
-   * @param {{ scrollTop: number }} frame */
+   * came up to them), and so is a following tail's by no more than the lines the frame
+   * took back from it (`remove`): made by a layout forced in the middle of the frame
+   * (any script reading `scrollHeight`: messages.js's, as a catch-up shows a message),
+   * with events added below after it, that one ends above the end, and taken for the
+   * viewer's it stopped the tail following. Others are the viewer's. (Not told apart:
+   * that move made by `#trim`'s drops past twice the bound in a frame of that many
+   * events, or on a tail scrolled up to near its end; taken for the viewer's, the place
+   * kept is where it moved to.)
+   * @param {{ scrollTop: number, takenBack: number }} frame */
   #scrolledBy(frame) {
     const moved = this.el.scrollTop - frame.scrollTop;
-    return moved < 0 && this.#atEnd() ? 0 : moved;
+    return moved < 0 && (this.#atEnd() || -moved <= frame.takenBack) ? 0 : moved;
   }
 
   /** Whether the viewer scrolled down to the end since `frame` began: to where the end
