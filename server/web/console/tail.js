@@ -36,10 +36,11 @@
  * inserted above it. A scroll the viewer makes while a frame has events to draw (on a
  * streaming session, nearly always) lands just before it is drawn, and counts as made
  * (`#settle`): scrolled to the end, they follow from then; scrolled up, they stop
- * following, or go further up, and the place kept is where they scrolled to. A wheel
- * turned down to the end follows it, wherever its scroll lands: the browser scrolls by
- * the page as it last had it, a frame or two short of the end on a busy stream
- * (`#wheeled`).
+ * following, or go further up, and the place kept is where they scrolled to; a move up
+ * the browser makes on its own as the tail gets shorter below the view (a drop at the
+ * top, a line taken back) is not theirs (`#scrolledBy`). A wheel turned down to the
+ * end follows it, wherever its scroll lands: the browser scrolls by the page as it last
+ * had it, a frame or two short of the end on a busy stream (`#wheeled`).
  */
 
 import { Blocks } from "./blocks.js";
