@@ -212,7 +212,12 @@ export class Tail {
   /** The oldest blocks go while the tail passes `times` its bound. Events up to the
    * last one dropped are then not shown (blocks are in seq order; a line has no seq).
    * An event added trims at twice the bound; a following tail drops to its bound at
-   * its frame's settle, once a frame, not as events come. @param {number} times */
+   * its frame's settle, not as events come: a drop makes the tail shorter, and a
+   * layout any script forces in the middle of the frame (one reading `scrollHeight`)
+   * then moves the scroll up to the end as laid out then, which, with events added
+   * below after it, `#settle` could only take for the viewer's scroll up: the tail
+   * stopped following. (A line taken back is allowed for: `#scrolledBy`.)
+   * @param {number} times */
   #trim(times) {
     let hidden = this.hidden;
     while (
