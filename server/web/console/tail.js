@@ -22,8 +22,8 @@
  * following, what was read at the top of the view (`showRead`). A gap's line dropped
  * makes its events the first line's; so does one with no event shown between the
  * first line and it (only notes, as a "Disconnected" one): one line for one run of
- * events not shown. A note says the seq it
- * came after, and the events read back go round it by that (earlier.js).
+ * events not shown. A note says the seq it came after, and the events read back go
+ * round it by that (earlier.js).
  *
  * Following the end is a state: whether the viewer was at the end (within END_SLACK)
  * when a frame's changes began, which the frame before left at the end if it was
