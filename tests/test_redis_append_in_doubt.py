@@ -13,10 +13,11 @@ withholds a command), a real server, real WebSocket peers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,21 @@ async def publish(peer: Peer, request_id: int, content: str, key: str) -> dict[s
     )
 
 
+@contextlib.asynccontextmanager
+async def streaming(store: str) -> AsyncIterator[tuple[BambooServer, Peer, Peer, dict[str, Any]]]:
+    """A server on ``store``, session ``s`` created by its publisher, watched by a
+    viewer, its first event (key ``k1``) acknowledged and delivered: the server, the
+    publisher, the viewer and the publisher's welcome."""
+    async with (
+        run_server(store=store) as server,
+        attach(server, "s", create=True) as (publisher, welcome),
+        attach(server, "s") as (viewer, _),
+    ):
+        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
+        assert await next_event(viewer) == (1, "first")
+        yield server, publisher, viewer, welcome
+
+
 SECOND: dict[str, Any] = {"type": "event", "id": 2, "key": "k2", "event": token("second")}
 # The same in a batch frame, whose items are answered together (``acks``).
 SECOND_IN_BATCH: dict[str, Any] = {
@@ -141,13 +157,7 @@ async def test_an_append_redis_runs_after_the_socket_timeout_closes_its_publishe
     assert redis_server.pid is not None
     pid = redis_server.pid
     store = redis_server.url(prefix=prefix_for(tmp_path))
-    async with (
-        run_server(store=store) as server,
-        attach(server, "s", create=True) as (publisher, welcome),
-        attach(server, "s") as (viewer, _),
-    ):
-        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
-        assert await next_event(viewer) == (1, "first")
+    async with streaming(store) as (server, publisher, viewer, welcome):
         code, frames = await publish_in_doubt(
             publisher, lambda: os.kill(pid, signal.SIGSTOP), lambda: os.kill(pid, signal.SIGCONT)
         )
@@ -166,13 +176,7 @@ async def test_an_append_lost_with_redis_is_not_replayed_and_its_retry_appends_i
     assert redis_server.pid is not None
     pid = redis_server.pid
     store = redis_server.url(prefix=prefix_for(tmp_path))
-    async with (
-        run_server(store=store) as server,
-        attach(server, "s", create=True) as (publisher, welcome),
-        attach(server, "s") as (viewer, _),
-    ):
-        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
-        assert await next_event(viewer) == (1, "first")
+    async with streaming(store) as (server, publisher, viewer, welcome):
 
         def killed() -> None:
             redis_server.stop(signal.SIGKILL)  # a stopped process dies of it too
@@ -212,13 +216,7 @@ async def test_an_append_short_of_its_replicas_closes_its_publisher(
     """``wait_replicas=1``, its replica stopped: the append is on the primary, and
     published, but not as durable as asked, so it is not acknowledged."""
     store, pid = await replicated_store(start_redis, tmp_path)
-    async with (
-        run_server(store=store) as server,
-        attach(server, "s", create=True) as (publisher, welcome),
-        attach(server, "s") as (viewer, _),
-    ):
-        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
-        assert await next_event(viewer) == (1, "first")
+    async with streaming(store) as (server, publisher, viewer, welcome):
         stop, go_on = (lambda: os.kill(pid, signal.SIGSTOP)), (lambda: os.kill(pid, signal.SIGCONT))
         code, frames = await publish_in_doubt(publisher, stop, go_on, frame)
         assert (code, answers_and_events(frames)) == (IN_DOUBT, [])
@@ -276,13 +274,7 @@ async def test_appends_queued_behind_one_in_doubt_are_not_made_and_their_resend_
     the primary, replayed by the resume, and stored again by the resend, which has no
     key to tell: the viewer got it twice."""
     store, pid = await replicated_store(start_redis, tmp_path)
-    async with (
-        run_server(store=store) as server,
-        attach(server, "s", create=True) as (publisher, welcome),
-        attach(server, "s") as (viewer, _),
-    ):
-        assert (await publish(publisher, 1, "first", "k1"))["seq"] == 1
-        assert await next_event(viewer) == (1, "first")
+    async with streaming(store) as (server, publisher, viewer, welcome):
         os.kill(pid, signal.SIGSTOP)
         try:
             await publisher.send(SECOND)

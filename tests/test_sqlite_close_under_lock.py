@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import open_storage
-from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.base import Storage, StorageError
 from bamboo_session.protocol.events import Token
 from bamboo_session.protocol.models import Session
 from tests.stalled_disks_support import write_lock_held
@@ -31,15 +31,21 @@ def token(number: int) -> tuple[Token, str]:
     return Token(content=f"event {number}"), f"k{number}"
 
 
+async def store_with_acked(path: Path) -> Storage:
+    """An SQLite store at ``path`` with session ``s`` and ACKED events acknowledged."""
+    store = await open_storage(f"sqlite://{path}")
+    await store.create_session(Session.new("s", now=store.now()))
+    for number in range(1, ACKED + 1):
+        await store.append_events("s", [token(number)])
+    return store
+
+
 async def test_a_close_does_not_wait_for_another_process_holding_the_write_lock(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "store.db"
     url = f"sqlite://{path}"
-    store = await open_storage(url)
-    await store.create_session(Session.new("s", now=store.now()))
-    for number in range(1, ACKED + 1):
-        await store.append_events("s", [token(number)])
+    store = await store_with_acked(path)
     async with write_lock_held(path):
         held = asyncio.create_task(store.append_events("s", [token(ACKED + 1)]))
         await asyncio.sleep(0.3)

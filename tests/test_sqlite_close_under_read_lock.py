@@ -23,14 +23,12 @@ import pytest
 from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.persistence.sqlite.lock_wait import CLOSE_WAIT
-from bamboo_session.protocol.events import Token
-from bamboo_session.protocol.models import Session
 from tests.stalled_disks_support import holding
+from tests.test_sqlite_close_under_lock import ACKED, store_with_acked
 from tests.test_stalled_disks import HOLD_READ_LOCKS
 
 SQLITE_RETRIES = 9.0  # seconds SQLite's read-lock retries take at least (some 10 s)
 SLACK = 2.0  # seconds a loaded machine may add to a bound
-ACKED = 3
 
 
 def test_sqlite_ends_a_wait_for_a_held_read_lock_neither_on_interrupt_nor_by_timeout(
@@ -65,10 +63,7 @@ async def test_a_close_does_not_wait_for_a_read_another_process_keeps_from_its_l
 ) -> None:
     path = tmp_path / "store.db"
     url = f"sqlite://{path}"
-    store = await open_storage(url)
-    await store.create_session(Session.new("s", now=store.now()))
-    for number in range(1, ACKED + 1):
-        await store.append_events("s", [(Token(content=f"event {number}"), f"k{number}")])
+    store = await store_with_acked(path)
     async with holding(HOLD_READ_LOCKS, f"{path}-shm"):
         reading = asyncio.ensure_future(store.read_events("s"))
         await asyncio.sleep(0.3)

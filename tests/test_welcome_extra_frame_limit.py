@@ -15,13 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
 
 from bamboo_session.persistence import open_storage
 from bamboo_session.protocol.models import Session
 from bamboo_session.server.quotas import FieldTooLong
-from tests.reading_peers import reading_peer
-from tests.support import Peer, run_server, stream_url
+from tests.reading_peers import limited_peer, reading_peer
+from tests.support import run_server
 
 LIMIT = 4096
 TOO_MUCH = {"notes": "\x01" * 600}  # 3,600 bytes of JSON: a welcome of 4,497 at most
@@ -46,17 +45,13 @@ async def test_a_stored_session_whose_welcome_is_over_the_limit_is_refused(
     async with await open_storage(str(tmp_path), cleanup_interval=None) as store:
         await store.create_session(Session.new("old", extra=TOO_MUCH))
     async with run_server(tmp_path, max_frame_bytes=LIMIT) as server:
-        subprotocol = "bamboo.v1.msgpack" if msgpack else "bamboo.v1"
-        ws = await connect(
-            stream_url(server, "old"),
-            subprotocols=[subprotocol],  # type: ignore[list-item]
-            max_size=LIMIT,
-        )
-        viewer = Peer(ws, msgpack)
+        viewer = await limited_peer(server, msgpack, LIMIT, "old")
         await viewer.send({"type": "hello"})
         code, frames = await viewer.closed()
         assert (code, frames) == (1009, [])
-        assert ws.close_reason == "the session's metadata makes a welcome over the frame limit"
+        assert (
+            viewer.ws.close_reason == "the session's metadata makes a welcome over the frame limit"
+        )
         # Nothing of the attach stays: the session is as stored, with no connection.
         metadata = await server.manager.get_metadata("old")
         assert metadata is not None and metadata.connections == 0
