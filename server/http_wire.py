@@ -85,8 +85,7 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     route: Route | None = None
     # The deadline of the answer under way, made or streamed (run_handshake).
     _answering: Deadline | None = None
-    # A stop past its grace: our stream ends (FIN) right behind the close frame.
-    _ends_with_close = False
+    _ends_with_close = False  # a stop past its grace: FIN behind our close frame
 
     def __init__(
         self,
@@ -204,9 +203,8 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
 
     def close_frame_out(self) -> None:
         """Our close frame is in the socket's buffer: ``on_close_sent``, once; in a stop
-        past its grace, our end of stream (FIN) behind it (``end_after_close``). Called by
-        send_data, and by what writes a close without it (a stop's close_at_once,
-        closing.cut_replay), which would otherwise leave it to the connection's end."""
+        past its grace, our FIN behind it. Called by send_data, and by what writes a close
+        without it (a stop's close_at_once, closing.cut_replay: else at the connection's end)."""
         closing, self.on_close_sent = self.on_close_sent, None
         if closing is not None:
             closing()
