@@ -31,6 +31,7 @@ async def closed_while_the_page_is_away(
     meanwhile: Callable[[BambooServer], Awaitable[None]] | None = None,
     first: Sequence[AgentEvent] = tuple(AgentEvent.token(f"a{i} ") for i in range(5)),
     while_away: Callable[[Any], Awaitable[None]] | None = None,
+    message: bool = True,
 ) -> AsyncIterator[tuple[Any, list[str], Any]]:
     """A console page (through a HttpProxy) shows a session's first events; its
     connection is cut and kept down while the agent publishes tokens, a message and a
@@ -40,7 +41,8 @@ async def closed_while_the_page_is_away(
     proxy then answers the page's HTTP reads with 503. ``meanwhile(server)``: what else
     happens once the session is closed, before the page reconnects. ``first``: the
     events the page shows before it is cut off (5 tokens); ``while_away(page)``: what
-    its viewer does meanwhile, before it reconnects. Yields the page, its
+    its viewer does meanwhile, before it reconnects; ``message``: whether the agent
+    writes a message meanwhile (one, before the tool call). Yields the page, its
     problems (those the cut and the 503s cause left out), and the stored events (a page
     of them, read before the page reconnects), with the server and the proxy still up:
     the page reads over HTTP after its client ended."""
@@ -68,7 +70,8 @@ async def closed_while_the_page_is_away(
                     "data-state", "reconnecting"
                 )
                 await asyncio.gather(*(agent.publish(event(i)) for i in range(tokens)))
-                await agent.send_message(Message.assistant("Written while the page was away."))
+                if message:
+                    await agent.send_message(Message.assistant("Written while the page was away."))
                 await agent.publish(AgentEvent.tool_start("call-9", "lookup", {"q": "x"}))
                 await agent.publish(AgentEvent.tool_complete("call-9", ToolResult(True, "found")))
                 await agent.publish(AgentEvent.token("the end."))

@@ -18,6 +18,7 @@ from tests.console_missed_support import closed_while_the_page_is_away
 from tests.console_support import DASH, ws_url
 from tests.proxies import HttpProxy
 from tests.support import run_server
+from tests.test_browser_console_tail_scrolled import HOLD_FRAMES, scroll_event
 from tests.tail_support import (
     BLOCKS,
     EARLIER_PAGE,
@@ -35,6 +36,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 expect.set_options(timeout=20_000)
 
 END_SLACK = 40  # tail.js: px from the end that still are the end
+VIEWER_UP = 60  # px a viewer scrolls up in a frame: more than END_SLACK
+
+
+def step(i: int) -> AgentEvent:
+    return AgentEvent.custom("step", {"i": i})
+
+
 # The px of the lines a Reload takes back (the session closed, events may be missing).
 TAKEN_BACK_PX = """el => [...el.querySelectorAll(":scope > .ev-note")]
   .filter(n => /^Session closed|may be missing/.test(n.textContent))
@@ -118,4 +126,57 @@ async def test_show_earlier_on_a_tail_that_fits_keeps_what_it_read(browser: Any)
     assert in_view is not None and in_view[0] == steps - kept + 1  # the first read, in view
     assert [seq for seq, _, _ in blocks][:kept] == list(range(steps - kept + 1, steps + 1))
     assert len(blocks) == kept + 1
+    assert problems == []
+
+
+async def test_a_viewer_who_scrolls_up_in_the_frame_lines_are_taken_back_in_stays_there(
+    browser: Any,
+) -> None:
+    """As above, the page following its end, Reload takes back the lines and brings the
+    events (steps, no message: nothing forces a layout in the middle of the task, and
+    the events are taller than the lines: the browser does not move the scroll), and
+    the viewer scrolls up 60 px before that frame is drawn (more than END_SLACK: in a
+    frame that takes nothing back, it stops following). They stay where they scrolled
+    to, not pulled back to the end. Before, the allowance was every px taken back,
+    whether the browser had moved the scroll by them or not: the viewer's move up
+    within it was taken for the browser's, the tail followed on, and the frame put them
+    back at the end."""
+    proxy = HttpProxy(0)
+    proxy.refusal = "Service Unavailable: the server is draining its connections to restart"
+    first = tuple(AgentEvent.custom("before", {"i": i}) for i in range(60))
+    async with closed_while_the_page_is_away(
+        browser,
+        "taken-back-up",
+        True,
+        tokens=5,
+        event=step,
+        proxy=proxy,
+        first=first,
+        message=False,
+    ) as (page, problems, stored):
+        tail = page.locator("#tail")
+        await expect(tail.locator(".ev-note").last).to_contain_text("may be missing")
+        await page.set_viewport_size({"width": 320, "height": 800})
+        await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # the viewer's end
+        await next_frame(page)
+        await eventually(lambda: at_end(tail), "the tail at its end")
+        taken_back = await tail.evaluate(TAKEN_BACK_PX)
+        began_at = await tail.evaluate("el => el.scrollTop")
+
+        await tail.evaluate(HOLD_FRAMES)
+        proxy.refusing = False
+        await page.click("#reload")
+        await expect(tail).to_have_attribute("data-last-seq", str(stored["last_seq"]))
+        browser_moved = began_at - await tail.evaluate("el => el.scrollTop")
+        await tail.evaluate("(el, up) => { el.scrollTop -= up; }", VIEWER_UP)
+        await scroll_event(page)
+        viewer_at = await tail.evaluate("el => el.scrollTop")
+        await page.evaluate("() => releaseFrames()")
+        await next_frame(page)
+        await next_frame(page)
+        settled_at = await tail.evaluate("el => el.scrollTop")
+        left_end = not await at_end(tail)
+    assert browser_moved + VIEWER_UP <= taken_back  # (within the allowance as it was)
+    assert left_end, (taken_back, browser_moved, viewer_at, settled_at)
+    assert abs(settled_at - viewer_at) <= 1, (viewer_at, settled_at)
     assert problems == []
