@@ -59,7 +59,8 @@ import { passOn, placeIn, topIn } from "./place.js";
  * @property {number} scrollTop the scroll
  * @property {number} end the scroll at the end
  * @property {Element | null} read the line it read under (or, gone, the first it read)
- * @property {number} takenBack px of the lines taken back from a following tail in it */
+ * @property {number} takenBack px the browser moved a following tail's scroll up by
+ * as lines were taken back in it */
 
 export const MAX_BLOCKS = 300;
 export const MAX_TAIL_CHARS = 500_000;
@@ -155,15 +156,16 @@ export class Tail {
   }
 
   /** Take back a line `note` added, if it is still shown. From a following tail, the
-   * px it took are the frame's (`#scrolledBy`). @param {HTMLElement} line */
+   * move up the browser makes as it lays out the tail shorter is the frame's
+   * (`#scrolledBy`): measured (a layout forced, as rarely as lines are taken back),
+   * not the line's height, which it may not move at all. @param {HTMLElement} line */
   remove(line) {
     if (line.parentElement !== this.el || line === this.header) return;
     this.changing();
-    if (this.following && this.frame !== null) {
-      const gap = parseFloat(getComputedStyle(this.el).rowGap) || 0;
-      this.frame.takenBack += line.getBoundingClientRect().height + gap;
-    }
+    const frame = this.following ? this.frame : null;
+    const top = frame === null ? 0 : this.el.scrollTop;
     this.drop(line);
+    if (frame !== null) frame.takenBack += top - this.el.scrollTop;
   }
 
   /** A line `note` added says `text` now. @param {HTMLElement} line @param {string} text */
@@ -371,11 +373,12 @@ export class Tail {
    * The browser moves the scroll up on its own when the tail gets shorter below the
    * view (blocks dropped above it, a note taken back), to the end as laid out: a move
    * up to the end is taken for that one (its viewer's place is kept as it was: the end
-   * came up to them), and so is a following tail's by no more than the lines the frame
-   * took back from it (`remove`): made by a layout forced in the middle of the frame
-   * (any script reading `scrollHeight`: messages.js's, as a catch-up shows a message),
-   * with events added below after it, that one ends above the end, and taken for the
-   * viewer's it stopped the tail following. Others are the viewer's. (Not told apart:
+   * came up to them), and so is a following tail's by no more than the browser moved
+   * it as the frame took lines back (`remove`): with events added below after it, that
+   * one ends above the end, and taken for the viewer's it stopped the tail following
+   * (a line's height allowed instead took a viewer's scroll up within it for the
+   * browser's when the events came before any layout: the browser had not moved it).
+   * Others are the viewer's. (Not told apart:
    * that move made by `#trim`'s drops past twice the bound in a frame of that many
    * events, or on a tail scrolled up to near its end; taken for the viewer's, the place
    * kept is where it moved to.)
