@@ -5,7 +5,7 @@ never returns, as on an NFS mount gone or a dying drive). The stop ends within i
 and exits 1; a second SIGTERM ends it at once (143). The publisher never hears an ack
 for an append whose sync did not end, and every acknowledged event is there at the
 next start, with the helper let go. The peers' connections end with their 1012 at the
-grace, not with the process.
+grace, not with the process, nor sooner (their close frames out before it).
 
 The bounds here (60 s) are hang guards, not timings: before the fix the stop waited
 for ever on the stuck sync. The peers' ends are measured against the grace, since
@@ -228,3 +228,43 @@ async def ended(ws: ClientConnection, started: float) -> tuple[int | None, float
     """The close code the peer heard, and when (since ``started``) its connection ended."""
     await hear(ws, [])
     return ws.close_code, time.monotonic() - started
+
+
+async def test_a_stop_past_its_grace_ends_its_peers_connections_no_sooner_than_that(
+    tmp_path: Path,
+) -> None:
+    """The sync helper stopped with nothing owed to it: the sessions close at once, and
+    their peers' close frames go out, then the stop waits on the store past its grace.
+    The connections end at the grace, not right behind their close frames: a peer whose
+    connection ends with its close reconnects while the server still stops, is refused,
+    and backs off (a restart's viewers came back 1.14x later, r469). Before the lead's
+    change after r469, each connection ended right behind its close frame."""
+    grace = ("--shutdown-grace", str(GRACE))
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", *grace)
+    server.env = {**os.environ, "BAMBOO_STORE_CLOSE_TIMEOUT": str(STUCK_CLOSE)}
+    await server.start_in_loop()
+    assert server.proc is not None
+    helper = sync_helper_of(server.proc.pid)
+    publishing = await publisher(server, [])
+    viewer = await connect(server.url(SESSION), open_timeout=30)
+    try:
+        await viewer.send(json.dumps({"type": "hello"}))
+        assert json.loads(await asyncio.wait_for(viewer.recv(), 30))["type"] == "welcome"
+        os.kill(helper, signal.SIGSTOP)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        await until(lambda: viewer.protocol.close_rcvd is not None, "the viewer's close frame")
+        close_at = time.monotonic() - started
+        await asyncio.wait_for(viewer.wait_closed(), HANG_GUARD)
+        ended_at = time.monotonic() - started
+        status = await asyncio.to_thread(server.proc.wait, HANG_GUARD)
+    finally:
+        server.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGCONT)
+        publishing.transport.abort()
+        viewer.transport.abort()
+    assert viewer.close_code == 1012
+    assert status == 1  # (the store's close given up at its bound: past the grace)
+    assert close_at < GRACE, close_at  # (the test's point: the close before the grace)
+    assert ended_at >= GRACE, (close_at, ended_at)
