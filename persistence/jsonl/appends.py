@@ -3,7 +3,8 @@ what happens when it reports lines written or failed.
 
 - ``seq`` is assigned synchronously, in call order, before any await (``next_seq`` of
   the session's record runs ahead while appends are in flight); the writer writes each
-  session's lines in that order.
+  session's lines in that order. The items become stored events and log lines in
+  ``append_items.py``.
 - A session's idempotency-key window is read from its log (seqs and keys only) at its
   first keyed append, however many appends wait for it, and kept in the byte-bounded
   :class:`~.caches.KeyWindows`.
@@ -19,19 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
-from datetime import datetime
 from typing import Final
 
-from bamboo_session.protocol.log_lines import encode_stored_event
-from bamboo_session.protocol.models import NOT_MESSAGES, Message, MessageEvent, StoredEvent
+from bamboo_session.protocol.models import Message, MessageEvent, StoredEvent
 from bamboo_session.tasks import detached
 
 from ..base import KEY_WINDOW, Appended, AppendItem, AppendsSuspended, StorageError
 from ..clock import StoreClock
-from ..events import UserBytes, check_room, check_user_room, completed_event
+from ..events import UserBytes, check_room, check_user_room
 from ..failure_log import FailureLog
 from ..feed import Feed
-from ..keys import KeyWindow, split_duplicates
+from ..keys import KeyWindow
+from .append_items import batch_of, to_store
 from .batch import Batch, Group
 from .caches import KeyWindows, MessageCache
 from .checkpointer import Checkpointer
@@ -117,10 +117,10 @@ class Appender:
         if self.writer.wal_kept_bytes > self.wal_kept_max_bytes:
             self.check_wal_kept()  # refused
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        stored, results = _to_store(items, record.next_seq, window, self._clock.stamp())
+        stored, results = to_store(items, record.next_seq, window, self._clock.stamp())
         written = None
         if stored:
-            batch = _batch(stored, results, imported=False)
+            batch = batch_of(stored, results, imported=False)
             if capped:
                 adding, user = len(batch.data), record.meta.user_id
                 check_room(record.log_end, adding, self.max_session_bytes)
@@ -165,7 +165,7 @@ class Appender:
             if event.seq != expected:
                 raise ValueError(f"import of {session_id!r}: seq {event.seq}, not {expected}")
             expected += 1
-        batch = _batch(list(events), [], imported=True)
+        batch = batch_of(list(events), [], imported=True)
         await asyncio.shield(self._submit(record, batch, window))
 
     def check_wal_kept(self) -> None:
@@ -354,48 +354,3 @@ class Appender:
             record.uncut = uncut
             record.move_end(record.log_size + uncut)
             self.keys.discard_from(session_id, record.next_seq + 1)
-
-
-def _to_store(
-    items: Sequence[AppendItem], next_seq: int, window: KeyWindow | None, now: datetime
-) -> tuple[list[StoredEvent], list[Appended]]:
-    """The items' fresh events as stored, and what each item became. A function of
-    its own so that nothing of the split outlives it: what an append in flight holds
-    until its commit, the cycle collector walks again and again. No ``window``: no
-    item has a key (the caller's check), so none is a duplicate and there is nothing
-    to split (most appends: an agent's lone event)."""
-    if window is None:
-        if len(items) == 1:
-            event, key = items[0]
-            seq = next_seq + 1
-            return [StoredEvent(seq, now, completed_event(event), key)], [Appended(seq)]
-        stored = [
-            StoredEvent(seq, now, completed_event(event), key)
-            for seq, (event, key) in enumerate(items, next_seq + 1)
-        ]
-        return stored, [Appended(event.seq) for event in stored]
-    fresh, results = split_duplicates(items, next_seq, window)
-    if len(fresh) == 1:  # most appends: one event (no comprehension's frame)
-        seq, event, key = fresh[0]
-        return [StoredEvent(seq, now, completed_event(event), key)], results
-    stored = [StoredEvent(seq, now, completed_event(event), key) for seq, event, key in fresh]
-    return stored, results
-
-
-def _batch(stored: list[StoredEvent], results: list[Appended], imported: bool) -> Batch:
-    """The events as log lines, with where each message's line is among them;
-    ``results``: what the append's future resolves to once they are written."""
-    if len(stored) == 1:  # most appends: one event
-        event = stored[0]
-        line = encode_stored_event(event) + b"\n"
-        if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
-            return Batch(stored, line, [(event.seq, 0, len(line) - 1)], imported, results)
-        return Batch(stored, line, [], imported, results)
-    lines = [encode_stored_event(event) + b"\n" for event in stored]
-    messages = []
-    offset = 0
-    for event, line in zip(stored, lines, strict=True):
-        if type(event.event) not in NOT_MESSAGES and isinstance(event.event, MessageEvent):
-            messages.append((event.seq, offset, len(line) - 1))
-        offset += len(line)
-    return Batch(stored, b"".join(lines), messages, imported, results)
