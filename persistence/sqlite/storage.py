@@ -15,7 +15,8 @@ How it holds the contract's promises:
 - Live delivery (``live.py``): after a commit, the store publishes what it acknowledged
   to its :class:`~..feed.Feed`, and ends a session's subscriptions when it is closed or
   deleted.
-- One process holds the file (``lock.py``).
+- One process holds the file (``lock.py``). Its parts open in order and close in
+  reverse (``opening.py``).
 """
 
 from __future__ import annotations
@@ -55,19 +56,13 @@ from ..importing import check_importable
 from ..index import copy_metadata
 from . import parking, reads, writes
 from .checkpoint import Checkpointer
-from .clock_start import start_clock
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .live import Live
 from .lock import real_file, store_lock
+from .opening import close_parts, open_parts
 from .reads import Readers
 from .recount import SqliteRecounter
-from .schema import (
-    SCHEMA_VERSION,
-    check_readable,
-    connect_writer,
-    prepare_path,
-    time_text,
-)
+from .schema import SCHEMA_VERSION, connect_writer, time_text
 from .writer import Writer
 from .writes import Batch
 
@@ -108,31 +103,8 @@ class SqliteStorage(OnStoreClock, AppendOne):
         return storage
 
     async def _open(self) -> None:
-        path = self.config.path
-        await asyncio.to_thread(prepare_path, path, self.config.read_only)
-        if self.config.read_only:
-            self._lock.take_shared()
-        else:
-            self._lock.take_exclusive()
-        try:
-            if self.config.read_only:
-                await asyncio.to_thread(check_readable, path)
-            if self._writer is not None:
-                await self._writer.start()
-            if self._checkpointer is not None:
-                await self._checkpointer.start()
-            await self._readers.start()
-            await start_clock(self._readers, self._clock, path)
-        except BaseException as exc:
-            await self._readers.close()
-            if self._checkpointer is not None:
-                await self._checkpointer.close()
-            if self._writer is not None:
-                await self._writer.close()
-            self._lock.release()
-            if isinstance(exc, StorageError | asyncio.CancelledError):
-                raise
-            raise StorageError(f"cannot open SQLite store {path}: {exc}") from exc
+        parts = self._lock, self._readers, self._writer, self._checkpointer
+        await open_parts(self.config, *parts, self._clock)
         if self._writer is not None and self.config.cleanup_interval is not None:
             self._cleanup = detached(self._cleanup_loop(), name="bamboo-sqlite-cleanup")
         self._ready = True
@@ -173,11 +145,7 @@ class SqliteStorage(OnStoreClock, AppendOne):
                 # Waited for without taking its CancelledError for ours: a caller
                 # cancelled meanwhile is, and the lock is released all the same.
                 await asyncio.wait([self._cleanup])
-            await self._readers.close()
-            if self._checkpointer is not None:
-                await self._checkpointer.close()
-            if self._writer is not None:
-                await self._writer.close()  # the last connection: folds the WAL in
+            await close_parts(self._readers, self._checkpointer, self._writer)
         finally:
             self._lock.release()
 
