@@ -15,7 +15,8 @@ exclusion, one task wake-up fewer.
 
 A parked actor (no connection) holds no task, no subscription and a small ring;
 idempotency is the store's. Here: the task, the appends, the delivery (the hot path);
-the other commands and the timer's looks are in server/control.py.
+the other commands and the timer's looks are in server/control.py, the actor's end
+(retirement, the commands left answered) in server/actor_end.py.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from bamboo_session.protocol.errors import CloseCode
 from bamboo_session.protocol.models import SessionMetadata, SessionState, StoredEvent
 from bamboo_session.wakeup import Wakeup
 
+from .actor_end import finish, reject_late
 from .append_outcomes import append_failed, feed_repeated, over_cap, refuse
 from .budget import MemoryBudget
-from .commands import Append, Command, Tick, answer_late, behind_doubt
+from .commands import Append, Command, Tick, behind_doubt
 from .control import answer_stopped, arm_timer, handle, store_failed
 from .following import BATCH_MAX, Following
 from .inbox import Inbox
@@ -64,8 +66,6 @@ class SessionActor:
     are attached or commands wait (a parked crowd costs no tasks)."""
 
     __slots__ = (
-        "_on_retired",
-        "_wakeup",
         "accepting",
         "config",
         "finished",
@@ -73,6 +73,7 @@ class SessionActor:
         "health",
         "inbox",
         "metrics",
+        "on_retired",
         "presence",
         "replay_reads",
         "room",
@@ -83,6 +84,7 @@ class SessionActor:
         "storage",
         "task",
         "timer",
+        "wakeup",
     )
 
     def __init__(
@@ -101,7 +103,7 @@ class SessionActor:
         self.storage = storage
         self.config = config
         self.metrics = metrics
-        self._on_retired = on_retired
+        self.on_retired = on_retired
         self.presence = presence  # session-wide, on a store processes share (presence.py)
         shared = presence.shared
         held, ttl, epoch = held_state(metadata.state, shared), metadata.ttl, metadata.epoch
@@ -116,7 +118,7 @@ class SessionActor:
         self.finished = False
         self.inbox = Inbox(config.inbox_limit, config.inbox_bytes, budget)
         self.task: asyncio.Task[None] | None = None
-        self._wakeup = Wakeup()  # while the task waits for work (_run)
+        self.wakeup = Wakeup()  # while the task waits for work (_run)
         # Not where appends are network round trips (Redis): the reader would wait on them.
         self.steps_inline = isinstance(storage, AppendsInProcess)
         self.stepping: asyncio.Task[object] | None = None  # the sender's, in append_now
@@ -135,7 +137,7 @@ class SessionActor:
     def post(self, command: Command) -> None:
         """Queue a command from the manager or a timer; never waits."""
         if self.finished:
-            self._reject(command)
+            reject_late(self, command)
             return
         self.inbox.append(command)
         self._wake()
@@ -150,7 +152,7 @@ class SessionActor:
         """Queue a batch's items together: nothing comes between them."""
         if self.finished:
             for append in appends:
-                self._reject(append)  # their reply sends the first refusal, once
+                reject_late(self, append)  # their reply sends the first refusal, once
             return
         self.inbox.extend(appends)
         self._wake()
@@ -158,7 +160,7 @@ class SessionActor:
     def _wake(self) -> None:
         if self.stepping is not None:
             return  # the step under way (append_now) looks for work as it ends
-        if self._wakeup.set():
+        if self.wakeup.set():
             return  # the task waits for work, or was just woken from it: it takes this
         task = self.task
         if task is None or task.done():
@@ -167,12 +169,6 @@ class SessionActor:
             self.task = asyncio.create_task(
                 self._run(), name=f"session-actor:{self.session_id}", context=contextvars.Context()
             )
-
-    def _reject(self, command: Command) -> None:
-        """Answer a command that arrived after the actor finished its work."""
-        code = answer_late(command, self.state == SessionState.CLOSED, self.session_id)
-        if code is not None:
-            self.metrics.errors.labels(code=code).inc()
 
     def start(self) -> None:
         arm_timer(self)
@@ -190,18 +186,18 @@ class SessionActor:
                     if not self._give_at_hand():
                         await self._deliver()
                 elif len(self.inbox):
-                    await self._handle_taken()
+                    await self.handle_taken()
                 elif self.room.outboxes:
                     # Connections attached: the task waits here, not ending (no task
                     # per command); awaited in place, no coroutine made per wait.
-                    await self._wakeup.wait()
+                    await self.wakeup.wait()
                 else:
                     self.inbox.release()
                     self.task = None  # nothing to run until the next command
                     break
         except asyncio.CancelledError:
             self.accepting = False
-            self._cancel_step()
+            self.cancel_step()
             self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
             raise
         except Exception:
@@ -210,42 +206,11 @@ class SessionActor:
             self.room.close_all(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if not self.accepting and not self.finished:
-                await self._finish()
-
-    async def _finish(self) -> None:
-        self._retire()
-        # Commands posted before the actor retired are answered, never dropped; from
-        # the moment the inbox is found empty, new ones are rejected on arrival. It
-        # follows the log meanwhile: a stop among them delivers what is stored first.
-        try:
-            while self.stepping is not None:  # cancelled mid-step: the step ends first
-                await self._wakeup.wait()
-            while len(self.inbox):
-                await self._handle_taken()
-            await self.presence.leave_session(self.session_id, self.room.epoch)
-        except asyncio.CancelledError:
-            # Past a stop's grace (ActorRegistry.close), as in the main loop: the stop
-            # that would have closed the connections may be among those not handled.
-            self._cancel_step()
-            self.room.close_all(CloseCode.SERVICE_RESTART, "server restarting")
-            raise
-        finally:
-            self.finished = True
-            self.unfollow()
-            self.room.drop_ring()
-            for command in self.inbox.take_all():
-                self._reject(command)
-
-    def _retire(self) -> None:
-        """Stop taking commands; from here on the manager spawns a new actor if needed."""
-        self.accepting = False
-        self.timer.cancel()
-        self.health.owe(self.status)  # a state still owed: written once the store answers
-        self._on_retired(self)
+                await finish(self)
 
     # -- commands -------------------------------------------------------------------
 
-    async def _handle_taken(self) -> None:
+    async def handle_taken(self) -> None:
         """The commands taken together: each run of appends in one store append."""
         batch = self.inbox.take_batch(BATCH_MAX)
         appends: list[Append] = []
@@ -278,7 +243,7 @@ class SessionActor:
         (nothing queued, nothing in flight, nothing owed its viewers)."""
         if self.stepping is not None or not self.steps_inline:
             return False
-        return self.accepting and self._wakeup.unwoken()
+        return self.accepting and self.wakeup.unwoken()
 
     async def append_now(self, command: Append, step: asyncio.Task[object]) -> None:
         """The actor's step for one append, stored, answered and delivered as ``_run``
@@ -306,7 +271,7 @@ class SessionActor:
             if not self.accepting or len(inbox) or self.following.ready():
                 self._wake()
 
-    def _cancel_step(self) -> None:
+    def cancel_step(self) -> None:
         if self.stepping is not None:
             self.stepping.cancel(_STEP_STOPPED)
 
