@@ -41,10 +41,10 @@ The modules, one concern each:
   1's file names moved to format 2's at the first writable open; ``repair``: cutting a
   log's tail, telling an ordinary crash from damage;
   ``damaged_wal``: the bound on WAL segments replay kept aside as damaged;
-- ``record``, ``caches``, ``reads``, ``appends``, ``checkpointer``, ``lifecycle``,
-  ``tasks``: the storage's per-session state, its memory caches, its reads, its
-  append path, its checkpoint scheduling, its sessions' files coming and going, and
-  its work off the event loop;
+- ``record``, ``caches``, ``reads``, ``appends`` and ``append_items``,
+  ``checkpointer``, ``lifecycle``, ``tasks``: the storage's per-session state, its
+  memory caches, its reads, its append path, its checkpoint scheduling, its sessions'
+  files coming and going, and its work off the event loop;
 - ``clock_mark``: the mark of the store's clock on disk, which its next open starts
   from (a state written lazily and lost at a crash was read at its time);
 - ``storage``: :class:`JsonlStorage`, the contract itself (read-only opening too),
