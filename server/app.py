@@ -55,7 +55,7 @@ from .readiness import Readiness
 from .replay_shares import ReplayShares
 from .responses import error_response, last_on_its_connection
 from .services import Services
-from .shutdown import bytes_delivered, close_unattached, discard_input, drop_connections
+from .shutdown import bytes_delivered, close_unattached, drop_connections, peers_closing
 from .stop_bounds import (
     CLOSING_THE_SESSIONS,
     CLOSING_THE_STORE,
@@ -240,27 +240,26 @@ class BambooServer:
         connections = self._open_connections
         count = len(connections)
         # Nothing a peer sends is answered any more: its close reply least of all.
-        past_grace = discard_input(connections, grace)
-        self._stop_phase(CLOSING_THE_SESSIONS)
-        self.manager.restart_park.on_stop_park = functools.partial(self._stop_phase, PARKING)
-        await close_sessions(self.manager, CloseCode.SERVICE_RESTART, reason, grace)
-        closing = close_unattached(connections, reason)  # before the park: manager_stop.py
-        await after_sessions(self.manager)
-        self._stop_phase(DELIVERING)
-        owed = await bytes_delivered(connections, grace)
-        if owed:
-            log.warning("peers still owed their close after the grace period", peers=owed)
-        delivered = time.monotonic()
-        if not exiting:
-            await self._end_connections(server, closing, grace)
-        self._stop_phase(ENDING_THE_BACKGROUND)
-        await self.user_connections.stop(grace)
-        await self.services.store_stats.stop()
-        if self._given_storage is None and self.storage is not None:
-            self._stop_phase(CLOSING_THE_STORE)
-            timeout = self.config.store_close_timeout
-            self.store_closed = await close_store_within(self.storage, timeout)
-        past_grace.cancel()
+        with peers_closing(connections, grace):
+            self._stop_phase(CLOSING_THE_SESSIONS)
+            self.manager.restart_park.on_stop_park = functools.partial(self._stop_phase, PARKING)
+            await close_sessions(self.manager, CloseCode.SERVICE_RESTART, reason, grace)
+            closing = close_unattached(connections, reason)  # before the park: manager_stop.py
+            await after_sessions(self.manager)
+            self._stop_phase(DELIVERING)
+            owed = await bytes_delivered(connections, grace)
+            if owed:
+                log.warning("peers still owed their close after the grace period", peers=owed)
+            delivered = time.monotonic()
+            if not exiting:
+                await self._end_connections(server, closing, grace)
+            self._stop_phase(ENDING_THE_BACKGROUND)
+            await self.user_connections.stop(grace)
+            await self.services.store_stats.stop()
+            if self._given_storage is None and self.storage is not None:
+                self._stop_phase(CLOSING_THE_STORE)
+                timeout = self.config.store_close_timeout
+                self.store_closed = await close_store_within(self.storage, timeout)
         log.info(
             "stopped",
             connections=count,

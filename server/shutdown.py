@@ -31,7 +31,7 @@ import fcntl
 import struct
 import termios
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 from websockets.protocol import State
@@ -129,13 +129,18 @@ async def bytes_delivered(connections: Collection[BambooConnection], limit: floa
     return len(owed)
 
 
-def discard_input(connections: Collection[BambooConnection], grace: float) -> asyncio.TimerHandle:
-    """What any peer sends from here on is dropped unread (BambooConnection); at the
-    stop's ``grace``, the streams end behind their close frames (``end_streams``): the
-    timer, for the stop to cancel once over."""
+@contextlib.contextmanager
+def peers_closing(connections: Collection[BambooConnection], grace: float) -> Iterator[None]:
+    """A stop's hold on its peers: what any of them sends is dropped unread from the
+    start (BambooConnection.discard_input); at ``grace``, still within, their streams
+    end behind their close frames (``end_streams``); no later, however the stop ends."""
     for connection in connections:
         connection.discard_input()
-    return asyncio.get_running_loop().call_later(grace, end_streams, connections)
+    past_grace = asyncio.get_running_loop().call_later(grace, end_streams, connections)
+    try:
+        yield
+    finally:
+        past_grace.cancel()
 
 
 def drop_connections(connections: Collection[BambooConnection]) -> None:
