@@ -51,6 +51,18 @@ TAKEN_BACK_PX = """el => [...el.querySelectorAll(":scope > .ev-note")]
 """
 
 
+async def following_before_reload(page: Any) -> tuple[Any, int]:
+    """The page's tail, once a failed catch-up said events may be missing, on a short
+    view scrolled to its end (following), and the px of the lines a Reload takes back."""
+    tail = page.locator("#tail")
+    await expect(tail.locator(".ev-note").last).to_contain_text("may be missing")
+    await page.set_viewport_size({"width": 320, "height": 800})
+    await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # the viewer's end
+    await next_frame(page)
+    await eventually(lambda: at_end(tail), "the tail at its end")
+    return tail, await tail.evaluate(TAKEN_BACK_PX)
+
+
 async def test_lines_taken_back_in_a_frame_leave_the_tail_following(browser: Any) -> None:
     """A page (320 px wide, a phone's) shows 60 steps, following its end, when its
     session ends while it is cut off, and the read of what it missed fails with a long
@@ -67,13 +79,7 @@ async def test_lines_taken_back_in_a_frame_leave_the_tail_following(browser: Any
     async with closed_while_the_page_is_away(
         browser, "taken-back", True, tokens=0, proxy=proxy, first=first
     ) as (page, problems, stored):
-        tail = page.locator("#tail")
-        await expect(tail.locator(".ev-note").last).to_contain_text("may be missing")
-        await page.set_viewport_size({"width": 320, "height": 800})
-        await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # the viewer's end
-        await next_frame(page)
-        await eventually(lambda: at_end(tail), "the tail at its end")
-        taken_back = await tail.evaluate(TAKEN_BACK_PX)
+        tail, taken_back = await following_before_reload(page)
 
         proxy.refusing = False
         await page.click("#reload")
@@ -153,13 +159,7 @@ async def test_a_viewer_who_scrolls_up_in_the_frame_lines_are_taken_back_in_stay
         first=first,
         message=False,
     ) as (page, problems, stored):
-        tail = page.locator("#tail")
-        await expect(tail.locator(".ev-note").last).to_contain_text("may be missing")
-        await page.set_viewport_size({"width": 320, "height": 800})
-        await tail.evaluate("el => { el.scrollTop = el.scrollHeight; }")  # the viewer's end
-        await next_frame(page)
-        await eventually(lambda: at_end(tail), "the tail at its end")
-        taken_back = await tail.evaluate(TAKEN_BACK_PX)
+        tail, taken_back = await following_before_reload(page)
         began_at = await tail.evaluate("el => el.scrollTop")
 
         await tail.evaluate(HOLD_FRAMES)
