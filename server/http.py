@@ -23,7 +23,7 @@ from bamboo_session.protocol.leap_seconds import leap_second_read
 from bamboo_session.protocol.models import SessionMetadata
 
 from . import web
-from .auth import Forbidden, Unauthorized
+from .auth import Forbidden, Unauthorized, check_session_id_for
 from .failures import failure_of
 from .http_pages import as_page, paced, refused_before_read
 from .http_peer import HttpPeer
@@ -220,6 +220,10 @@ async def _session_resource(
         terms = resource_terms(tail, params)
     except BadParameter as exc:
         return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", str(exc))
+    if principal is not None:
+        # A token scoped to another session (sid) is refused before the store is asked,
+        # as a hello is: a 404 here and a 403 there told it which other ids exist.
+        check_session_id_for(principal, session_id)
     # Before anything is read: a peer refused for what it reads, or for what it and
     # others leave unread, costs the store nothing (http_pages.py, in this order).
     refusal = refused_before_read(services, peer)

@@ -87,3 +87,24 @@ async def test_listing_shows_only_the_callers_sessions_unless_admin() -> None:
         assert (await listed(None))[0] == 401
         assert (await listed(BAD_TOKENS["alg none"]))[0] == 401
         assert (await listed(BAD_TOKENS["expired"]))[0] == 401
+
+
+async def test_a_token_scoped_to_one_session_learns_nothing_of_others() -> None:
+    """A token with ``sid`` is refused any other session's read before the store is
+    asked, whether that session exists or not: 404 for a missing id and 403 for an
+    existing one told a capability for one session which other ids exist (a WebSocket
+    already refused it 4403 before any look-up)."""
+    async with run_server(auth_secret=SECRET) as server:
+        sid = await alice_session(server)
+        async with attach(server, token=make_token("bob")) as (_, welcome):
+            bob_sid = welcome["session"]["id"]
+        for token in (make_token("alice", sid=sid), make_token("root", role="admin", sid=sid)):
+            answers = set()
+            for other in (bob_sid, "no-such-session"):
+                for path in (f"/api/v1/sessions/{other}", f"/api/v1/sessions/{other}/events"):
+                    status, body = await get(server, path, bearer(token))
+                    answers.add((status, body["error"]["message"]))
+            assert answers == {(403, "this token is scoped to another session")}, answers
+            # Its own session is still read, and a malformed id is still no endpoint.
+            assert (await get(server, f"/api/v1/sessions/{sid}/events", bearer(token)))[0] == 200
+            assert (await get(server, "/api/v1/sessions/..", bearer(token)))[0] == 404
