@@ -37,6 +37,7 @@ from .http import (
     BadRoute,
     handle_get,
     is_stream_path,
+    opens_websocket,
     stream_route,
     upgrade_required,
 )
@@ -362,7 +363,7 @@ class BambooServer:
             return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
         if is_preflight(request):
             return preflight(self.guard, request)
-        if upgrade is None or "websocket" not in upgrade.lower():  # http.is_upgrade
+        if not opens_websocket(request, upgrade):
             if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
                 return upgrade_required()
             # A page the unread answers could not take is refused before it is read,

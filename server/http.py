@@ -82,7 +82,32 @@ def is_stream_path(raw_path: str) -> bool:
 
 
 def is_upgrade(request: Request) -> bool:
-    return "websocket" in request.headers.get("Upgrade", "").lower()
+    return opens_websocket(request, request.headers.get("Upgrade"))
+
+
+def opens_websocket(request: Request, upgrade: str | None) -> bool:
+    """Whether ``request``, whose ``Upgrade`` is ``upgrade``, is taken for a WebSocket
+    upgrade. On a stream path, any that names websocket: websockets' handshake checks
+    the rest, and refuses in its words (405, 426, 505). Elsewhere only an opening
+    handshake, a GET in HTTP/1.1 whose Upgrade names the ``websocket`` protocol and
+    whose Connection names ``upgrade``, is one (404: no WebSocket there); any other
+    request's Upgrade is ignored, as RFC 9110 7.8 has a server do in HTTP/1.0 and
+    lets it do otherwise: /healthz answered it 404, a POST 404 rather than 405."""
+    if upgrade is None or "websocket" not in upgrade.lower():
+        return False
+    if is_stream_path(request.path):
+        return True
+    return (
+        request.method == "GET"
+        and request.protocol == "HTTP/1.1"
+        and "websocket" in _tokens([upgrade])
+        and "upgrade" in _tokens(request.headers.get_all("Connection"))
+    )
+
+
+def _tokens(values: list[str]) -> set[str]:
+    """The elements of a comma-separated header's lines, without case (RFC 9110 5.6.1)."""
+    return {element.strip().lower() for value in values for element in value.split(",")}
 
 
 def failure_response(exc: BaseException) -> Response:
