@@ -259,7 +259,13 @@ class Dialer:
                 open_timeout=self.open_timeout,
                 ping_interval=None,  # the link's Keepalive pings: see .keepalive for why
                 close_timeout=2,
-                max_size=None,  # pages of history or events may be several MiB
+                # No limit of the client's own: the server keeps its frames within its
+                # --max-frame-bytes (docs/protocol.md; an event stored before it kept
+                # room around events may come a little over, see Pages), which an
+                # operator may set past websockets' 1 MiB default and the client is not
+                # told. A lower limit here would close 1009 at such a frame and meet it
+                # again at each resume: what bounds a frame is the server's limit.
+                max_size=None,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
