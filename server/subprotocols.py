@@ -4,11 +4,11 @@ it speaks; a ``Sec-WebSocket-Protocol`` header with no element in it offers noth
 as no header would: JSON), and the check of the client's extension offer, which a
 malformed ``Sec-WebSocket-Extensions`` header fails whether compression is on or off
 (both refusals worded for the peer by server/http_refusals.py) and an empty one
-passes, as no offer at all."""
+passes, as no offer at all; and ``Connection`` and ``Upgrade`` read as lists
+(upgrade_lists.py) where websockets checks them."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from types import MethodType
 
@@ -17,11 +17,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import NegotiationError
 from websockets.extensions.base import Extension
 from websockets.headers import parse_extension, parse_subprotocol
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, SUBPROTOCOLS
 
+from .upgrade_lists import NO_ELEMENT, as_lists_read
 from .whole_frames import WholeFramesProtocol
 
 
@@ -47,14 +49,18 @@ class NegotiatingProtocol(WholeFramesProtocol):
     would (RFC 9110 5.6.1.2: a recipient ignores empty list elements): PROTOCOL.md's
     "a client that offers no subprotocol gets JSON". A client that joins an empty
     list of offers into the header sends one, as an empty ``Sec-WebSocket-Extensions``
-    is sent, and passes, already (check_extension_offer). A class, not a method bound
-    to each protocol: nothing more on an idle connection."""
+    is sent, and passes, already (check_extension_offer). ``Connection`` and
+    ``Upgrade`` are read as lists too, before websockets checks them (upgrade_lists.py).
+    A class, not a method bound to each protocol: nothing more on an idle connection."""
+
+    def process_request(self, request: Request) -> tuple[str, str | None, str | None]:
+        return super().process_request(as_lists_read(request))
 
     def process_subprotocol(self, headers: Headers) -> Subprotocol | None:
         offered = [
             subprotocol
             for value in headers.get_all(PROTOCOLS)
-            if not _NO_ELEMENT.fullmatch(value)
+            if not NO_ELEMENT.fullmatch(value)
             for subprotocol in parse_subprotocol(value)  # raises: not well formed
         ]
         return self.select_subprotocol(offered)
@@ -90,7 +96,7 @@ def _checked_extensions(
 ) -> tuple[str | None, list[Extension]]:
     """websockets' ``process_extensions`` once the offer is checked (check_extension_offer)."""
     values = headers.get_all(EXTENSIONS)
-    offers = [value for value in values if not _NO_ELEMENT.fullmatch(value)]
+    offers = [value for value in values if not NO_ELEMENT.fullmatch(value)]
     if len(offers) < len(values):
         headers = _with_extension_offers(headers, offers)
     if not protocol.available_extensions:
@@ -100,9 +106,6 @@ def _checked_extensions(
 
 
 EXTENSIONS = "Sec-WebSocket-Extensions"
-# A list header's value with no element in it: RFC 9110 5.6.1's empty list elements
-# (commas, optional whitespace) and nothing else, an empty value included.
-_NO_ELEMENT = re.compile(r"[ \t,]*")
 
 
 def _with_extension_offers(headers: Headers, offers: list[str]) -> Headers:

@@ -174,7 +174,7 @@ KINDS: dict[str, tuple[bytes, int, str]] = {
         words.WEBSOCKET_ONLY,
     ),
     "upgrade with a malformed Connection": (
-        STREAM + b"Upgrade: websocket\r\nConnection: ,,,\r\n" + VERSION + KEY + b"\r\n",
+        STREAM + b"Upgrade: websocket\r\nConnection: Upgrade x\r\n" + VERSION + KEY + b"\r\n",
         400,
         "the Connection header is not well formed",
     ),
