@@ -27,11 +27,12 @@ from .hello_id import HelloIdReader
 from .leap_seconds import INVALID_TIME, LeapSecondReader
 from .malformed import quoting_at_most, why_malformed
 from .models import AnyAgentEvent, MessageEvent
-from .published import check_batch, check_published, free_form_fields
+from .published import check_batch, check_published, free_form_fields, holds_time
 
 # Imported from here by the client and the JSONL store, as before published.py.
 from .published import check_content as check_content
 from .published import free_form_values as free_form_values
+from .time_fractions import FractionCheck
 
 JSON_SUBPROTOCOL: Final = "bamboo.v1"
 MSGPACK_SUBPROTOCOL: Final = "bamboo.v1.msgpack"
@@ -67,6 +68,7 @@ class Codec:
         self._server = make_decoder(ServerFrame)
         self._request_id = make_decoder(_RequestIdOnly)
         self._leap_seconds = LeapSecondReader(make_decoder, encoder.encode, json=text)
+        self._fractions = FractionCheck(make_decoder, json=text)
         self._hello_ids = HelloIdReader(make_decoder)
 
     def __repr__(self) -> str:
@@ -93,7 +95,8 @@ class Codec:
     def _decode(self, data: bytes | str) -> tuple[ClientFrame, int]:
         """:meth:`decode_client`, and how many free-form values the frame holds. Read
         again: a frame refused for a time, each leap second read (leap_seconds.py); a
-        hello refused for its id, without it (hello_id.py)."""
+        publish whose message's time may have been rounded, truncated instead
+        (time_fractions.py); a hello refused for its id, without it (hello_id.py)."""
         try:
             # msgspec reads JSON from a str as it is; MessagePack only from bytes.
             raw: Any = data.encode() if isinstance(data, str) and not self.text else data
@@ -115,10 +118,39 @@ class Codec:
             why = why_malformed(exc, data, json=self.text)
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {why}") from None
         if isinstance(frame, _PUBLISHES):
-            return frame, check_published(frame)
+            published = frame
+            if isinstance(frame, PublishMessage) or type(frame.event) is MessageEvent:
+                published = self._times_read(raw, frame)  # a token's frame looks no further
+            return published, check_published(published)
         if type(frame) is PublishBatch:
-            return frame, check_batch(frame)
+            values, timed = check_batch(frame)
+            if timed and self._fractions.rounded(raw):
+                batch: PublishBatch = self._read_again(raw, frame.id)
+                return batch, check_batch(batch)[0]
+            return frame, values
         return frame, 0
+
+    def _times_read(self, raw: Any, frame: PublishEvent | PublishMessage) -> Any:
+        """``frame``, or, if its message's time may have been rounded, the frame read
+        again with it truncated (time_fractions.py)."""
+        if isinstance(frame, PublishMessage):
+            timed = holds_time(None, frame.message)
+        else:
+            timed = holds_time(frame.event, None)
+        if timed and self._fractions.rounded(raw):
+            return self._read_again(raw, frame.id)
+        return frame
+
+    def _read_again(self, raw: Any, request_id: RequestId) -> Any:
+        """``raw``, a publish the typed decoder read, read again, each message's time
+        read as the server reads it (leap_seconds.py ``read_again``): the same frame,
+        but for those times."""
+        try:
+            return self._leap_seconds.read_again(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            # Never met (the typed decoder read the frame), but refused so if it were.
+            reason = "a message's time could not be read again"
+            raise ProtocolError(ErrorCode.BAD_REQUEST, reason, request_id) from None
 
     def decode_frame(self, data: bytes | str) -> ClientFrame:
         """A client frame as received: ``str`` for a WebSocket text frame (already

@@ -110,15 +110,17 @@ def check_published(frame: PublishEvent | PublishMessage) -> int:
     return check_content(None, frame.message, frame.id, to_utc=True)
 
 
-def check_batch(frame: PublishBatch) -> int:
+def check_batch(frame: PublishBatch) -> tuple[int, bool]:
     """:func:`check_published` for each item of a batch, whose reason names the item,
     the free-form values counted over the whole frame; and a batch holds at least one
     item, each with exactly one of event and message. (How many items at most is the
-    server's limit, checked where it is known.)"""
+    server's limit, checked where it is known.) With the count, whether a message of
+    the batch was sent with a time (looked at before it is brought to UTC)."""
     items = frame.items
     if not items:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "a batch holds at least one item", frame.id)
     values = 0
+    timed = False
     # A loop of up to MAX_BATCH_ITEMS turns while the event loop waits: a streamed
     # token (the common item) is passed over without a call, and the item's name is
     # made only for a refusal.
@@ -129,6 +131,7 @@ def check_batch(frame: PublishBatch) -> int:
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
         if type(event) in _PLAIN_EVENT_TYPES:
             continue
+        timed = timed or holds_time(event, message)
         try:
             values += check_content(event, message, frame.id, MAX_FREE_VALUES - values, to_utc=True)
         except ProtocolError as exc:
@@ -137,4 +140,14 @@ def check_batch(frame: PublishBatch) -> int:
     # Each item weighs as a value too: decoded and checked, it costs about what a
     # free-form value does (a batch of 10,000 tokens, 400 KB, took as long to refuse
     # as a frame of 16,000 values), and holds a struct of its own.
-    return values + len(items)
+    return values + len(items), timed
+
+
+def holds_time(event: AnyAgentEvent | None, message: Message | None) -> bool:
+    """Whether the message published (``message``, or ``event``'s if it is of type
+    ``message``) was sent with a time."""
+    if message is None:
+        if not isinstance(event, MessageEvent):
+            return False
+        message = event.message
+    return message.created_at is not None

@@ -19,7 +19,7 @@ from websockets.http11 import Request, Response
 from bamboo_session.persistence.base import SessionFilter, StorageError
 from bamboo_session.protocol.frames import EventRecord
 from bamboo_session.protocol.ids import is_valid_session_id
-from bamboo_session.protocol.leap_seconds import leap_second_read
+from bamboo_session.protocol.leap_seconds import time_read
 from bamboo_session.protocol.models import SessionMetadata
 
 from . import web
@@ -222,7 +222,7 @@ def listing_terms(params: dict[str, str], max_page: int) -> SessionFilter:
     try:
         for name in _TIME_PARAMETERS:
             if name in params:
-                values[name] = leap_second_read(params[name]) or params[name]
+                values[name] = time_read(params[name]) or params[name]
                 msgspec.convert(values[name], datetime)
         return msgspec.convert(values, SessionFilter, strict=False)
     except msgspec.ValidationError as exc:
