@@ -192,3 +192,23 @@ async def test_close_fails_waiting_requests_and_ends_events() -> None:
         assert await reader == []
         with pytest.raises(SessionEnded):
             await client.ping()
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_frames_over_websockets_default_limit_are_read_up_to_the_servers(codec: str) -> None:
+    """The client sets no frame limit of its own (protocol/client/handshake.py): a server
+    whose --max-frame-bytes is past websockets' 1 MiB default sends frames that large,
+    live and in pages, and the client reads them (with that default it closed 1009,
+    then met the same frame at each resume)."""
+    content = "x" * (2 << 20)
+    async with run_server(store="memory://", max_frame_bytes=4 << 20) as server:
+        url = base_url(server)
+        async with (
+            await BambooClient.connect(url, "big", create=True, role="agent") as agent,
+            await BambooClient.connect(url, "big", codec=codec) as viewer,  # type: ignore[arg-type]
+        ):
+            assert await agent.publish(AgentEvent.token(content)) == 1
+            [live] = await take(viewer, 1)
+            assert isinstance(live, StoredEvent) and live.event == Token(content)
+            page = await viewer.read_events(after_seq=0, limit=10)
+            assert [e.event for e in page.events] == [Token(content)]
