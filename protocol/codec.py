@@ -27,7 +27,13 @@ from .hello_id import HelloIdReader
 from .leap_seconds import INVALID_TIME, LeapSecondReader
 from .malformed import quoting_at_most, why_malformed
 from .models import AnyAgentEvent, MessageEvent
-from .published import check_batch, check_published, free_form_fields, holds_time
+from .published import (
+    PLAIN_EVENT_TYPES,
+    check_batch,
+    check_published,
+    free_form_fields,
+    holds_time,
+)
 
 # Imported from here by the client and the JSONL store, as before published.py.
 from .published import check_content as check_content
@@ -117,10 +123,12 @@ class Codec:
         except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             why = why_malformed(exc, data, json=self.text)
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"malformed frame: {why}") from None
+        if type(frame) is PublishEvent and type(frame.event) in PLAIN_EVENT_TYPES:
+            return frame, 0  # a streamed token: no value, no time (what check_published says)
         if isinstance(frame, _PUBLISHES):
             published = frame
             if isinstance(frame, PublishMessage) or type(frame.event) is MessageEvent:
-                published = self._times_read(raw, frame)  # a token's frame looks no further
+                published = self._times_read(raw, frame)
             return published, check_published(published)
         if type(frame) is PublishBatch:
             values, timed = check_batch(frame)

@@ -44,7 +44,7 @@ def free_form_fields(event: AnyAgentEvent | None, message: Message | None) -> li
 _PLAIN_EVENTS: Final = (Token, Thinking, ToolError, Complete, ErrorEvent, StateChange)
 # The same, for a lookup by exact type: what a decoder builds. A caller's subclass of
 # one takes the longer way, to the same answer.
-_PLAIN_EVENT_TYPES: Final = frozenset(_PLAIN_EVENTS)
+PLAIN_EVENT_TYPES: Final = frozenset(_PLAIN_EVENTS)
 # The zero value of Go's time.Time (and .NET's DateTimeOffset), which Go's omitempty
 # never leaves out: no message was created then, and a publisher's is read as none.
 ZERO_TIME: Final = datetime(1, 1, 1, tzinfo=UTC)
@@ -64,7 +64,7 @@ def check_content(
     the caller owns (decoded from a frame, or a copy); without, it changes nothing:
     the client runs it on its caller's objects too, to keep a publish the server would
     refuse out of a batch."""
-    if type(event) in _PLAIN_EVENT_TYPES:
+    if type(event) in PLAIN_EVENT_TYPES:
         return 0  # the common case (a streamed token): nothing else to look at
     if message is None and isinstance(event, MessageEvent):
         message = event.message
@@ -129,7 +129,7 @@ def check_batch(frame: PublishBatch) -> tuple[int, bool]:
         if (event is None) == (message is None):
             reason = f"items[{index}]: an item holds exactly one of event and message"
             raise ProtocolError(ErrorCode.BAD_REQUEST, reason, frame.id)
-        if type(event) in _PLAIN_EVENT_TYPES:
+        if type(event) in PLAIN_EVENT_TYPES:
             continue
         timed = timed or holds_time(event, message)
         try:
