@@ -33,6 +33,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .pages import history_page, page_and_last_seq, within_bytes
 from .responses import error_response, json_response, text_response
 from .services import Services
+from .upgrade_lists import elements
 from .whole_history import whole_history_response
 
 STREAM_PATH = "/api/v1/stream"
@@ -100,14 +101,9 @@ def opens_websocket(request: Request, upgrade: str | None) -> bool:
     return (
         request.method == "GET"
         and request.protocol == "HTTP/1.1"
-        and "websocket" in _tokens([upgrade])
-        and "upgrade" in _tokens(request.headers.get_all("Connection"))
+        and "websocket" in elements([upgrade])
+        and "upgrade" in elements(request.headers.get_all("Connection"))
     )
-
-
-def _tokens(values: list[str]) -> set[str]:
-    """The elements of a comma-separated header's lines, without case (RFC 9110 5.6.1)."""
-    return {element.strip().lower() for value in values for element in value.split(",")}
 
 
 def failure_response(exc: BaseException) -> Response:

@@ -52,6 +52,12 @@ def as_lists_read(request: Request) -> Request:
     return Request(request.path, Headers(kept))
 
 
+def elements(values: list[str]) -> set[str]:
+    """The elements of a list header's lines, without regard to case, empty ones left
+    out (RFC 9110 5.6.1)."""
+    return {element.strip(" \t").lower() for value in values for element in value.split(",")} - {""}
+
+
 def _names_websocket(value: str) -> bool:
     """Whether ``value``, an ``Upgrade`` list, names ``websocket`` (in any case), every
     one of its elements a protocol; empty elements are ignored."""
