@@ -5,10 +5,10 @@ Requests (appends, state changes) come from a peer, whose reply goes to its outb
 from the in-process API, whose reply resolves a future; a request answers its
 requester either way. The items of a peer's ``batch`` frame are appends like any other,
 queued together, that answer their :class:`BatchReply` instead: one ``acks`` frame (or
-one ``error``) for the lot. An append the store may have stored or not (OutcomeUnknown)
-answers a peer with no frame, but its connection's close (``_Request.in_doubt``); the
-appends and state changes of that connection queued behind it are not made
-(:func:`behind_doubt`).
+one ``error``) for the lot. An append or a state change the store may have stored or
+not (OutcomeUnknown) answers a peer with no frame, but its connection's close
+(``_Request.in_doubt``); the appends and state changes of that connection queued
+behind it are not made (:func:`behind_doubt`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from bamboo_session.protocol.models import (
 )
 
 from .decode_charge import msgpack_bound, over_frame_limit
-from .failures import PUBLISH_IN_DOUBT, request_error
+from .failures import PUBLISH_IN_DOUBT, STATE_IN_DOUBT, WRITES_IN_DOUBT, request_error
 from .outbound import Outbound
 from .outbox import Outbox
 from .quotas import WelcomeTooLarge, welcome_over
@@ -86,18 +86,20 @@ class _Request:
         self.origin.push(Outbound(Error(error.code.value, error.message, id=error.request_id)))
         return error.code.value
 
-    def in_doubt(self, exc: OutcomeUnknown) -> None:
-        """An append the store may have stored (OutcomeUnknown): a future gets ``exc``;
-        a peer neither an ``ack`` nor an ``error`` (either might be untrue), but its
-        connection closed with 1011, to resume by. The resume replays the event if it
-        was stored, through a new connection: the contract's publisher never gets its
-        own event; the closed one gets nothing more (Outbox.push)."""
+    def in_doubt(self, exc: OutcomeUnknown, close: tuple[CloseCode, str]) -> None:
+        """A write the store may have made (OutcomeUnknown): a future gets ``exc``; a
+        peer neither an ``ack`` nor an ``error`` (either might be untrue), but its
+        connection closed with ``close`` (1011), to resume by. An append's resume
+        replays the event if it was stored, through a new connection: the contract's
+        publisher never gets its own event; a state change's resume is welcomed with
+        the session's state, or refused 4409 if a close stood. The closed connection
+        gets nothing more (Outbox.push)."""
         if self.future is not None:
             if not self.future.done():
                 self.future.set_exception(exc)
         elif self.origin is not None:
             self.origin.settle()
-            self.origin.close(*PUBLISH_IN_DOUBT)
+            self.origin.close(*close)
 
 
 class Append(Struct, _Request):
@@ -123,23 +125,23 @@ class Append(Struct, _Request):
         if self.batch is not None:
             return self.batch.refuse(exc)
         if isinstance(exc, OutcomeUnknown):
-            self.in_doubt(exc)
+            self.in_doubt(exc, PUBLISH_IN_DOUBT)
             return None
         return _Request.refuse(self, exc)
 
 
 def behind_doubt(command: Append | SetState) -> bool:
     """Whether ``command``, a write, came on a connection closed already for an append
-    in doubt before it (PUBLISH_IN_DOUBT): then it is not made, and its answer goes
+    or a state change in doubt before it (WRITES_IN_DOUBT): then it is not made, and its answer goes
     with the connection, as that close tells its peer to resend every request
     unanswered, in order. An append made was stored again by its resend, without a
     key to tell the two apart, and stored before the one in doubt when Redis ran that
     one late; a ``state`` of ``closed`` made closed the session before the resend of
     the one in doubt, never stored if it was lost: refused 4409, the publish too."""
     closing = command.origin.closing if command.origin is not None else None
-    if closing is None or (closing.code, closing.reason) != PUBLISH_IN_DOUBT:
+    if closing is None or (closing.code, closing.reason) not in WRITES_IN_DOUBT:
         return False
-    command.refuse(OutcomeUnknown("not made: its connection closed for an append in doubt"))
+    command.refuse(OutcomeUnknown("not made: its connection closed for a write in doubt"))
     return True
 
 
@@ -248,7 +250,7 @@ class BatchReply(_Request):
             return None
         self.settled = True
         if isinstance(exc, OutcomeUnknown):
-            self.in_doubt(exc)
+            self.in_doubt(exc, PUBLISH_IN_DOUBT)
             return None
         return _Request.refuse(self, exc)
 
@@ -285,6 +287,12 @@ class SetState(_Request):
     def answer(self, last_seq: int) -> None:
         """Done; a peer's ``ack`` carries the session's last seq."""
         self._answer(last_seq, Ack(last_seq, id=self.request_id))
+
+    def refuse(self, exc: BaseException) -> str | None:
+        if isinstance(exc, OutcomeUnknown):
+            self.in_doubt(exc, STATE_IN_DOUBT)
+            return None
+        return _Request.refuse(self, exc)
 
 
 @dataclass(slots=True)

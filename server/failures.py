@@ -170,6 +170,16 @@ PUBLISH_IN_DOUBT: Final = (
     _C.INTERNAL_ERROR,
     "storage failed: a publish may be stored; resume, then resend it with the same key",
 )
+# The same for a ``state`` request: an ``error`` might be untrue (a ``closed`` may stand,
+# and end the session), an ``ack`` too. Its resume's welcome shows the session's state
+# (4409 if it was closed), and a resend of a move to the state it has is a no-op.
+STATE_IN_DOUBT: Final = (
+    _C.INTERNAL_ERROR,
+    "storage failed: a state change may be stored; resume, then resend it if the welcome "
+    "shows another state",
+)
+# The closes after which a connection's writes still queued are not made (commands.py).
+WRITES_IN_DOUBT: Final = (PUBLISH_IN_DOUBT, STATE_IN_DOUBT)
 
 # A hello's own words for a failure of the store's: the shared ones speak of a
 # publish, which a hello is not (a viewer's has no key at all). The code is the same.
