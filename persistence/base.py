@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -78,6 +78,7 @@ from .errors import (
     ListingChangedTooLarge,
     ListingTooLarge,
     OutcomeUnknown,
+    OwnerAtCap,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -110,6 +111,8 @@ __all__ = [
     "ListingChangedTooLarge",
     "ListingTooLarge",
     "OutcomeUnknown",
+    "OwnerAtCap",
+    "OwnerCaps",
     "SessionClosed",
     "SessionExists",
     "SessionExpired",
@@ -135,6 +138,17 @@ __all__ = [
 KEY_WINDOW: Final = 10_000  # appends within which an idempotency key is remembered
 
 AppendItem = tuple[AnyAgentEvent, str | None]  # an event and its idempotency key
+
+
+class OwnerCaps(NamedTuple):
+    """Caps on the sessions of a new session's user, which a store that counts them
+    (``counts_owner_caps``) checks in the step that creates it: sessions not closed
+    (``live``), and sessions in all, closed and expired ones too (``stored``); 0: no
+    cap. A session it replaces (``replace_expired``) goes with the creation, so it is
+    not counted."""
+
+    live: int = 0
+    stored: int = 0
 
 
 class Appended(msgspec.Struct, frozen=True, gc=False):
@@ -238,7 +252,12 @@ class SessionStorage(EventStorage, Protocol):
     """Sessions, their history and their event logs (the seed's ``SessionStorage``)."""
 
     async def create_session(
-        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+        self,
+        session: Session,
+        *,
+        replace_expired: bool = False,
+        made_now: bool = False,
+        owner_caps: OwnerCaps | None = None,
     ) -> None:
         """Stores a new session (its messages, if any, become its first log events).
         With ``made_now`` (a session made at ``now()``, as the server makes its own), it
@@ -250,8 +269,13 @@ class SessionStorage(EventStorage, Protocol):
         its place in one atomic step (for every process of a shared store, and across
         a crash: the old expired session or the new one, never the new metadata with
         an old event). Its subscriptions end with ``"deleted"``. Of two such creates
-        of one id, one replaces it and the other gets SessionExists. Raises
-        SessionExists, StorageFull, InvalidSessionId."""
+        of one id, one replaces it and the other gets SessionExists. ``owner_caps``:
+        a store several processes write (Redis; ``counts_owner_caps`` true) refuses
+        the creation with OwnerAtCap when the session's user keeps that many sessions,
+        counted in the same atomic step, so that two processes creating at once never
+        both take the last place; a store one process holds ignores them (its server
+        counts and creates one at a time per user). Raises SessionExists,
+        StorageFull, OwnerAtCap, InvalidSessionId."""
         ...
 
     async def load_session(self, session_id: str) -> Session | None:

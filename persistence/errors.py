@@ -135,6 +135,18 @@ class StorageFull(StorageError):
     """The store holds its maximum number of sessions."""
 
 
+class OwnerAtCap(StorageError):
+    """A creation refused by a store that counts the sessions of the new session's
+    user in the step that creates it (``OwnerCaps``): the user keeps ``count``
+    sessions, not closed or, ``stored``, in all, and that is the cap."""
+
+    def __init__(self, stored: bool, count: int) -> None:
+        kind = "sessions in the store" if stored else "sessions not closed"
+        super().__init__(f"the user keeps {count} {kind}")
+        self.stored = stored
+        self.count = count
+
+
 class StorageLocked(StorageError):
     """Another process holds this store (an embedded store has one owner)."""
 

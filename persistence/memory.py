@@ -26,6 +26,7 @@ from .base import (
     AppendItem,
     AppendOne,
     HistoryPage,
+    OwnerCaps,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -123,7 +124,12 @@ class MemoryStorage(OnStoreClock, MemoryImports, AppendOne):
     # -- sessions -------------------------------------------------------------------
 
     async def create_session(
-        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+        self,
+        session: Session,
+        *,
+        replace_expired: bool = False,
+        made_now: bool = False,
+        owner_caps: OwnerCaps | None = None,  # counted by its server (one process)
     ) -> None:
         self._require_open()
         session_id = check_session_id(session.metadata.id)

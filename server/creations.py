@@ -16,7 +16,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from bamboo_session.persistence.base import SessionExists, SessionExpired, SessionNotFound
+from bamboo_session.persistence.base import (
+    OwnerCaps,
+    SessionExists,
+    SessionExpired,
+    SessionNotFound,
+)
 from bamboo_session.protocol.models import Session, SessionMetadata
 
 from .actors import ActorRegistry
@@ -44,6 +49,7 @@ class StoreSession(Protocol):
         *,
         session_id: str | None,
         replace_expired: bool,
+        owner_caps: OwnerCaps | None,
     ) -> Awaitable[Session]: ...
 
 
@@ -118,15 +124,22 @@ class Creations:
         retries, and each retry would leave an orphan), or when ``admit`` says no.
         ``replacing``: the expired session of ``session_id`` it takes the place of,
         whose live actor ends first; ``admit`` is told of it (its owner's counts stay).
-        FieldTooLong first: a field over its limit takes no room, no creation-rate token
-        and no per-owner lock (keyed by ``user_id``), and a retry would fail the same."""
+        The store counts the owner's sessions in the creation when ``admit`` gives it
+        caps to (a store several processes share). FieldTooLong first: a field over
+        its limit takes no room, no creation-rate token and no per-owner lock (keyed by
+        ``user_id``), and a retry would fail the same."""
         check_fields(self._config, user_id, title, None)
         self._actors.check_room()
-        async with admit(user_id, replacing) if admit is not None else contextlib.nullcontext():
+        admission = admit(user_id, replacing) if admit is not None else contextlib.nullcontext()
+        async with admission as owner_caps:
             if replacing is not None:
                 await end_expired(self._actors, replacing, self._reads)
             return await self._store(
-                user_id, title, session_id=session_id, replace_expired=replacing is not None
+                user_id,
+                title,
+                session_id=session_id,
+                replace_expired=replacing is not None,
+                owner_caps=owner_caps,
             )
 
     def _start(

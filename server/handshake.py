@@ -23,7 +23,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
-from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.base import OwnerCaps, StorageError
 from bamboo_session.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from bamboo_session.protocol.frames import Error, Hello, RequestId
 from bamboo_session.protocol.models import SessionMetadata
@@ -226,9 +226,9 @@ async def _noted_creation(
     created: list[float],
     owner: str | None,
     replacing: SessionMetadata | None = None,
-) -> AsyncIterator[None]:
-    async with admit(owner, replacing):
-        yield
+) -> AsyncIterator[OwnerCaps | None]:
+    async with admit(owner, replacing) as owner_caps:
+        yield owner_caps
     created.append(asyncio.get_running_loop().time())
 
 

@@ -19,6 +19,7 @@ import structlog
 
 from bamboo_session.persistence.base import (
     Appended,
+    OwnerCaps,
     SessionFilter,
     SessionListResult,
     SessionNotFound,
@@ -141,11 +142,13 @@ class SessionManager:
         ttl: int | None = None,
         extra: dict[str, Any] | None = None,
         replace_expired: bool = False,
+        owner_caps: OwnerCaps | None = None,
     ) -> Session:
         """A new session. Raises FieldTooLong when ``user_id``, ``title`` or ``extra``
         is over its limit (the index keeps them in memory), SessionExists; a delete of
         ``session_id`` under way is waited for first, as by ``get_session``.
-        ``replace_expired``: see ``Creations.admitted``."""
+        ``replace_expired``, ``owner_caps``: see ``Creations.admitted`` (the store's
+        OwnerAtCap at a cap)."""
         check_fields(self.config, user_id, title, extra)
         if session_id:
             await self.actors.unheld(check_session_id(session_id))
@@ -154,7 +157,7 @@ class SessionManager:
         )
         with self.append_health.creating(session.id):  # /readyz: a failure of the store's
             await self.storage.create_session(
-                session, replace_expired=replace_expired, made_now=True
+                session, replace_expired=replace_expired, made_now=True, owner_caps=owner_caps
             )
         stored = await self.storage.load_session(session.id)
         return stored or session

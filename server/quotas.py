@@ -7,15 +7,17 @@ one creator may make them.
   gets ``error`` and close 1008).
 - Sessions per user (:class:`SessionQuotas`): a user (the token's ``sub``, else
   ``hello.user_id``) keeps at most ``max_sessions_per_user`` sessions that are not
-  closed. Counted by the store right before a creation, so it holds across server
-  processes sharing a store; within one process creations of one user are serialized,
-  across processes two creations racing for the last place may both succeed (the
-  window is one store round trip). Over it: :class:`TooManySessions`, close 4403.
+  closed. A store several processes share (Redis: ``counts_owner_caps``) counts them
+  in the step that creates the session (``OwnerCaps``), so two processes creating for
+  one user at once never both take the last place; on a store one process holds, the
+  count is read right before the creation, and creations of one user are serialized
+  in this process from the count to their end. Over it: :class:`TooManySessions`,
+  close 4403.
 - Stored sessions per user (:class:`SessionQuotas` too): a user keeps at most
   ``max_stored_sessions_per_user`` sessions in the store, closed and expired ones
   included until they are deleted or cleaned up, so that one user cannot fill the
   store-wide cap (``--max-stored-sessions``) for everyone by creating and closing.
-  Counted from the same listing, under the same lock. Over it:
+  Counted in the same step, or from the same listing under the same lock. Over it:
   :class:`TooManyStoredSessions`, close 4403 with its own reason (closing will not
   make room; deleting or the TTL will).
 - Creation rate: a token bucket per creator: the token's ``sub`` under auth, the peer's
@@ -37,7 +39,13 @@ from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 
-from bamboo_session.persistence.base import SessionExists, SessionFilter, SessionStorage
+from bamboo_session.persistence.base import (
+    OwnerAtCap,
+    OwnerCaps,
+    SessionExists,
+    SessionFilter,
+    SessionStorage,
+)
 from bamboo_session.protocol.errors import ErrorCode, ProtocolError
 from bamboo_session.protocol.event_envelope import welcome_bytes
 from bamboo_session.protocol.models import SessionMetadata, SessionState
@@ -157,15 +165,16 @@ def _address_key(address: str) -> str:
 
 
 class Admission(Protocol):
-    """Wraps the creation of a session for an owner: refuses it by raising on entry.
-    ``replacing``: the expired session the creation takes the place of, if any. When it
-    is the owner's it goes with the creation, so the owner's counts stay as they were:
-    the count of stored sessions always, the count of sessions not closed if it was
-    not closed."""
+    """Wraps the creation of a session for an owner: refuses it by raising on entry,
+    or gives the caps the store is to count in the creation (None: none), and raises
+    TooManySessions for the store's refusal at them (OwnerAtCap). ``replacing``: the
+    expired session the creation takes the place of, if any. When it is the owner's it
+    goes with the creation, so the owner's counts stay as they were: the count of
+    stored sessions always, the count of sessions not closed if it was not closed."""
 
     def __call__(
         self, owner: str | None, replacing: SessionMetadata | None = None
-    ) -> AbstractAsyncContextManager[None]: ...
+    ) -> AbstractAsyncContextManager[OwnerCaps | None]: ...
 
 
 class SessionQuotas:
@@ -178,6 +187,8 @@ class SessionQuotas:
         self.reads = reads  # the store's read deadline, for the count of an owner's sessions
         self.max_per_user = config.max_sessions_per_user  # 0: no cap
         self.max_stored_per_user = config.max_stored_sessions_per_user  # 0: no cap
+        # A store several processes write counts an owner's sessions as it creates one.
+        self.store_counts = getattr(storage, "counts_owner_caps", False)
         self.rate = config.session_create_rate  # sessions per second per creator; 0: none
         self.burst = config.session_create_burst
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
@@ -199,18 +210,24 @@ class SessionQuotas:
         deadline: float | None,
         owner: str | None,
         replacing: SessionMetadata | None = None,
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[OwnerCaps | None]:
         bucket = self._take_token(creator)
         try:
             if owner is None or (self.max_per_user <= 0 and self.max_stored_per_user <= 0):
-                yield
+                yield None
+                return
+            if self.store_counts:
+                try:
+                    yield OwnerCaps(self.max_per_user, self.max_stored_per_user)
+                except OwnerAtCap as exc:
+                    raise self._at_cap(owner, exc) from None
                 return
             # One creation at a time per owner in this process, from its count to its
             # end: two of them never both take the last place.
             async with self._owner_lock(owner):
                 kept = await self._count(owner, deadline)
                 self._check_counts(owner, kept, replacing)
-                yield
+                yield None
         except SessionExists:
             # Nothing created: the session was there after all (made by another, or an
             # expired one renewed by its append), and the hello attaches to it, which
@@ -235,6 +252,15 @@ class SessionQuotas:
             )
         if 0 < self.max_per_user <= live:
             raise TooManySessions(f"{owner!r} keeps {kept.live} sessions")
+
+    @staticmethod
+    def _at_cap(owner: str, exc: OwnerAtCap) -> TooManySessions:
+        """The store's refusal at a cap, as the one counted here would be."""
+        if exc.stored:
+            return TooManyStoredSessions(
+                owner, f"{owner!r} keeps {exc.count} sessions in the store"
+            )
+        return TooManySessions(f"{owner!r} keeps {exc.count} sessions")
 
     @contextlib.asynccontextmanager
     async def _owner_lock(self, owner: str) -> AsyncIterator[None]:

@@ -39,6 +39,7 @@ from ..base import (
     Appended,
     AppendItem,
     AppendOne,
+    OwnerCaps,
     SessionClosed,
     SessionExists,
     StorageError,
@@ -233,7 +234,12 @@ class JsonlStorage(JsonlUpkeep, AppendOne):
     # -- sessions -------------------------------------------------------------------
 
     async def create_session(
-        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+        self,
+        session: Session,
+        *,
+        replace_expired: bool = False,
+        made_now: bool = False,
+        owner_caps: OwnerCaps | None = None,  # counted by its server (one process)
     ) -> None:
         self._require_writable()
         session_id = check_session_id(session.metadata.id)

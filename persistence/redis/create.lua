@@ -6,7 +6,14 @@
 -- KEYS: meta, log, keys, msgs, conns
 -- ARGV: id, index prefix, max sessions ('' : no limit), replace ('expired' or ''),
 --       publish command ('' : the caller publishes), channel, the creator's now ('' : the
---       times are kept as given), then HSET field/value pairs
+--       times are kept as given), the most sessions the new session's user may keep
+--       not closed, and in all ('' : no cap), then HSET field/value pairs
+-- The user's caps are counted here, in the step that creates the session, so that two
+-- instances creating for one user at once never both take the last place: in all, the
+-- user's index (ZCARD); not closed, those of it not in the closed state's index
+-- (ZINTERCARD, read only near the cap and only as far as decides it). A session
+-- replaced goes with the creation: it is not counted. Over a cap: OWNERSTORED or
+-- OWNERLIVE and the count, nothing written.
 -- Made now (the server's sessions: RedisClock.made_now), a session's times are Redis's:
 -- 'updated' becomes this script's TIME, and 'created', 'active' and 'expires' move with
 -- it (a TTL stays a TTL, a session made expired stays so), to the microsecond, not its
@@ -28,8 +35,28 @@ if old[2] then
 elseif max ~= '' and redis.call('ZCARD', idx .. 'created') >= tonumber(max) then
   fail('FULL')
 end
+local max_live, max_stored = ARGV[8], ARGV[9]
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+local owner = hash_of(fields).user  -- the times in fields move below: read it alone
+if owner and (max_live ~= '' or max_stored ~= '') then
+  local mine = idx .. 'user:' .. owner
+  local stored = redis.call('ZCARD', mine)
+  local closed_replaced = 0  -- the replaced session, still in the indexes, goes
+  if replaced ~= 0 and old[1] == owner then
+    stored = stored - 1
+    if old[2] == 'closed' then closed_replaced = 1 end
+  end
+  if max_stored ~= '' and stored >= tonumber(max_stored) then fail('OWNERSTORED ' .. stored) end
+  if max_live ~= '' and stored >= tonumber(max_live) then
+    -- Not closed: fewer than the cap once more than 'room' of them are closed.
+    local room = stored - tonumber(max_live)
+    local limit = room + 1 + closed_replaced
+    local closed = redis.call('ZINTERCARD', 2, mine, idx .. 'state:closed', 'LIMIT', limit)
+    closed = closed - closed_replaced
+    if closed <= room then fail('OWNERLIVE ' .. (stored - closed)) end
+  end
+end
 if ARGV[7] ~= '' then
   local now = tonumber(stamp_after(replaced ~= 0 and old[6] or nil, clock()))
   local moved = now - tonumber(ARGV[7])

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from ..base import (
     InvalidTransition,
     OutcomeUnknown,
+    OwnerAtCap,
     SessionClosed,
     SessionExists,
     SessionExpired,
@@ -273,6 +274,8 @@ def translate(exc: redis.exceptions.ResponseError) -> Exception:
             return SessionExists("session already exists")
         case "FULL":
             return StorageFull("the storage holds its maximum number of sessions")
+        case "OWNERLIVE" | "OWNERSTORED":
+            return OwnerAtCap(code == "OWNERSTORED", int(rest.split()[0]))
         case "CLOSED":
             return SessionClosed("session is closed")
         case "EXPIRED":

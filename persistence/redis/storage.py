@@ -38,6 +38,7 @@ from ..base import (
     AppendItem,
     AppendOne,
     HistoryPage,
+    OwnerCaps,
     SessionFilter,
     SessionListResult,
     SessionNotFound,
@@ -86,6 +87,9 @@ UNSEEN_RESTARTS: Final = (
 class RedisStorage(StoreReports, AppendOne):
     """The storage contract on Redis; ``await RedisStorage.open(config)``; what it says
     of itself beyond that, in reports.py."""
+
+    # Several instances create sessions: a user's caps are counted in create.lua.
+    counts_owner_caps: Final = True
 
     def __init__(self, config: RedisConfig, client: Redis, sharded: bool) -> None:
         self.config = config
@@ -174,7 +178,12 @@ class RedisStorage(StoreReports, AppendOne):
     # -- sessions -------------------------------------------------------------------
 
     async def create_session(
-        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+        self,
+        session: Session,
+        *,
+        replace_expired: bool = False,
+        made_now: bool = False,
+        owner_caps: OwnerCaps | None = None,
     ) -> None:
         self.require_writable()
         session_id = check_session_id(session.metadata.id)
@@ -193,6 +202,7 @@ class RedisStorage(StoreReports, AppendOne):
             await self.clock.settle()  # a reading a local clock's jump left unsure: anew
             self.clock.restamp(meta)  # times by Redis's clock, as every later write's
         maximum = self.config.max_sessions
+        live_cap, stored_cap = owner_caps or (0, 0)
         channel = self.layout.channel(session_id)
         replaced = await self.redis.write(
             "create",
@@ -205,6 +215,8 @@ class RedisStorage(StoreReports, AppendOne):
                 self.redis.publish,
                 channel,
                 to_micros(meta.updated_at) if made_now else "",
+                optional_arg(live_cap or None),
+                optional_arg(stored_cap or None),
                 *metadata_fields(meta),
             ],
             notice=DELETED_NOTICE,  # published by the caller (replicas) only if replaced

@@ -45,6 +45,7 @@ from ..base import (
     AppendItem,
     AppendOne,
     HistoryPage,
+    OwnerCaps,
     SessionFilter,
     SessionListResult,
     StorageError,
@@ -152,7 +153,12 @@ class SqliteStorage(OnStoreClock, AppendOne):
     # -- sessions -------------------------------------------------------------------
 
     async def create_session(
-        self, session: Session, *, replace_expired: bool = False, made_now: bool = False
+        self,
+        session: Session,
+        *,
+        replace_expired: bool = False,
+        made_now: bool = False,
+        owner_caps: OwnerCaps | None = None,  # counted by its server (one process)
     ) -> None:
         session_id = check_session_id(session.metadata.id)
         meta = copy_metadata(session.metadata)
