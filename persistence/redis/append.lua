@@ -41,6 +41,7 @@ local first_seq, count = tonumber(s[3]), tonumber(s[4])
 local stored, adding = tonumber(s[7]) or 0, 0
 local last, first_count = first_seq, count
 local results, fresh, in_batch = {now, ''}, {}, {}
+local messages = false  -- whether a fresh item goes into the history
 for i = 9, #ARGV, 3 do
   local flags, key = ARGV[i], ARGV[i + 1]
   local keyed = string.find(flags, 'k', 1, true) ~= nil
@@ -61,6 +62,7 @@ for i = 9, #ARGV, 3 do
       adding = adding + #key
     end
     adding = adding + #ARGV[i + 2]
+    messages = messages or string.find(flags, 'm', 1, true) ~= nil
     fresh[#fresh + 1] = i
     results[#results + 1] = seq
   end
@@ -78,6 +80,15 @@ if user_cap and user then
   end
 end
 
+-- A key of the session's overwritten with another type (from outside) fails the
+-- script before its first write that counts, not after the log took an event the
+-- metadata never counts (its seq then taken again: every later append refused):
+-- meta was read above, the key window too when an item is keyed; the history is
+-- read here when a message goes in; the window's trim, the first write, is of keys
+-- past the window already (no later append can be a duplicate of them), and the log
+-- is the first key each event writes.
+if messages then redis.call('LLEN', msgs) end
+redis.call('ZREMRANGEBYSCORE', keys, '-inf', first_seq - window)
 local batch = {}
 if served then batch[1] = '[0,0,' .. cjson.encode(served) .. ',null]' end
 for n, i in ipairs(fresh) do
@@ -95,7 +106,6 @@ if user then
 end
 record_activity(meta, idx, id, now, s[5])
 if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
-redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window)
 local payload = '[' .. table.concat(batch, ',') .. ']'
 if publish ~= '' then
   redis.call(publish, channel, payload)

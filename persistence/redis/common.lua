@@ -172,12 +172,14 @@ local function record_activity(meta, idx, id, now, ttl)
 end
 
 -- One event into the log (and the history, and the key window); returns its entry
--- of a published batch: [seq, ts, key, event].
+-- of a published batch: [seq, ts, key, event]. The log first: a log key of another
+-- type fails the first event's XADD before anything of it is written (append.lua
+-- has read or written the key window and the history before it, for the same reason).
 local function write_event(log, keys, msgs, seq, ts, key, is_message, json)
   local published
   if key then
-    redis.call('ZADD', keys, seq, key)
     redis.call('XADD', log, seq .. '-0', 'e', json, 't', ts, 'k', key)
+    redis.call('ZADD', keys, seq, key)
     published = '[' .. seq .. ',' .. ts .. ',' .. cjson.encode(key) .. ',' .. json .. ']'
   else
     redis.call('XADD', log, seq .. '-0', 'e', json, 't', ts)

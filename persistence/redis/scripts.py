@@ -7,7 +7,10 @@ contract's exceptions and an unreachable server into :class:`StorageError` (into
 the epochs their replies carry.
 
 Each script runs atomically in Redis and checks everything before its first write, so
-a script that fails wrote nothing. ``common.lua`` is prepended to every script.
+a script that fails wrote nothing; but for a key written over with another type from
+outside (WRONGTYPE), which append.lua meets among the session's own keys before any
+write, and the shared indexes only as it writes them (docs/storage-redis.md).
+``common.lua`` is prepended to every script.
 """
 
 from __future__ import annotations

@@ -1,0 +1,67 @@
+"""A Redis append that meets one of its session's keys written over with another type
+(from outside the store) writes nothing: Redis does not roll a script back, so
+append.lua reads or first-writes each of the session's keys before any write that
+counts. Before, the log took the event and then the history's RPUSH failed: the
+session's seq never counted it, and once the key was set right every later append
+was refused (its seq's entry was in the log already); a keyless append's trim of the
+key window failed after the event was stored and counted, answered as failed; a
+keyed append recorded its key for a seq the log then refused, and its retry was a
+"duplicate" of an event never stored. Real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.base import StorageError
+from bamboo_session.persistence.redis import RedisStorage
+from bamboo_session.protocol.models import AgentEvent, Message, MessageEvent, Role, Session
+from tests.redis_server import RedisServer, prefix_for
+
+
+@pytest.fixture(name="storage")
+async def storage_fixture(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[RedisStorage]:
+    storage = await open_storage(
+        redis_server.url(prefix=prefix_for(tmp_path)), cleanup_interval=None
+    )
+    assert isinstance(storage, RedisStorage)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+MESSAGE = MessageEvent(Message(Role.ASSISTANT, "hello"))  # into the history too
+CASES = {
+    "history, a message": ("msgs", MESSAGE, None),
+    "key window, a keyless token": ("keys", AgentEvent.token("x"), None),
+    "log, a keyed token": ("log", AgentEvent.token("x"), "k"),
+}
+
+
+@pytest.mark.parametrize(("name", "event", "key"), CASES.values(), ids=list(CASES))
+async def test_an_append_over_a_key_of_another_type_writes_nothing(
+    storage: RedisStorage, redis_server: RedisServer, name: str, event: object, key: str | None
+) -> None:
+    await storage.create_session(Session.new("s", now=storage.now()))
+    assert (await storage.append_event("s", AgentEvent.token("first"))).seq == 1
+    written_over = storage.layout.session("s") + name
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        await admin.set(written_over, "not what the store keeps there")
+        with pytest.raises(StorageError, match="WRONGTYPE"):
+            await storage.append_events("s", [(event, key)])  # type: ignore[list-item]
+        assert await admin.hget(storage.layout.meta("s"), "seq") == b"1"
+        if name != "log":
+            assert await admin.xlen(storage.layout.log("s")) == 1  # nothing of it
+        await admin.delete(written_over)  # the operator sets it right
+    finally:
+        await admin.aclose()
+    appended = await storage.append_events("s", [(event, key)])  # type: ignore[list-item]
+    assert [(done.seq, done.duplicate) for done in appended] == [(2, False)]
+    stored = await storage.read_events("s", 0)
+    assert [stored_event.seq for stored_event in stored] == ([2] if name == "log" else [1, 2])
