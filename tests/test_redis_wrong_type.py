@@ -4,9 +4,10 @@ append.lua reads or first-writes each of the session's keys before any write tha
 counts. Before, the log took the event and then the history's RPUSH failed: the
 session's seq never counted it, and once the key was set right every later append
 was refused (its seq's entry was in the log already); a keyless append's trim of the
-key window failed after the event was stored and counted, answered as failed; a
-keyed append recorded its key for a seq the log then refused, and its retry was a
-"duplicate" of an event never stored. Real redis-server."""
+key window failed after the event was stored and counted, answered as failed (a
+keyless append no longer writes the window at all); a keyed append recorded its key
+for a seq the log then refused, and its retry was a "duplicate" of an event never
+stored. Real redis-server."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ async def storage_fixture(redis_server: RedisServer, tmp_path: Path) -> AsyncIte
 MESSAGE = MessageEvent(Message(Role.ASSISTANT, "hello"))  # into the history too
 CASES = {
     "history, a message": ("msgs", MESSAGE, None),
-    "key window, a keyless token": ("keys", AgentEvent.token("x"), None),
+    "key window, a keyed token": ("keys", AgentEvent.token("x"), "k"),
     "log, a keyed token": ("log", AgentEvent.token("x"), "k"),
 }
 
@@ -65,3 +66,20 @@ async def test_an_append_over_a_key_of_another_type_writes_nothing(
     assert [(done.seq, done.duplicate) for done in appended] == [(2, False)]
     stored = await storage.read_events("s", 0)
     assert [stored_event.seq for stored_event in stored] == ([2] if name == "log" else [1, 2])
+
+
+async def test_a_keyless_append_is_stored_whole_over_a_key_window_of_another_type(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    """A keyless append writes nothing in the key window: stored and acknowledged once,
+    where it used to be stored, counted, and then answered as failed by the trim."""
+    await storage.create_session(Session.new("s", now=storage.now()))
+    admin = redis.asyncio.Redis(port=redis_server.port)
+    try:
+        await admin.set(storage.layout.session("s") + "keys", "not a sorted set")
+        done = await storage.append_event("s", AgentEvent.token("x"))
+        assert (done.seq, done.duplicate) == (1, False)
+        assert await admin.hget(storage.layout.meta("s"), "seq") == b"1"
+    finally:
+        await admin.aclose()
+    assert [event.seq for event in await storage.read_events("s", 0)] == [1]

@@ -42,12 +42,14 @@ local stored, adding = tonumber(s[7]) or 0, 0
 local last, first_count = first_seq, count
 local results, fresh, in_batch = {now, ''}, {}, {}
 local messages = false  -- whether a fresh item goes into the history
+local window_read = false  -- whether the key window was read (an item is keyed)
 for i = 9, #ARGV, 3 do
   local flags, key = ARGV[i], ARGV[i + 1]
   local keyed = string.find(flags, 'k', 1, true) ~= nil
   local seq = last + 1
   local duplicate_of = nil
   if keyed then
+    window_read = true
     local first = in_batch[key] or redis.call('ZSCORE', keys, key)
     if first and seq - tonumber(first) <= window then
       duplicate_of = tonumber(first)
@@ -80,15 +82,14 @@ if user_cap and user then
   end
 end
 
--- A key of the session's overwritten with another type (from outside) fails the
--- script before its first write that counts, not after the log took an event the
--- metadata never counts (its seq then taken again: every later append refused):
--- meta was read above, the key window too when an item is keyed; the history is
--- read here when a message goes in; the window's trim, the first write, is of keys
--- past the window already (no later append can be a duplicate of them), and the log
--- is the first key each event writes.
+-- A key of the session's written over with another type (from outside) fails the
+-- script before its first write, not after the log took an event the metadata never
+-- counts (its seq then taken again: every later append refused): meta was read above,
+-- the key window too when an item is keyed (only then is it written), and the
+-- history is read here when a message goes in; the log is the first key each event
+-- writes. Reads, so that the first write is the log's XADD, which Redis refuses at
+-- its maxmemory: after any write, a script's next ones are let through, memory or not.
 if messages then redis.call('LLEN', msgs) end
-redis.call('ZREMRANGEBYSCORE', keys, '-inf', first_seq - window)
 local batch = {}
 if served then batch[1] = '[0,0,' .. cjson.encode(served) .. ',null]' end
 for n, i in ipairs(fresh) do
@@ -106,6 +107,9 @@ if user then
 end
 record_activity(meta, idx, id, now, s[5])
 if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
+-- Trimmed by the appends that add keys: each leaves at most the window's (a keyless
+-- one adds none, and a lookup goes by the window anyway).
+if window_read then redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window) end
 local payload = '[' .. table.concat(batch, ',') .. ']'
 if publish ~= '' then
   redis.call(publish, channel, payload)

@@ -173,8 +173,8 @@ end
 
 -- One event into the log (and the history, and the key window); returns its entry
 -- of a published batch: [seq, ts, key, event]. The log first: a log key of another
--- type fails the first event's XADD before anything of it is written (append.lua
--- has read or written the key window and the history before it, for the same reason).
+-- type fails the first event's XADD before anything is written (append.lua has read
+-- the key window and the history before it, for the same reason).
 local function write_event(log, keys, msgs, seq, ts, key, is_message, json)
   local published
   if key then
