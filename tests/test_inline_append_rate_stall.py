@@ -89,11 +89,16 @@ async def test_what_a_hold_keeps_past_the_burst_is_bounded_by_the_requests_in_fl
             for number in range(1, 1 + flood):
                 await agent.send({"type": "event", "id": number, "event": token(str(number))})
             await asyncio.sleep(4)  # the hold refills 4 s of tokens: 800
+            opened = time.monotonic()
             storage.open_gate()
             await eventually(lambda: heard["ack"] + heard["rate_limited"] == 1 + flood, 10)
+            # The answers came at most this long after the gate opened: the frames were
+            # read within it (a fraction of a second, longer on a loaded machine).
+            reading = time.monotonic() - opened
             hearing.cancel()
-            # The burst, the 32 requests in flight, and what refills while they are read
-            # (a fraction of a second): not the 800 of the hold.
-            assert RATE < heard["ack"] <= 1 + RATE + 32 + RATE // 4, heard
+            # The burst, the 32 requests in flight, and what refills while they are read:
+            # not the 800 of the hold.
+            refilled = int(RATE * reading) + 1
+            assert RATE < heard["ack"] <= 1 + RATE + 32 + refilled, (heard, reading)
     finally:
         await server.stop()
