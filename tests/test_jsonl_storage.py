@@ -75,6 +75,8 @@ def test_config_builders_return_new_configs() -> None:
         {"checkpoint_every": 0},
         {"commit_window": -0.001},
         {"commit_window": 1.0},
+        {"busy_window": -0.001},
+        {"busy_window": 1.0},
     ],
 )
 def test_config_rejects_nonsense(change: dict[str, object]) -> None:
@@ -82,10 +84,11 @@ def test_config_rejects_nonsense(change: dict[str, object]) -> None:
         JsonlStorageConfig("/tmp/x", **change)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["commit_window", "busy_window"])
 @pytest.mark.parametrize("given", ["soon", "nan", "inf", "-1", "0.5"])
-async def test_a_bad_commit_window_in_the_url_is_named(tmp_path: Path, given: str) -> None:
-    with pytest.raises(ValueError, match="commit_window must be"):
-        await open_storage(f"jsonl://{tmp_path}/store?commit_window={given}")
+async def test_a_bad_window_in_the_url_is_named(tmp_path: Path, name: str, given: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        await open_storage(f"jsonl://{tmp_path}/store?{name}={given}")
     assert not (tmp_path / "store").exists()
 
 
@@ -111,6 +114,17 @@ async def test_the_commit_window_comes_from_the_url(tmp_path: Path) -> None:
         assert storage.config.commit_window == 0.002
         await storage.create_session(Session.new("s1"))
         assert (await storage.append_event("s1", AgentEvent.token("t"))).seq == 1
+
+
+@pytest.mark.parametrize(("query", "seconds"), [("", 0.002), ("?busy_window=0", 0.0)])
+async def test_the_busy_window_comes_from_the_url(
+    tmp_path: Path, query: str, seconds: float
+) -> None:
+    """2 ms by default; 0 turns it off (a commit behind a sync then starts at once)."""
+    async with await open_storage(f"jsonl://{tmp_path}{query}") as storage:
+        assert isinstance(storage, JsonlStorage)
+        assert storage.config.busy_window == seconds
+        assert storage._writer._busy_window == seconds
 
 
 # -- lifecycle and layout ----------------------------------------------------------

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from ..url import StoreOptions, StoreURL
 from .config import (
+    BUSY_WINDOW,
     DURABILITY_MODES,
     MAX_COMMIT_WINDOW,
     WAL_KEPT_MAX_BYTES,
@@ -69,17 +70,21 @@ __all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig
 
 async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
     """``jsonl:///path?durability=os``: the store in that directory. Options:
-    ``durability`` (fsync or os), ``commit_window`` (seconds, e.g. 0.002) and
+    ``durability`` (fsync or os), ``commit_window`` and ``busy_window`` (seconds, e.g.
+    0.002) and
     ``max_open_logs`` (descriptors, at least 1) and ``wal_kept_max_bytes`` (bytes of
     WAL kept after a failed sync before appends are refused, at least 1)."""
-    url.check_params({"durability", "commit_window", "max_open_logs", "wal_kept_max_bytes"})
+    url.check_params(
+        {"durability", "commit_window", "busy_window", "max_open_logs", "wal_kept_max_bytes"}
+    )
     config = JsonlStorageConfig(
         url.location,
         default_ttl=options.default_ttl,
         max_sessions=options.max_sessions,
         cleanup_interval=options.cleanup_interval,
         durability=_durability(url),
-        commit_window=_commit_window(url),
+        commit_window=_window(url, "commit_window", 0.0),
+        busy_window=_window(url, "busy_window", BUSY_WINDOW),
         max_open_logs=_max_open_logs(url),
         wal_kept_max_bytes=_wal_kept_max_bytes(url),
         read_only=options.read_only,
@@ -100,10 +105,10 @@ def _durability(url: StoreURL) -> Durability:
     )
 
 
-def _commit_window(url: StoreURL) -> float:
-    name, given = "commit_window", url.take("commit_window")
+def _window(url: StoreURL, name: str, default: float) -> float:
+    given = url.take(name)
     if given is None:
-        return 0.0
+        return default
     try:
         seconds = float(given)
     except ValueError:

@@ -97,6 +97,7 @@ class Appender:
             self._on_failed,
             wal if config.uses_wal else None,
             config.sync_helper,
+            config.busy_window,
         )
 
     def append(

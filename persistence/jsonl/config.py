@@ -21,6 +21,10 @@ DURABILITY_MODES: tuple[Durability, ...] = ("fsync", "os")
 # A longer wait would only add latency: past a few milliseconds a batch is already as
 # big as the arrivals make it.
 MAX_COMMIT_WINDOW = 0.05
+# What a commit queued behind another's sync waits for at most (``busy_window``): the
+# p50 of appends a sync keeps up with does not move, and at a few thousand events/s
+# about half the syncs go (bench/RESULTS.md, fifty-fifth round).
+BUSY_WINDOW = 0.002
 OPEN_LOGS_MIN, OPEN_LOGS_MAX = 32, 4096
 
 
@@ -60,6 +64,11 @@ class JsonlStorageConfig:
       that took longer than the window is followed at once. At a few thousand events/s
       over many sessions, one ``fdatasync`` and one round trip to the sync helper then
       serve several events.
+    - ``busy_window``: in ``fsync`` mode, the least time in seconds from the start of a
+      group commit to that of the next, when the next one's appends came while the
+      first one's sync was in flight (the appends come faster than syncs complete);
+      0: none. What comes meanwhile shares its sync. A lone append, nothing in
+      flight, never waits.
     - ``checkpoint_every`` / ``checkpoint_interval``: a dirty session's checkpoint
       (metadata and log position, written in place without a sync) is rewritten after
       that many appends, or after that many seconds.
@@ -122,6 +131,7 @@ class JsonlStorageConfig:
     max_open_logs: int = 256  # replaced in __init__: open_logs_default()
     fsync_interval: float = 1.0
     commit_window: float = 0.0
+    busy_window: float = BUSY_WINDOW
     wal: bool = True
     wal_segment_bytes: int = 64 * 1024 * 1024
     wal_segment_age: float = 30.0
@@ -150,6 +160,7 @@ class JsonlStorageConfig:
         max_open_logs: int | None = None,
         fsync_interval: float = 1.0,
         commit_window: float = 0.0,
+        busy_window: float = BUSY_WINDOW,
         wal: bool = True,
         wal_segment_bytes: int = 64 * 1024 * 1024,
         wal_segment_age: float = 30.0,
@@ -180,6 +191,7 @@ class JsonlStorageConfig:
         set_field(self, "max_open_logs", open_logs)
         set_field(self, "fsync_interval", fsync_interval)
         set_field(self, "commit_window", commit_window)
+        set_field(self, "busy_window", busy_window)
         set_field(self, "wal", wal)
         set_field(self, "wal_segment_bytes", wal_segment_bytes)
         set_field(self, "wal_segment_age", wal_segment_age)
@@ -220,8 +232,9 @@ class JsonlStorageConfig:
         for name in ("checkpoint_every", "max_open_logs", "wal_segment_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if not 0 <= self.commit_window <= MAX_COMMIT_WINDOW:
-            raise ValueError(f"commit_window must be from 0 to {MAX_COMMIT_WINDOW} seconds")
+        for name in ("commit_window", "busy_window"):
+            if not 0 <= getattr(self, name) <= MAX_COMMIT_WINDOW:  # (refuses nan too)
+                raise ValueError(f"{name} must be from 0 to {MAX_COMMIT_WINDOW} seconds")
         for name in (
             "message_cache_bytes",
             "key_cache_bytes",

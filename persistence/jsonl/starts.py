@@ -21,6 +21,14 @@ files are held (``FilesInUse``) from its start to its answers either way, so com
 never overlap. A task that ends (cancelled at a teardown) carries a commit under way
 outside to its end first (``_end_outside``), as it does its own, and cancels a
 ``_begin`` a window scheduled (``_drop_begin``): none runs on the closed store.
+
+The busy window (``busy_window``, 2 ms by default; fsync mode): a commit whose
+appends were queued while the last one's sync was in flight (appends come faster than
+syncs complete) starts no sooner than that after the last one started, so that what
+comes meanwhile shares its sync. A sync costs the helper tens of microseconds of
+kernel CPU and the loop a wake-up at its answer, whatever it holds. A lone append,
+nothing in flight, never waits: at a pace the syncs keep up with, nothing is held
+(``bench/RESULTS.md``, fifty-fifth round).
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class CommitStarts:
     _loop: asyncio.AbstractEventLoop | None
     _closing: bool
     _commit_window: float
+    _busy_window: float
     _last_commit: float
     _carried: bool
     _files: LogFiles
@@ -85,19 +94,27 @@ class CommitStarts:
     async def _carry_on(self, commit: Commit, left: Left) -> None:
         raise NotImplementedError  # the writer's: the rest of a started commit
 
-    async def _pace(self) -> None:
+    async def _pace(self, behind: bool) -> None:
         """With a commit window, group commits start at most once per window: what comes
         sooner than that after the last one started waits for the rest of the window,
         with whatever else comes meanwhile. A lone append (the last commit is older than
         the window) never waits, and a commit that takes longer than the window is
-        followed at once, as are appends a full batch left over (they came before it)."""
+        followed at once, as are appends a full batch left over (they came before it).
+        ``behind``: what is queued came while the last commit was under way, and waits
+        for the busy window too, if it is the longer."""
         assert self._loop is not None
         now = self._loop.time()
-        due = self._last_commit + self._commit_window
+        due = self._last_commit + self._window(behind)
         if now < due and not self._closing and not self._carried:
             await asyncio.sleep(due - now)
             now = self._loop.time()
         self._last_commit = now
+
+    def _window(self, behind: bool) -> float:
+        """The least time from the last commit's start to the next one's."""
+        if behind and self._busy_window > self._commit_window:
+            return self._busy_window
+        return self._commit_window
 
     def _take_batch(self) -> list[Batch | QueuedControl]:
         """The longest prefix of the queue that touches at most ``max_open`` files, so
@@ -139,20 +156,21 @@ class CommitStarts:
             assert self._loop is not None
             self._begin_due = True
             if self._commit_window:
-                self._begin_when_due()
+                self._begin_when_due(False)
             else:
                 self._loop.call_soon(self._begin, context=self._begin_context)
         else:
             self._wakeup.set()
 
-    def _begin_when_due(self) -> None:
+    def _begin_when_due(self, behind: bool) -> None:
         """``_begin`` paced as ``_pace`` paces the task: at the end of the window after
-        the last commit's start, at the next turn if that has passed (a lone append
-        never waits), or when closing or for what a full batch left over (it came
-        before that commit). ``_begin_due`` is set by the caller."""
+        the last commit's start (the busy window's, if longer, for what came while that
+        commit was under way: ``behind``), at the next turn if that has passed (a lone
+        append never waits), or when closing or for what a full batch left over (it
+        came before that commit). ``_begin_due`` is set by the caller."""
         loop = self._loop
         assert loop is not None
-        due = self._last_commit + self._commit_window
+        due = self._last_commit + self._window(behind)
         if loop.time() < due and not self._closing and not self._carried:
             self._begin_timer = loop.call_at(due, self._begin, context=self._begin_context)
         else:
@@ -187,7 +205,7 @@ class CommitStarts:
         batch = self._in_flight = self._take_batch()
         now = self._in_flight_since = time.monotonic()
         self._waiting_on = None
-        if self._commit_window:
+        if self._commit_window or self._busy_window:
             assert self._loop is not None
             self._last_commit = self._loop.time()
         try:
@@ -238,9 +256,9 @@ class CommitStarts:
         if not self._queue:
             if self._closing:
                 self._wakeup.set()
-        elif self._commit_window:  # (paced: at once only if the window has passed)
+        elif self._commit_window or self._busy_window:  # (paced: at once only if due)
             self._begin_due = True
-            self._begin_when_due()
+            self._begin_when_due(True)
         else:
             self._begin()
 

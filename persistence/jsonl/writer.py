@@ -57,7 +57,7 @@ from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
 from .batch import Batch, Commit, Forget, QueuedControl
 from .commits import NOTHING, WAL_SYNC, WHOLE, Committer, Left
-from .config import Durability
+from .config import BUSY_WINDOW, Durability
 from .debt import Step, debt_of
 from .in_use import FilesInUse
 from .layout import Layout
@@ -87,6 +87,7 @@ class LogWriter(CommitStarts):
         on_failed: FailedCallback,
         wal: SegmentFile | None = None,
         sync_helper: bool = False,
+        busy_window: float = BUSY_WINDOW,
     ) -> None:
         super().__init__()
         self._layout = layout
@@ -94,6 +95,9 @@ class LogWriter(CommitStarts):
         self._durability = durability
         self._fsync_interval = fsync_interval
         self._commit_window = commit_window if durability == "fsync" else 0.0
+        # A commit queued behind another's sync starts no sooner than this after that
+        # one started (``starts.py``): only where each commit is a sync.
+        self._busy_window = busy_window if durability == "fsync" else 0.0
         self._last_commit = float("-inf")  # loop time the last group commit started
         # What the last batch left in the queue (past its bound of open files) was
         # queued before that commit started: the window does not pace its commit.
@@ -236,21 +240,25 @@ class LogWriter(CommitStarts):
 
     async def _run(self) -> None:
         batch: list[Batch | QueuedControl] = []
+        behind = False  # what is queued came while the last commit was under way
         try:
             while True:
                 if self._handed is not None:  # a commit started outside, its rest is ours
                     await self._carry_on_handed()
+                    behind = bool(self._queue) and self._busy_window > 0
                 if not self._queue or self._outside is not None or self._begin_due:
                     if self._closing and self._outside is None and not self._queue:
                         return
                     await self._wakeup.wait()
+                    behind = False
                     continue
-                if self._commit_window:
-                    await self._pace()
+                if self._commit_window or self._busy_window:
+                    await self._pace(behind)
                 batch = self._in_flight = self._take_batch()
                 self._in_flight_since, self._waiting_on = time.monotonic(), None
                 await self._process(batch)
                 self._in_flight = ()
+                behind = bool(self._queue) and self._busy_window > 0  # queued meanwhile
                 # Not kept while the next append is awaited: a burst of big appends
                 # followed by quiet would have its last group commit (every line and
                 # event of it, over all its sessions) kept for as long as the quiet
