@@ -8,6 +8,8 @@ commits the events took). Per measured event; the same arguments as bench/latenc
 
     python -m bench.cpu_split --rate 2000 --sessions 200 --seconds 10 --peers \
         --durability fsync memory
+    python -m bench.cpu_split --variant b0=busy_window=0 -- --rate 2000 --sessions 200 \
+        --seconds 10 --peers socketio --durability fsync b0   # store variants (latency_variants)
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import common, latency
+from . import common, latency, latency_variants
 
 TICK = os.sysconf("SC_CLK_TCK")
 Split = dict[str, list[float]]  # part: [user, system, run] seconds; "syncs": [count]
@@ -94,7 +97,12 @@ if __name__ == "__main__":
     watch = Watch()
     common.cpu_seconds = watch.cpu_seconds
     latency.summarize = watch.summarize  # type: ignore[assignment]
+    argv = sys.argv[1:]
+    if any(arg.startswith("--variant") for arg in argv):
+        args = latency_variants.parse_args(argv)[1]
+    else:
+        args = latency.parse_args(argv)
     try:
-        common.run(latency.main(latency.parse_args()))
+        common.run(latency.main(args))
     finally:
         watch.perf_out.unlink(missing_ok=True)
