@@ -71,9 +71,8 @@ __all__ = ["DURABILITY_MODES", "Durability", "JsonlStorage", "JsonlStorageConfig
 async def open_from_url(url: StoreURL, options: StoreOptions) -> JsonlStorage:
     """``jsonl:///path?durability=os``: the store in that directory. Options:
     ``durability`` (fsync or os), ``commit_window`` and ``busy_window`` (seconds, e.g.
-    0.002) and
-    ``max_open_logs`` (descriptors, at least 1) and ``wal_kept_max_bytes`` (bytes of
-    WAL kept after a failed sync before appends are refused, at least 1)."""
+    0.002), ``max_open_logs`` (descriptors, at least 1) and ``wal_kept_max_bytes`` (bytes
+    of WAL kept after a failed sync before appends are refused, at least 1)."""
     url.check_params(
         {"durability", "commit_window", "busy_window", "max_open_logs", "wal_kept_max_bytes"}
     )
