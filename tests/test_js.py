@@ -93,7 +93,7 @@ async def test_js_client_on_node() -> None:
         f"the Node tests took over {NODE_TIMEOUT} s:\n{report}"
     )
     assert returncode == 0, report
-    assert "# pass 61" in report and "# fail 0" in report, report
+    assert "# pass 62" in report and "# fail 0" in report, report
 
 
 def js_tool(name: str) -> Path:

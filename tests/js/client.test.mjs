@@ -110,6 +110,23 @@ test("an empty key is sent as given, a key like any other", async () => {
   }
 });
 
+test("a lone surrogate is refused before it is sent, the client going on", async () => {
+  const agent = await BambooClient.connect(url, { sessionId: "node-lone-surrogate", create: true });
+  try {
+    // The server can only refuse such a frame whole, with no id: the publish never settled.
+    await assert.rejects(agent.publish({ type: "token", content: "a\ud800" }), TypeError);
+    await assert.rejects(agent.sendMessage({ role: "user", content: "\udfff" }), TypeError);
+    const token = { type: "token", content: "\\ud800 \ud83d\ude00" }; // escaped, a pair: text
+    assert.equal(await agent.publish(token), 1);
+    assert.deepEqual(
+      (await agent.readAllEvents()).map((e) => e.event.content),
+      [token.content],
+    );
+  } finally {
+    await agent.close();
+  }
+});
+
 test("a missing session is a typed refusal", async () => {
   await assert.rejects(BambooClient.connect(url, { sessionId: "node-missing" }), (error) => {
     assert.ok(error instanceof NotFound);

@@ -25,6 +25,10 @@ import { frameBytes } from "./frames.js";
  * @property {number} sentOn the connection generation it was last sent on
  */
 
+// A lone surrogate as JSON.stringify writes it (\udXXX, lowercase), not behind a backslash
+// of its own: a string that is no Unicode text, which no UTF-8 can carry.
+const LONE_SURROGATE = /(?<!\\)(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
+
 export class PendingRequests {
   #nextId = 1;
   /** @type {Map<number, Pending>} by id, in the order they were made */
@@ -40,6 +44,10 @@ export class PendingRequests {
     const id = this.#nextId++;
     frame.id = id;
     const data = JSON.stringify(frame);
+    if (LONE_SURROGATE.test(data)) {
+      // Not UTF-8: the server could only refuse the frame whole, with no id to answer.
+      throw new TypeError(`${frame.type}: a string holds a lone surrogate, not valid UTF-8`);
+    }
     /** @type {Pending} */
     const pending = {
       data,
