@@ -16,13 +16,14 @@ import heapq
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from bamboo_session.protocol.models import SessionMetadata, SessionState
 
 from .base import SessionFilter, SessionListResult, SortBy, SortOrder
+from .created_order import CreatedOrder, first_passing
 
 _SORT_KEYS: dict[SortBy, Callable[[SessionMetadata], Any]] = {
     SortBy.CREATED_AT: lambda m: (m.created_at, m.id),
@@ -42,6 +43,9 @@ class SessionIndex:
         # Each state's ids as a dict (values None): in the order they came into it, so
         # that a park can take them a step at a time from the front (first_in).
         self._by_state: dict[SessionState, dict[str, None]] = {}
+        # Creation orders (created_order.py) asked for by listings: (True, a user's id)
+        # for that user's sessions, (False, None) for all of them.
+        self._orders: dict[tuple[bool, str | None], CreatedOrder] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -61,12 +65,20 @@ class SessionIndex:
         if self._secondary:
             self._by_user.setdefault(metadata.user_id, set()).add(metadata.id)
             self._by_state.setdefault(metadata.state, {})[metadata.id] = None
+            for source in _sources(metadata):
+                order = self._orders.get(source)
+                if order is not None:
+                    order.add(metadata)
 
     def remove(self, session_id: str) -> SessionMetadata | None:
         metadata = self._by_id.pop(session_id, None)
         if metadata is not None and self._secondary:
             _discard(self._by_user, metadata.user_id, session_id)
             _discard(self._by_state, metadata.state, session_id)
+            # Made again by the next listing that wants them: a session leaves rarely,
+            # and taking its place out of a long list costs as much as that.
+            for source in _sources(metadata):
+                self._orders.pop(source, None)
         return metadata
 
     def set_state(self, session_id: str, state: SessionState) -> None:
@@ -119,14 +131,19 @@ class SessionIndex:
         return sorted(matches, key=_SORT_KEYS[SortBy.CREATED_AT], reverse=True)
 
     def query(self, query: SessionFilter) -> SessionListResult:
-        """The page of sessions matching ``query``. The metadata objects are the index's
-        own; the caller copies them before they leave the storage."""
+        """The page of sessions matching ``query``, and how many sessions it looked at
+        (``examined``). The metadata objects are the index's own; the caller copies
+        them before they leave the storage."""
         offset, limit = max(query.offset, 0), max(query.limit, 0)
         wanted = offset + limit
         if wanted == 0:  # a count alone (server/store_stats.py): nothing to copy or order
-            total = self._count(query)
-            return SessionListResult(sessions=[], total=total, offset=offset, limit=limit)
-        matches = self._select(query)
+            total, examined = self._count(query)
+            return SessionListResult([], total, offset, limit, examined)
+        if self._in_created_order(query):
+            ordered, total, examined = self._by_creation(query, wanted)
+            return SessionListResult(ordered[offset:], total, offset, limit, examined)
+        candidates, covered = self._candidates(query)
+        matches = _passing(candidates, _predicates(query, covered))
         total = len(matches)
         key = _SORT_KEYS[query.sort_by]
         descending = query.sort_order == SortOrder.DESC
@@ -144,50 +161,130 @@ class SessionIndex:
             ordered = pick(wanted, matches, key=key)
         else:
             ordered = sorted(matches, key=key, reverse=descending)
-        return SessionListResult(
-            sessions=ordered[offset:wanted], total=total, offset=offset, limit=limit
+        return SessionListResult(ordered[offset:wanted], total, offset, limit, len(candidates))
+
+    def _in_created_order(self, query: SessionFilter) -> bool:
+        """Whether ``query`` is read from a :class:`CreatedOrder`: sorted by creation,
+        from a user's sessions or all of them (a state's set is the other source)."""
+        after = query.after
+        return (
+            self._secondary
+            and query.sort_by is SortBy.CREATED_AT
+            and query.state is None
+            and (after is None or isinstance(after.key, datetime))
         )
 
-    def _count(self, query: SessionFilter) -> int:
-        candidates = self._candidates(query)
-        checks = _predicates(query)
+    def _by_creation(
+        self, query: SessionFilter, wanted: int
+    ) -> tuple[list[SessionMetadata], int, int]:
+        """The first ``wanted`` matches of ``query`` in its order, how many match, and
+        how many were looked at: the page alone when nothing is left to check but the
+        user and the creation times (the order's source and span)."""
+        order = self._created_order(query.user_id)
+        low = None if query.created_after is None else _aware(query.created_after)
+        high = None if query.created_before is None else _aware(query.created_before)
+        start, end = order.span(low, high)
+        descending = query.sort_order == SortOrder.DESC
+        first, last = start, end
+        if query.after is not None:
+            place = (_aware(cast(datetime, query.after.key)), query.after.id)
+            first, last = order.beyond(place, descending, start, end)
+        checks = _predicates(query, {"user_id", "created_after", "created_before"})
         if not checks:
-            return len(candidates)
-        return sum(1 for m in candidates if all(check(m) for check in checks))
+            # (An offset may be past any list's length: islice takes no more than one.)
+            ordered = list(
+                itertools.islice(order.walk(first, last, descending), min(wanted, last - first))
+            )
+            return ordered, end - start, len(ordered)
+        check = _all_of(checks)
+        # The total counts every match, those before a keyset position too.
+        passed_before = sum(1 for m in order.between(start, first) if check(m))
+        passed_before += sum(1 for m in order.between(last, end) if check(m))
+        ordered, passed = first_passing(order.between(first, last), descending, wanted, check)
+        return ordered, passed_before + passed, end - start
+
+    def _created_order(self, user_id: str | None) -> CreatedOrder:
+        """The creation order of ``user_id``'s sessions (None: of all), made if none is
+        kept."""
+        source = (user_id is not None, user_id)
+        order = self._orders.get(source)
+        if order is None:
+            if user_id is None:
+                members: Iterable[SessionMetadata] = self._by_id.values()
+            else:
+                members = (self._by_id[i] for i in self._by_user.get(user_id, ()))
+            order = self._orders[source] = CreatedOrder(members)
+        return order
+
+    def _count(self, query: SessionFilter) -> tuple[int, int]:
+        """How many sessions match ``query``, and how many were looked at."""
+        candidates, covered = self._candidates(query)
+        checks = _predicates(query, covered)
+        if not checks:
+            return len(candidates), 0
+        check = _all_of(checks)
+        return sum(1 for m in candidates if check(m)), len(candidates)
 
     def _select(self, query: SessionFilter) -> list[SessionMetadata]:
-        candidates = self._candidates(query)
-        checks = _predicates(query)
-        if not checks:
-            return list(candidates)
-        return [m for m in candidates if all(check(m) for check in checks)]
+        candidates, covered = self._candidates(query)
+        return _passing(candidates, _predicates(query, covered))
 
-    def _candidates(self, query: SessionFilter) -> Collection[SessionMetadata]:
+    def _candidates(self, query: SessionFilter) -> tuple[Collection[SessionMetadata], set[str]]:
+        """The sessions ``query`` is checked on: the smallest set of those its user or
+        its state select (every one without), and which of those two it covers."""
         if not self._secondary:
-            return self._by_id.values()
-        sets: list[Collection[str]] = []
+            return self._by_id.values(), set()
+        sets: list[tuple[Collection[str], str]] = []
         if query.user_id is not None:
-            sets.append(self._by_user.get(query.user_id, set()))
+            sets.append((self._by_user.get(query.user_id, set()), "user_id"))
         if query.state is not None:
-            sets.append(self._by_state.get(query.state, {}))
+            sets.append((self._by_state.get(query.state, {}), "state"))
         if not sets:
-            return self._by_id.values()
-        smallest = min(sets, key=len)
-        return [self._by_id[session_id] for session_id in smallest]
+            return self._by_id.values(), set()
+        smallest, field = min(sets, key=lambda pair: len(pair[0]))
+        return [self._by_id[session_id] for session_id in smallest], {field}
 
 
-def _predicates(query: SessionFilter) -> list[Callable[[SessionMetadata], bool]]:
+def _sources(metadata: SessionMetadata) -> list[tuple[bool, str | None]]:
+    """The creation orders a session is in: all sessions', and its user's."""
+    if metadata.user_id is None:
+        return [(False, None)]
+    return [(False, None), (True, metadata.user_id)]
+
+
+def _passing(
+    candidates: Collection[SessionMetadata], checks: list[Callable[[SessionMetadata], bool]]
+) -> list[SessionMetadata]:
+    if not checks:
+        return list(candidates)
+    if len(checks) == 1:
+        (check,) = checks
+        return [m for m in candidates if check(m)]
+    return [m for m in candidates if all(check(m) for check in checks)]
+
+
+def _all_of(checks: list[Callable[[SessionMetadata], bool]]) -> Callable[[SessionMetadata], bool]:
+    if len(checks) == 1:
+        return checks[0]
+    return lambda m: all(check(m) for check in checks)
+
+
+def _predicates(
+    query: SessionFilter, covered: Collection[str] = ()
+) -> list[Callable[[SessionMetadata], bool]]:
+    """The checks of ``query`` but those of the fields in ``covered`` (which the
+    candidates' source answers already)."""
     checks: list[Callable[[SessionMetadata], bool]] = []
-    if query.user_id is not None:
+    if query.user_id is not None and "user_id" not in covered:
         user_id = query.user_id
         checks.append(lambda m: m.user_id == user_id)
-    if query.state is not None:
+    if query.state is not None and "state" not in covered:
         state = query.state
         checks.append(lambda m: m.state == state)
-    if query.created_after is not None:
+    if query.created_after is not None and "created_after" not in covered:
         created_after = _aware(query.created_after)
         checks.append(lambda m: m.created_at >= created_after)
-    if query.created_before is not None:
+    if query.created_before is not None and "created_before" not in covered:
         created_before = _aware(query.created_before)
         checks.append(lambda m: m.created_at < created_before)
     if query.active_after is not None:

@@ -77,3 +77,7 @@ class SessionListResult(msgspec.Struct):
     total: int
     offset: int
     limit: int
+    # How many stored sessions the store looked at to answer: the candidates its
+    # filter walked (one user's sessions, one state's, or all), which ``total`` does not
+    # count when few of them match. What a listing is charged for (server/http.py).
+    examined: int = 0

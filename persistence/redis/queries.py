@@ -26,6 +26,7 @@ one call each served one of them), each holding its matches meanwhile (some 25 M
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -72,33 +73,53 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
     args = list_args(storage.layout, query, storage.list_step)
     offset, limit = max(query.offset, 0), max(query.limit, 0)
     size, descending = offset + limit, query.sort_order is SortOrder.DESC
-    reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
+    steps = _Steps(storage)
+    reply = await steps.run(args, FIRST_STEP)
     if reply[0] != 0:
         # One listing in steps at a time on this process (the first step aside, taken
         # before anyone knew it would be one), first come first served.
         async with storage.stepped_listing:
-            kept = await _steps_kept(storage, query, args, reply)
+            kept = await _steps_kept(steps, query, args, reply)
             if kept is not None:
                 ids, total = kept
             else:
                 # Read again, the first reading's candidates already let go: held
                 # beside every match, a listing would hold up to twice list_bytes.
-                reply = await storage.redis.run("list", [], [*args, *FIRST_STEP])
+                reply = await steps.run(args, FIRST_STEP)
                 if reply[0] != 0:
                     every = EveryMatch(storage.list_bytes, after_entry(query))
-                    await _steps_whole(storage, args, reply, every)
+                    await _steps_whole(steps, args, reply, every)
                     ids, total = every.result(size, descending)
+    # Each call reads at most a step of candidates (one call's listing, a source of at
+    # most a step, or a page taken straight from the source's order): what is counted.
+    examined = steps.calls * storage.list_step
     if reply[0] == 0:  # one call's listing: the page's metadata, read with it
         sessions = [storage.served_metadata(flat) for flat in reply[2:]]
-        return SessionListResult(sessions=sessions, total=int(reply[1]), offset=offset, limit=limit)
+        return SessionListResult(sessions, int(reply[1]), offset, limit, examined)
     page = [id_.decode() for id_ in ids[offset:]]
     hashes = await storage.redis.read_many([("HGETALL", storage.layout.meta(i)) for i in page])
     sessions = [storage.served_metadata(flat) for flat in hashes if flat]
-    return SessionListResult(sessions=sessions, total=total, offset=offset, limit=limit)
+    return SessionListResult(sessions, total, offset, limit, examined)
+
+
+class _Steps:
+    """A listing's calls of list.lua, counted."""
+
+    __slots__ = ("calls", "storage")
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self.storage = storage
+        self.calls = 0
+
+    async def run(self, args: list[str | int], step: Sequence[Any]) -> list[Any]:
+        """list.lua's call with the query's ``args`` and where the last call ended."""
+        self.calls += 1
+        reply: list[Any] = await self.storage.redis.run("list", [], [*args, *step])
+        return reply
 
 
 async def _steps_kept(
-    storage: RedisStorage, query: SessionFilter, args: list[str | int], reply: list[Any]
+    steps: _Steps, query: SessionFilter, args: list[str | int], reply: list[Any]
 ) -> tuple[list[bytes], int] | None:
     """The page's ids (from the start) and the total of a listing in steps from its
     first step's ``reply`` on, keeping only what sorts into the page; None if a late
@@ -106,27 +127,27 @@ async def _steps_kept(
     caught here, whose traceback holds that frame, included)."""
     size = max(query.offset, 0) + max(query.limit, 0)
     descending = query.sort_order is SortOrder.DESC
-    keeper = PageKeeper(size, descending, storage.list_bytes, after_entry(query))
+    keeper = PageKeeper(size, descending, steps.storage.list_bytes, after_entry(query))
     try:
         while True:
             early, matches = _matches_of(reply)
             keeper.add(matches, early)
             if reply[0] == 2:
                 return keeper.result()
-            reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
+            reply = await steps.run(args, reply[1 : 1 + len(FIRST_STEP)])
     except HoleInPage:
         return None
 
 
 async def _steps_whole(
-    storage: RedisStorage, args: list[str | int], reply: list[Any], every: EveryMatch
+    steps: _Steps, args: list[str | int], reply: list[Any], every: EveryMatch
 ) -> None:
     """The steps of a listing from its first ``reply`` on, into ``every``."""
     while True:
         every.add(_matches_of(reply)[1])
         if reply[0] == 2:
             return
-        reply = await storage.redis.run("list", [], [*args, *reply[1 : 1 + len(FIRST_STEP)]])
+        reply = await steps.run(args, reply[1 : 1 + len(FIRST_STEP)])
 
 
 def _matches_of(reply: list[Any]) -> tuple[int, list[bytes]]:

@@ -311,13 +311,20 @@ def events(
 
 def list_sessions(
     db: sqlite3.Connection, query: SessionFilter
-) -> tuple[list[SessionMetadata], int]:
-    """One page of the sessions matching ``query``, and how many match in all."""
+) -> tuple[list[SessionMetadata], int, int]:
+    """One page of the sessions matching ``query``, how many match in all, and how many
+    the count walked: the candidates the indexes select (by user, state and creation
+    time), each of which is checked for a title or an activity time."""
     where, params = _where(query)
     db.execute("BEGIN")
     total: int = db.execute(f"SELECT count(*) FROM sessions{where}", params).fetchone()[0]
+    examined = total
+    if query.title_contains is not None or query.active_after is not None:
+        indexed = msgspec.structs.replace(query, title_contains=None, active_after=None)
+        where, params = _where(indexed)
+        examined = db.execute(f"SELECT count(*) FROM sessions{where}", params).fetchone()[0]
     rows = db.execute(*page_query(query))
-    return [metadata_of(row) for row in rows], total
+    return [metadata_of(row) for row in rows], total, examined
 
 
 def page_query(query: SessionFilter) -> tuple[str, list[object]]:

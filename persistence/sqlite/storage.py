@@ -191,8 +191,9 @@ class SqliteStorage(OnStoreClock, AppendOne):
         await self._write(work, lambda _: self._live.removed([session_id]))
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
-        sessions, total = await self._read(reads.list_sessions, filter)
-        return SessionListResult(sessions, total, max(filter.offset, 0), max(filter.limit, 0))
+        sessions, total, examined = await self._read(reads.list_sessions, filter)
+        offset, limit = max(filter.offset, 0), max(filter.limit, 0)
+        return SessionListResult(sessions, total, offset, limit, examined)
 
     async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
         return await self._read(reads.user_sessions, user_id)
