@@ -25,7 +25,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from . import web
 from .auth import Forbidden, Unauthorized, check_session_id_for
 from .failures import failure_of
-from .http_pages import as_page, paced, refused_before_read
+from .http_pages import as_page, charge_examined, paced, refused_before_read
 from .http_peer import HttpPeer
 from .http_requests import ALLOWED_METHODS
 from .list_cursor import BadCursor, ListingPage, cursor_after, position_of
@@ -189,7 +189,9 @@ async def _list_sessions(services: Services, params: dict[str, str], peer: HttpP
     # One more than the page, to know whether another follows (a cursor, or null).
     limit = filter.limit
     asked = msgspec.structs.replace(filter, limit=limit + 1)
-    result = await services.page_reads.lookup(lambda: services.manager.list_sessions(asked))
+    # In a read slot, as a page is: its page is decoded, and its walk is the store's.
+    result = await services.page_reads.read(lambda: services.manager.list_sessions(asked))
+    charge_examined(services, peer, result.examined)
     more = len(result.sessions) > limit
     sessions = within_bytes(result.sessions[:limit], services.config.max_page_bytes)
     more = more or len(sessions) < len(result.sessions[:limit])
