@@ -55,7 +55,7 @@ class CreatedOrder:
         direction (keyset paging)."""
         if descending:
             return start, max(start, min(end, bisect.bisect_left(self._places, place)))
-        return max(start, bisect.bisect_right(self._places, place)), end
+        return min(end, max(start, bisect.bisect_right(self._places, place))), end
 
     def walk(self, start: int, end: int, descending: bool) -> Iterator[SessionMetadata]:
         """The sessions at positions ``[start, end)``, in the listing's direction, one

@@ -52,6 +52,7 @@ def _by_hand(sessions: list[SessionMetadata], query: SessionFilter) -> tuple[lis
 
 def _queries(sessions: list[SessionMetadata]) -> list[SessionFilter]:
     middle = sessions[len(sessions) // 2]
+    first, last = min(sessions, key=_place), max(sessions, key=_place)
     queries = []
     for order in (SortOrder.DESC, SortOrder.ASC):
         for user in (None, "u1", "u2", "nobody"):
@@ -70,7 +71,22 @@ def _queries(sessions: list[SessionMetadata]) -> list[SessionFilter]:
                         created_before=BASE + timedelta(seconds=9),
                     ),
                 ]
+                # A keyset position outside the range of creation times asked for.
+                queries += [
+                    SessionFilter(
+                        **base,
+                        limit=4,
+                        created_after=BASE + timedelta(seconds=4),
+                        created_before=BASE + timedelta(seconds=9),
+                        after=ListPosition(edge.created_at, edge.id),
+                    )
+                    for edge in (first, last)
+                ]
     return queries
+
+
+def _place(metadata: SessionMetadata) -> tuple[datetime, str]:
+    return metadata.created_at, metadata.id
 
 
 async def _agrees(store: Storage, sessions: list[SessionMetadata]) -> None:
