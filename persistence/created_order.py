@@ -46,10 +46,11 @@ class CreatedOrder:
         """The positions of the sessions created at ``low`` or later and before ``high``
         (either None: no bound on that side)."""
         sessions = self._sessions
-        start = 0 if low is None else bisect.bisect_left(sessions, (low,), key=place_of)
+        # ("" sorts before every id: the first session created at that time or later.)
+        start = 0 if low is None else bisect.bisect_left(sessions, (low, ""), key=place_of)
         end = len(sessions)
         if high is not None:
-            end = bisect.bisect_left(sessions, (high,), key=place_of)
+            end = bisect.bisect_left(sessions, (high, ""), key=place_of)
         return start, max(start, end)
 
     def beyond(self, place: Place, descending: bool, start: int, end: int) -> tuple[int, int]:
