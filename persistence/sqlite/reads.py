@@ -316,19 +316,22 @@ def list_sessions(
     the count walked: the candidates the indexes select (by user, state and creation
     time), each of which is checked for a title or an activity time."""
     db.execute("BEGIN")
-    # One walk over the candidates counts them and those of them that match.
-    indexed = msgspec.structs.replace(query, title_contains=None, active_after=None)
-    where, params = _where(indexed)
     checked, checked_params = _checked(query)
-    counts = f"SELECT count(*), coalesce(sum({checked}), 0) FROM sessions{where}"
-    examined, total = db.execute(counts, [*checked_params, *params]).fetchone()
+    if checked is None:  # every candidate the indexes select matches
+        where, params = _where(query)
+        total = examined = db.execute(f"SELECT count(*) FROM sessions{where}", params).fetchone()[0]
+    else:  # one walk over the candidates counts them and those that match
+        indexed = msgspec.structs.replace(query, title_contains=None, active_after=None)
+        where, params = _where(indexed)
+        counts = f"SELECT count(*), coalesce(sum({checked}), 0) FROM sessions{where}"
+        examined, total = db.execute(counts, [*checked_params, *params]).fetchone()
     rows = db.execute(*page_query(query))
     return [metadata_of(row) for row in rows], total, examined
 
 
-def _checked(query: SessionFilter) -> tuple[str, list[object]]:
+def _checked(query: SessionFilter) -> tuple[str | None, list[object]]:
     """What ``query`` checks on each candidate its indexes select (its title, its
-    activity time) as one SQL condition (``1``: nothing), and its parameters."""
+    activity time) as one SQL condition (None: nothing), and its parameters."""
     conditions: list[str] = []
     params: list[object] = []
     if query.active_after is not None:
@@ -337,7 +340,7 @@ def _checked(query: SessionFilter) -> tuple[str, list[object]]:
     if query.title_contains is not None:
         conditions.append("instr(title, ?) > 0")  # case-sensitive: see _where
         params.append(query.title_contains)
-    return (" AND ".join(conditions) or "1"), params
+    return (" AND ".join(conditions) or None), params
 
 
 def page_query(query: SessionFilter) -> tuple[str, list[object]]:
