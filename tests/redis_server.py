@@ -25,6 +25,8 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from bamboo_session.persistence import open_storage
+from bamboo_session.persistence.redis import RedisStorage
 from tests.parent_death import ending_with_this_process
 from tests.proxies import RedisProxy
 
@@ -171,6 +173,18 @@ async def link_replica(replica: Any, primary: RedisServer) -> None:
         if info.get("master_link_status") == "up":
             return
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def redis_store(server: RedisServer, directory: Path) -> AsyncIterator[RedisStorage]:
+    """A store on ``server`` with keys of its own (``prefix_for(directory)``) and no
+    cleanup sweep, closed at the end."""
+    storage = await open_storage(server.url(prefix=prefix_for(directory)), cleanup_interval=None)
+    assert isinstance(storage, RedisStorage)
+    try:
+        yield storage
+    finally:
+        await storage.close()
 
 
 @contextlib.asynccontextmanager

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import SessionFilter, SortBy, SortOrder
 from bamboo_session.persistence.presence import Park, Parked
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import AgentEvent, Session, SessionMetadata, SessionState
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer, redis_store
 
 TICK = timedelta(microseconds=1)
 TTL = 600
@@ -34,14 +33,8 @@ TTL = 600
 
 @pytest.fixture(name="storage")
 async def storage_fixture(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[RedisStorage]:
-    storage = await open_storage(
-        redis_server.url(prefix=prefix_for(tmp_path)), cleanup_interval=None
-    )
-    assert isinstance(storage, RedisStorage)
-    try:
+    async with redis_store(redis_server, tmp_path) as storage:
         yield storage
-    finally:
-        await storage.close()
 
 
 async def redis_time(storage: RedisStorage) -> datetime:

@@ -17,23 +17,16 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from bamboo_session.persistence import open_storage
 from bamboo_session.persistence.base import StorageError
 from bamboo_session.persistence.redis import RedisStorage
 from bamboo_session.protocol.models import AgentEvent, Message, MessageEvent, Role, Session
-from tests.redis_server import RedisServer, prefix_for
+from tests.redis_server import RedisServer, redis_store
 
 
 @pytest.fixture(name="storage")
 async def storage_fixture(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[RedisStorage]:
-    storage = await open_storage(
-        redis_server.url(prefix=prefix_for(tmp_path)), cleanup_interval=None
-    )
-    assert isinstance(storage, RedisStorage)
-    try:
+    async with redis_store(redis_server, tmp_path) as storage:
         yield storage
-    finally:
-        await storage.close()
 
 
 MESSAGE = MessageEvent(Message(Role.ASSISTANT, "hello"))  # into the history too
