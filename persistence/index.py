@@ -211,8 +211,12 @@ class SessionIndex:
         if order is None:
             if user_id is None:
                 members: Iterable[SessionMetadata] = self._by_id.values()
+            elif user_id in self._by_user:
+                members = (self._by_id[i] for i in self._by_user[user_id])
             else:
-                members = (self._by_id[i] for i in self._by_user.get(user_id, ()))
+                # Not kept: nothing would ever drop it (no session of the user leaves),
+                # and a peer may list any number of users who have none.
+                return CreatedOrder(())
             order = self._orders[source] = CreatedOrder(members)
         return order
 
