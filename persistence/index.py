@@ -180,7 +180,9 @@ class SessionIndex:
         """The first ``wanted`` matches of ``query`` in its order, how many match, and
         how many were looked at: the page alone when nothing is left to check but the
         user and the creation times (the order's source and span)."""
-        order = self._created_order(query.user_id)
+        order, made = self._created_order(query.user_id)
+        # Made for this listing: every session of its source was looked at (ordered).
+        ordered_anew = len(order) if made else 0
         low = None if query.created_after is None else _aware(query.created_after)
         high = None if query.created_before is None else _aware(query.created_before)
         start, end = order.span(low, high)
@@ -195,30 +197,31 @@ class SessionIndex:
             ordered = list(
                 itertools.islice(order.walk(first, last, descending), min(wanted, last - first))
             )
-            return ordered, end - start, len(ordered)
+            return ordered, end - start, max(len(ordered), ordered_anew)
         check = _all_of(checks)
         # The total counts every match, those before a keyset position too.
         passed_before = sum(1 for m in order.between(start, first) if check(m))
         passed_before += sum(1 for m in order.between(last, end) if check(m))
         ordered, passed = first_passing(order.between(first, last), descending, wanted, check)
-        return ordered, passed_before + passed, end - start
+        return ordered, passed_before + passed, max(end - start, ordered_anew)
 
-    def _created_order(self, user_id: str | None) -> CreatedOrder:
-        """The creation order of ``user_id``'s sessions (None: of all), made if none is
-        kept."""
+    def _created_order(self, user_id: str | None) -> tuple[CreatedOrder, bool]:
+        """The creation order of ``user_id``'s sessions (None: of all), and whether it
+        was made now (none was kept: a session of it left since, or none asked)."""
         source = (user_id is not None, user_id)
         order = self._orders.get(source)
-        if order is None:
-            if user_id is None:
-                members: Iterable[SessionMetadata] = self._by_id.values()
-            elif user_id in self._by_user:
-                members = (self._by_id[i] for i in self._by_user[user_id])
-            else:
-                # Not kept: nothing would ever drop it (no session of the user leaves),
-                # and a peer may list any number of users who have none.
-                return CreatedOrder(())
-            order = self._orders[source] = CreatedOrder(members)
-        return order
+        if order is not None:
+            return order, False
+        if user_id is None:
+            members: Iterable[SessionMetadata] = self._by_id.values()
+        elif user_id in self._by_user:
+            members = (self._by_id[i] for i in self._by_user[user_id])
+        else:
+            # Not kept: nothing would ever drop it (no session of the user leaves), and
+            # a peer may list any number of users who have none.
+            return CreatedOrder(()), False
+        order = self._orders[source] = CreatedOrder(members)
+        return order, True
 
     def _count(self, query: SessionFilter) -> tuple[int, int]:
         """How many sessions match ``query``, and how many were looked at."""
