@@ -1,7 +1,8 @@
 """The storage contract (typing.Protocol) every backend implements, its result types, and
 (re-exported, so that the contract has one import path) the typed errors every backend
-raises (persistence/errors.py), the ``list_sessions`` query (persistence/listing.py) and
-the live ``Subscription`` every ``subscribe`` returns (persistence/subscription.py).
+raises (persistence/errors.py), the ``list_sessions`` query (persistence/listing.py),
+the live ``Subscription`` every ``subscribe`` returns (persistence/subscription.py) and
+the small value types of its results (persistence/results.py).
 
 The methods follow the seed's ``SessionStorage`` trait, plus the event log that resume
 is built on. Every backend means them the same way, and one contract test suite
@@ -58,9 +59,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final, NamedTuple, Protocol, runtime_checkable
-
-import msgspec
+from typing import Final, Protocol, runtime_checkable
 
 from bamboo_session.protocol.errors import InvalidSessionId, InvalidTransition
 from bamboo_session.protocol.models import (
@@ -94,6 +93,7 @@ from .errors import (
     UserFull,
 )
 from .listing import ListPosition, SessionFilter, SessionListResult, SortBy, SortOrder
+from .results import Appended, HistoryPage, OwnerCaps
 from .subscription import Subscription
 
 __all__ = [
@@ -138,38 +138,6 @@ __all__ = [
 KEY_WINDOW: Final = 10_000  # appends within which an idempotency key is remembered
 
 AppendItem = tuple[AnyAgentEvent, str | None]  # an event and its idempotency key
-
-
-class OwnerCaps(NamedTuple):
-    """Caps on the sessions of a new session's user, which a store that counts them
-    (``counts_owner_caps``) checks in the step that creates it: sessions not closed
-    (``live``), and sessions in all, closed and expired ones too (``stored``); 0: no
-    cap. A session it replaces (``replace_expired``) goes with the creation, so it is
-    not counted."""
-
-    live: int = 0
-    stored: int = 0
-
-
-class Appended(msgspec.Struct, frozen=True, gc=False):
-    """What one appended item became: its seq, and whether it was a duplicate (then
-    ``seq`` is the seq its key was first accepted with, and nothing was appended).
-
-    One is made per appended item, on the hot path, and lives until the item is
-    acknowledged: a struct of two scalars, out of the cycle collector's sight (a named
-    tuple stays tracked for life, and costs five times as much to make)."""
-
-    seq: int
-    duplicate: bool = False
-
-
-class HistoryPage(msgspec.Struct):
-    """Messages ``start .. start + len(messages)`` of a history (indexes from 0, oldest
-    first); ``has_more`` says whether older ones exist before ``start``."""
-
-    messages: list[Message]
-    start: int
-    has_more: bool
 
 
 @runtime_checkable
