@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bamboo_session.persistence import ListPosition, SessionFilter, SortBy, SortOrder, open_storage
-from bamboo_session.persistence.sqlite.reads import page_query
+from bamboo_session.persistence.sqlite.listing import page_query
 from bamboo_session.protocol.models import Session, SessionMetadata, SessionState
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)

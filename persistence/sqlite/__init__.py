@@ -8,8 +8,9 @@ the OS; survives a crash of the process, not of the machine).
 
 Modules: ``schema`` (the file's tables, indexes, migrations and row conversions),
 ``writes`` and ``writer`` (the group commit), ``reads`` (the read connections and
-queries), ``lock`` (one process per file), ``opening`` (the store's parts opened in
-order, closed in reverse), ``storage`` (:class:`SqliteStorage`).
+queries), ``listing`` (``list_sessions``'s), ``lock`` (one process per file),
+``opening`` (the store's parts opened in order, closed in reverse), ``storage``
+(:class:`SqliteStorage`).
 docs/storage-sqlite.md describes the file for operators.
 """
 

@@ -55,7 +55,7 @@ from ..close_once import CloseOnce
 from ..feed import READ_BEHIND_BYTES, FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
-from . import parking, reads, writes
+from . import listing, parking, reads, writes
 from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .live import Live
@@ -191,12 +191,12 @@ class SqliteStorage(OnStoreClock, AppendOne):
         await self._write(work, lambda _: self._live.removed([session_id]))
 
     async def list_sessions(self, filter: SessionFilter) -> SessionListResult:
-        sessions, total, examined = await self._read(reads.list_sessions, filter)
+        sessions, total, examined = await self._read(listing.list_sessions, filter)
         offset, limit = max(filter.offset, 0), max(filter.limit, 0)
         return SessionListResult(sessions, total, offset, limit, examined)
 
     async def list_user_sessions(self, user_id: str) -> list[SessionMetadata]:
-        return await self._read(reads.user_sessions, user_id)
+        return await self._read(listing.user_sessions, user_id)
 
     async def get_session_history(self, session_id: str) -> list[Message]:
         return await self._read(reads.history, check_session_id(session_id), self.now())
