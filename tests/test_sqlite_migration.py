@@ -24,8 +24,8 @@ from bamboo_session.persistence import (
     StorageLocked,
     open_storage,
 )
+from bamboo_session.persistence.sqlite.listing import page_query
 from bamboo_session.persistence.sqlite.lock import store_lock
-from bamboo_session.persistence.sqlite.reads import page_query
 from bamboo_session.persistence.sqlite.schema import SCHEMA_VERSION
 from bamboo_session.protocol.models import Message, SessionState
 
