@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final, Self
 
 from redis.asyncio import Redis
 
 from bamboo_session.protocol.ids import check_session_id
-from bamboo_session.protocol.micros import to_micros
 from bamboo_session.protocol.models import (
     Message,
     MessageEvent,
@@ -46,9 +45,8 @@ from ..base import (
     StoreMisconfigured,
 )
 from ..close_once import CloseOnce
-from ..feed import DELETED, HISTORY_LOST, READ_BEHIND_BYTES, FeedSubscription
-from ..index import copy_metadata
-from . import appending, importing, reading, state_writes
+from ..feed import HISTORY_LOST, READ_BEHIND_BYTES, FeedSubscription
+from . import appending, creating, importing, reading, state_writes
 from .client import (
     Commands,
     check_persistence,
@@ -61,14 +59,14 @@ from .clock import RedisClock
 from .config import RedisConfig
 from .durability import DurabilityWatch
 from .eviction import warn_of_eviction
-from .generation import CREATED_UNDER, Generation
-from .layout import DELETED_NOTICE, Layout, metadata_fields, metadata_from
+from .generation import Generation
+from .layout import Layout, metadata_from
 from .live import Live
 from .pool import CheckedPool
 from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .reports import StoreReports
-from .scripts import HistoryLost, optional_arg, removed_epoch
+from .scripts import HistoryLost
 from .store_format import check_format
 from .versions import require_redis, server_version
 
@@ -185,49 +183,7 @@ class RedisStorage(StoreReports, AppendOne):
         made_now: bool = False,
         owner_caps: OwnerCaps | None = None,
     ) -> None:
-        self.require_writable()
-        session_id = check_session_id(session.metadata.id)
-        meta = copy_metadata(session.metadata)
-        if CREATED_UNDER in meta.epoch:  # the stored epoch's mark (generation.py)
-            raise ValueError(f"session {session_id!r}: an epoch holds no {CREATED_UNDER!r}")
-        meta.last_seq = 0
-        meta.message_count = 0
-        meta.stored_bytes = 0
-        if meta.ttl is None and self.config.default_ttl is not None:
-            meta.ttl = self.config.default_ttl
-            meta.expires_at = meta.last_activity_at + timedelta(seconds=meta.ttl)
-        # Made now, create.lua stamps it with its TIME.
-        made_now = made_now or self.clock.made_now(meta)
-        if not made_now:
-            await self.clock.settle()  # a reading a local clock's jump left unsure: anew
-            self.clock.restamp(meta)  # times by Redis's clock, as every later write's
-        maximum = self.config.max_sessions
-        live_cap, stored_cap = owner_caps or (0, 0)
-        channel = self.layout.channel(session_id)
-        replaced = await self.redis.write(
-            "create",
-            self.layout.session_keys(session_id),
-            [
-                session_id,
-                self.layout.index,
-                optional_arg(maximum),
-                "expired" if replace_expired else "",
-                self.redis.publish,
-                channel,
-                to_micros(meta.updated_at) if made_now else "",
-                optional_arg(live_cap or None),
-                optional_arg(stored_cap or None),
-                *metadata_fields(meta),
-            ],
-            notice=DELETED_NOTICE,  # published by the caller (replicas) only if replaced
-            epoch_of=removed_epoch,
-            channel=channel,
-        )
-        if replaced:
-            self.live.feed.end(session_id, DELETED, self.served_epoch(removed_epoch(replaced)))
-        if session.messages:  # what the session is made with: not held to the cap
-            items = [(MessageEvent(message), None) for message in session.messages]
-            await appending.append_events(self, session_id, items, None, None)
+        await creating.create_session(self, session, replace_expired, made_now, owner_caps)
 
     async def load_session(self, session_id: str) -> Session | None:
         try:
