@@ -1,9 +1,9 @@
 """What an HTTP answer (one that does not become a WebSocket) is let out as: the
 answer itself, charged to its peer's share of the unread answers
 (server/unread_answers.py), or the refusal that takes its place when that share, or
-the server's, cannot hold it. ``BambooServer``'s request hook (server/app.py) calls
-:func:`admit_answer` once the answer is decided, and charges the page it carries to
-the peer's read allowance whatever became of it.
+the server's, cannot hold it. ``BambooServer``'s request gate
+(server/request_gate.py) calls :func:`admit_answer` once the answer is decided, and
+charges the page it carries to the peer's read allowance whatever became of it.
 """
 
 from __future__ import annotations

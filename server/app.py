@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import http
 import os
 import time
 from collections.abc import Callable
@@ -19,29 +18,17 @@ from typing import Self
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from bamboo_session.persistence.base import Storage
 from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOCOLS
 from bamboo_session.protocol.errors import CloseCode
 
-from .answer_admission import admit_answer
 from .arriving_frames import MESSAGE_SLACK, ArrivingFrames
 from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
 from .connection import Connection
-from .cors import is_preflight, preflight, with_cors
 from .flush import Flusher
-from .http import (
-    BadRoute,
-    handle_get,
-    is_stream_path,
-    opens_websocket,
-    stream_route,
-    upgrade_required,
-)
-from .http_peer import HttpPeer
 from .http_requests import UnansweredRequests
 from .http_wire import BambooConnection
 from .limits import connection_cap
@@ -49,12 +36,12 @@ from .logs import announce
 from .manager import SessionManager
 from .manager_stop import after_sessions, close_sessions
 from .metrics import Metrics
-from .origins import RequestGuard, host_fault
+from .origins import RequestGuard
 from .quotas import SessionQuotas
 from .read_allowance import ReadAllowances
 from .readiness import Readiness
 from .replay_shares import ReplayShares
-from .responses import error_response, last_on_its_connection
+from .request_gate import RequestGate
 from .services import Services
 from .shutdown import bytes_delivered, close_unattached, drop_connections, peers_closing
 from .stop_bounds import (
@@ -73,8 +60,6 @@ from .upgrade_task import handler_task
 from .user_connections import LocalUserConnections, user_connections_for
 
 log = structlog.get_logger("bamboo_session.server")
-# Headers whose value decides something: two of them are ambiguous, and refused.
-_SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")
 
 
 class BambooServer:
@@ -215,7 +200,8 @@ class BambooServer:
         )
         # Each connection's task, set before any can come: websockets' less what is
         # not used here, process_request ours (upgrade_task.py).
-        server.handler = handler_task(server, self._process_request, self._handle)  # type: ignore[assignment]
+        gate = RequestGate(self.services, self.guard)
+        server.handler = handler_task(server, gate.process_request, self._handle)  # type: ignore[assignment]
         self._server = await server
         self.user_connections.start()  # its heartbeat, once nothing can fail the start
         self.services.store_stats.start()  # the count nearing --max-stored-sessions
@@ -314,73 +300,9 @@ class BambooServer:
     def ready(self) -> bool:
         return self._server is not None and self.storage is not None and self.storage.ready
 
-    # -- requests ------------------------------------------------------------------
-
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        assert isinstance(connection, BambooConnection)  # serve()'s create_connection
-        peer = HttpPeer.of(self.access, request, connection)
-        try:
-            response = await self._answer_request(request, peer, connection)
-        except BaseException:
-            peer.settle(0)  # what its page's read was charged ahead, given back
-            raise
-        if response is None:
-            return None
-        response, page = admit_answer(
-            self.unread_answers, self.config, connection, request, peer, response
-        )
-        # The page was read (a HEAD's too): it costs its peer's reads whether the unread
-        # answers let it out or refused it (429, 503). A refused read that cost nothing
-        # could be had again and again: a peer that kept its part nearly full had some
-        # 130 pages of 1 MiB a second read for it, four times its allowance.
-        peer.settle(page)
-        # A page of an origin that may open a WebSocket here may read the answer too.
-        return last_on_its_connection(with_cors(self.guard, request, response))
-
-    async def _answer_request(
-        self, request: Request, peer: HttpPeer, connection: BambooConnection
-    ) -> Response | None:
-        """The answer to a request that does not become a WebSocket, else None (the
-        upgrade's route then kept on ``connection`` for its handler)."""
-        # Each header that decides something read once, here: its one value, or None.
-        single: list[str | None] = []
-        for name in _SINGLE_HEADERS:
-            values = request.headers.get_all(name)
-            if len(values) > 1:
-                message = f"more than one {name} header"
-                return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", message)
-            single.append(values[0] if values else None)
-        host, origin, _, upgrade = single
-        fault = host_fault(host, request.protocol)
-        if fault is not None:
-            # Whatever the host checks allow: a server refuses an invalid Host (RFC
-            # 9112 3.2), and the guard reads only its host part.
-            return error_response(http.HTTPStatus.BAD_REQUEST, "bad_request", fault)
-        if not self.guard.host_allowed(host):
-            # A page rebinding its own name to this server: it reads nothing here.
-            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "host not allowed")
-        if is_preflight(request):
-            return preflight(self.guard, request)
-        if not opens_websocket(request, upgrade):
-            if is_stream_path(request.path) and request.method in ("GET", "HEAD"):
-                return upgrade_required()
-            # A page the unread answers could not take is refused before it is read,
-            # once the request is authenticated (http_pages.py refused_before_read).
-            return await handle_get(self.services, request, peer)
-        try:
-            connection.route = stream_route(request.path)
-        except BadRoute as exc:
-            code = "not_found" if exc.status == http.HTTPStatus.NOT_FOUND else "bad_request"
-            return error_response(exc.status, code, exc.message)
-        if not self.guard.origin_allowed(origin):
-            return error_response(http.HTTPStatus.FORBIDDEN, "forbidden", "origin not allowed")
-        return None
-
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, BambooConnection)  # create_connection makes no other
-        route = ws.route  # set by _answer_request: no upgrade reaches here without it
+        route = ws.route  # set by the request's gate: no upgrade reaches here without it
         assert route is not None
         codec = CODECS_BY_SUBPROTOCOL.get(ws.subprotocol or "", JSON)
         await Connection(self.services, ws, codec, route.session_id).run()

@@ -125,7 +125,7 @@ async def handle_get(services: Services, request: Request, peer: HttpPeer) -> Re
             f"only {ALLOWED_METHODS} are served here",
             {"Allow": ALLOWED_METHODS},
         )
-    # A HEAD gets the GET's answer; the server drops its body (app.py), for every answer.
+    # A HEAD gets the GET's answer; the server drops its body (request_gate.py), for all.
     return await _answer_get(services, request, peer)
 
 

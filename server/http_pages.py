@@ -23,9 +23,9 @@ seconds (at least 1). Not a wait, because that is what an HTTP client handles be
 
 The same check, once the allowance lets the request through, refuses a page that the
 account of unread answers could not take (:func:`refused_before_read`, which says the
-order). A page is charged once read (:func:`as_page`, app.py), whether its answer is
-let out or refused for the bytes it would hold: a read refused free of charge could be
-had again and again, beyond the allowance.
+order). A page is charged once read (:func:`as_page`, request_gate.py), whether its
+answer is let out or refused for the bytes it would hold: a read refused free of
+charge could be had again and again, beyond the allowance.
 
 A whole history's later pages come after its status, when a 429 can no longer be sent:
 each waits the debt before it is read, as a WebSocket page does (counted with them in
@@ -75,8 +75,8 @@ def refused_before_read(services: Services, peer: HttpPeer) -> Response | None:
 
     A request let through has a page's worth (``--max-page-bytes``) charged to its
     peer's allowance at once, given back once its page is charged (``HttpPeer.settle``,
-    app.py): 300 requests of one peer sent at once passed this check before any page
-    was charged, and drew 289 MiB in 1.2 s where the allowance holds 64 MiB.
+    request_gate.py): 300 requests of one peer sent at once passed this check before
+    any page was charged, and drew 289 MiB in 1.2 s where the allowance holds 64 MiB.
     """
     allowance = services.read_allowances.of(peer.key)
     refusal = over_allowance(services, allowance)
@@ -105,9 +105,9 @@ def over_allowance(services: Services, allowance: ReadAllowance | None) -> Respo
 
 def as_page(services: Services, peer: HttpPeer, response: Response) -> Response:
     """``response``, a page for ``peer`` (a 200's body): charged to its allowance once
-    the server has decided the answer (app.py), let out or refused by the account of
-    unread answers (it would take that peer or the server past their part): it was
-    read either way."""
+    the server has decided the answer (request_gate.py), let out or refused by the
+    account of unread answers (it would take that peer or the server past their part):
+    it was read either way."""
     if response.status_code == http.HTTPStatus.OK:
         peer.page_allowance = services.read_allowances.of(peer.key)
     return response
@@ -176,8 +176,8 @@ async def _ready(
 
 
 async def _charged(pieces: AsyncIterator[bytes], allowance: ReadAllowance) -> AsyncIterator[bytes]:
-    """``pieces``, each but the first (charged with the answer's head, app.py) charged
-    to ``allowance`` as it is read."""
+    """``pieces``, each but the first (charged with the answer's head,
+    request_gate.py) charged to ``allowance`` as it is read."""
     try:
         first = True
         while True:

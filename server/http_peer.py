@@ -1,7 +1,7 @@
 """Who sent an HTTP request: ``HttpPeer``, made once per request by the server as the
-request comes (app.py ``_process_request``), and the one answer every limit that counts
-by peer gets: the read allowance its pages are charged to (http_pages.py), and its share
-of the HTTP answers not yet taken by their peers (unread_answers.py).
+request comes (request_gate.py ``process_request``), and the one answer every limit
+that counts by peer gets: the read allowance its pages are charged to (http_pages.py),
+and its share of the HTTP answers not yet taken by their peers (unread_answers.py).
 
 A peer is the token's ``sub`` under auth, else the address the request came from (an
 IPv6 peer's /64), as the WebSocket side and the creation rate name peers
@@ -9,7 +9,7 @@ IPv6 peer's /64), as the WebSocket side and the creation rate name peers
 handler, which answers 401 for a bad one, or the account of unread answers, which
 charges the answer to a request without a valid token (a 401, a console file) to its
 address. A request with two ``Authorization`` headers is refused with 400 before
-anyone asks (app.py), and counts as having none.
+anyone asks (request_gate.py), and counts as having none.
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ class HttpPeer:
         self._key: str | None = None
         self._keyed = False
         # Set by the handler when its answer is a page (http_pages.py ``as_page``): the
-        # page is charged to it once the server has decided the answer (app.py), let out
-        # or refused by the account of unread answers: it was read either way.
+        # page is charged to it once the server has decided the answer
+        # (request_gate.py), let out or refused by the account of unread answers: it was
+        # read either way.
         self.page_allowance: ReadAllowance | None = None
         # A page's worth charged to the peer's allowance as the request was let through
         # to its read (http_pages.py ``refused_before_read``), given back by

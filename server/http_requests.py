@@ -80,7 +80,8 @@ _CODES = {
     http.HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: "bad_request",
 }
 ALLOWED_METHODS = "GET, HEAD"
-MORE_THAN_ONE_HOST = "more than one Host header"  # as app.py words it in origin-form
+# As request_gate.py words it in origin-form.
+MORE_THAN_ONE_HOST = "more than one Host header"
 # A request target must be ASCII (RFC 9112 3.2, RFC 3986): other characters go
 # percent-encoded in UTF-8. websockets refuses one that is not with a codec's error,
 # which would reach the client as "'ascii' codec can't decode byte 0xc3 in position 5".
@@ -251,8 +252,9 @@ def in_origin_form(request: Request) -> Request:
     headers = request.headers
     received = headers.get_all("Host")
     # RFC 9112 3.2 has a server answer 400 to any HTTP/1.1 request without Host, and to
-    # any with several or an invalid one, whatever its target: the check in app.py sees
-    # only the target's host put in its place, so the one received is judged here.
+    # any with several or an invalid one, whatever its target: the check in
+    # request_gate.py sees only the target's host put in its place, so the one received
+    # is judged here.
     if len(received) > 1:
         raise MalformedHead(MORE_THAN_ONE_HOST)
     fault = host_fault(received[0] if received else None, request.protocol)

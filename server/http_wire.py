@@ -80,7 +80,7 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     # connection holds for its peer is let go before the peer can see the close (the
     # handler ends only when the socket does, up to the close timeout later).
     on_close_sent: Callable[[], None] | None = None
-    # The upgrade's route, parsed once as its request is checked (app.py), for the
+    # The upgrade's route, parsed once as its request is checked (request_gate.py), for the
     # handler: the path is not parsed again.
     route: Route | None = None
     # The deadline of the answer under way, made or streamed (run_handshake).

@@ -217,7 +217,7 @@ async def send_replay(
             if allowance is not None:
                 # A page let go was read all the same, and is read again: charged each
                 # time, or a peer whose share is full has big events read for nothing
-                # (as app.py charges the page of an answer it refuses).
+                # (as request_gate.py charges the page of an answer it refuses).
                 allowance.settle(reserved, size + let_go)
             if share is not None:
                 # What the page holds once framed (or nothing, when not sent), from

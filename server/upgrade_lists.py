@@ -37,7 +37,7 @@ def as_lists_read(request: Request) -> Request:
     its ``Connection`` and ``Upgrade`` as the lists do (the common case, no copy), else
     a copy whose ``Connection`` values with no element are left out, and whose
     ``Upgrade`` is ``websocket`` when its list names it among well-formed protocols.
-    (Two ``Upgrade`` lines are refused before this, app.py: one value at most.)"""
+    (Two ``Upgrade`` lines are refused before this, request_gate.py: one value at most.)"""
     headers = request.headers
     connection = headers.get_all(CONNECTION)
     upgrade = headers.get_all(UPGRADE)
