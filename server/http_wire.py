@@ -16,7 +16,9 @@ websockets' incoming queue full, it stops reading until the debt is repaid or th
 handler took a frame (sliced_reads.py); a message still arriving is charged to its share
 of the memory budget, and held to a floor of rate (arriving_frames.py). A peer's end of
 stream that comes once its request is read waits for the answer (a client may half-close
-after its request, RFC 9112 9.6): websockets, fed it at once, answered nothing.
+after its request, RFC 9112 9.6): websockets, fed it at once, answered nothing. How it
+ends on the wire (our close frame out, the peer's input dropped in a stop) is
+wire_end.py's.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 from .request_wait import RequestWait
-from .shutdown import end_after_close
 from .subprotocols import NegotiatingProtocol, check_extension_offer
 from .upgrade_task import ProcessRequest, answer
+from .wire_end import WireEnd
 
 # Bytes a peer may send before its request is answered: an upgrade's first frames, or a
 # stray CRLF, fit many times over (RFC 6455 has clients wait for the answer anyway).
@@ -63,7 +65,7 @@ _websockets_frame_event = Connection.process_event
 _websockets_send_data = Connection.send_data
 
 
-class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
+class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWait):
     """websockets' server connection, with our answers to bad requests, and a socket
     read only while it can be written to: websockets answers a peer's pings itself,
     straight into the socket's buffer, outside every queue the server bounds, so a peer
@@ -76,16 +78,11 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
     _request_held = 0
     # Set once attached to a session: its outbox sends ``closed`` and the close.
     closes_itself = False
-    # Called once as the close frame goes out, whoever started the close: what the
-    # connection holds for its peer is let go before the peer can see the close (the
-    # handler ends only when the socket does, up to the close timeout later).
-    on_close_sent: Callable[[], None] | None = None
     # The upgrade's route, parsed once as its request is checked (request_gate.py), for the
     # handler: the path is not parsed again.
     route: Route | None = None
     # The deadline of the answer under way, made or streamed (run_handshake).
     _answering: Deadline | None = None
-    _ends_with_close = False  # a stop past its grace: FIN behind our close frame
 
     def __init__(
         self,
@@ -200,40 +197,6 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             if self._request_held:
                 self._answered()
             self._pass_on_eof()
-
-    def close_frame_out(self) -> None:
-        """Our close frame is in the socket's buffer: ``on_close_sent``, once; in a stop
-        past its grace, our FIN behind it. Called by send_data, and by what writes a close
-        without it (a stop's close_at_once, closing.cut_replay: else at the connection's end)."""
-        closing, self.on_close_sent = self.on_close_sent, None
-        if closing is not None:
-            closing()
-        if self._ends_with_close:
-            end_after_close(self.transport)
-
-    def end_with_close(self) -> None:
-        """A stop past its grace (shutdown.py ``end_streams``): FIN behind our close."""
-        self._ends_with_close = True
-        if self.protocol.close_sent is not None:
-            end_after_close(self.transport)
-
-    def _closing_first(self) -> bool:
-        """Whether our close frame, sent, is out ahead of anything that ends the peer's
-        frames. A close frame of the peer's, or one that fails the connection, has the
-        parser discard all that follows it, and the close that answers it goes out
-        while the frames read with it wait to be handed on: those came before it, and
-        are the peer's requests, queued as ever."""
-        return self.protocol.close_rcvd is None and self.protocol.parser_exc is None
-
-    def await_close_reply(self) -> None:
-        """Our close frame is out. The peer's frames still unread in websockets' queue
-        (a handshake refused behind pipelined requests leaves up to ``--max-queue`` of
-        them, which nobody will read) stopped the socket being read, so the peer's
-        close reply was never seen and every such close waited out the close timeout,
-        then dropped the socket. From here on the socket is read whatever that queue
-        holds, and the peer's data frames are dropped unqueued."""
-        self._close_sent = True
-        self._resume_reading()
 
     def _answered(self) -> None:
         """The request is answered or refused, its end of stream sent: websockets drops
@@ -369,26 +332,6 @@ class BambooConnection(ChargedArrivals, AnsweringConnection, RequestWait):
             self._release_request()
             if self._open_connections is not None:
                 self._open_connections.discard(self)
-
-    @property
-    def discarding(self) -> bool:
-        """Whether what the peer sends is dropped unread (``discard_input``)."""
-        return self._discarding
-
-    def discard_input(self) -> None:
-        """From here on, what the peer sends is read and dropped unseen (a stopping
-        server: shutdown.py). Its close reply costs no parsing and wakes no handler,
-        and the socket's receive queue stays empty, so that closing it sends FIN, not
-        a reset, which could take bytes the peer has not read yet with it. Its end of
-        stream closes the connection (eof_received)."""
-        self._discarding = True
-        self._stop_holding()
-        if self.keepalive_task is not None:
-            # Its pongs would be dropped: a ping timeout would close with 1011,
-            # ahead of the frames still queued and ``closed``.
-            self.keepalive_task.cancel()
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         super().pause_writing()
