@@ -16,7 +16,7 @@ from typing import Final
 
 from bamboo_session.protocol.models import SessionState
 
-from .writes import Batch
+from .batch import Batch
 
 LEFT_ATTACHED: Final = (SessionState.ACTIVE.value, SessionState.IDLE.value)
 _PARKED: Final = SessionState.DISCONNECTED.value

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 from ..recount import SessionRecount, UserRebuild
-from .writes import Batch
+from .batch import Batch
 
 Reader = Callable[..., Awaitable[Any]]  # SqliteStorage._read: a query on a reader
 Writer = Callable[[Callable[[Batch], Any]], Awaitable[Any]]  # SqliteStorage._write

@@ -3,7 +3,7 @@ columns by name and how far it has moved: nothing, its activity, or anything), a
 rows of recently written sessions the writer keeps between batches
 (:class:`RowCache`; it is the only writer, so they stay true), with what the sessions
 of recently written users hold (the sums ``max_user_bytes`` is checked against). writes.py's
-operations change them; a batch writes each row back once, at its end."""
+operations change them; a batch (batch.py) writes each row back once, at its end."""
 
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ from ..feed import READ_BEHIND_BYTES, FeedSubscription
 from ..importing import check_importable
 from ..index import copy_metadata
 from . import listing, parking, reads, writes
+from .batch import Batch
 from .checkpoint import Checkpointer
 from .config import SYNCHRONOUS, SqliteStorageConfig
 from .live import Live
@@ -65,7 +66,6 @@ from .reads import Readers
 from .recount import SqliteRecounter
 from .schema import SCHEMA_VERSION, connect_writer, time_text
 from .writer import Writer
-from .writes import Batch
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from bamboo_session.wakeup import Wakeup
 from ..base import StorageError
 from ..clock import StoreClock
 from ..failure_log import FailureLog
+from .batch import Batch
 from .checkpoint import FoldPending, WalFold
 from .lock_wait import WriteLockWait
 from .rows import RowCache
-from .writes import Batch
 
 log = logging.getLogger(__name__)
 
