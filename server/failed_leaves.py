@@ -1,7 +1,7 @@
 """FailedLeaves: this process's connections whose presence leave the store failed (an
 outage), by session, remembered so that a later call for the session leaves them again
-first (server/presence.py, ``SharedPresence.leave_lingering``; an owed state's park
-leaves them in its own step, server/owed_parks.py).
+first (server/lingering_leaves.py, ``SharedPresence.leave_lingering``; an owed state's
+park leaves them in its own step, server/owed_parks.py).
 
 Until then the store counts them, until their heartbeat deadline: they swell the
 session's count, and hold back a state write that waits for no connection

@@ -15,16 +15,16 @@ when it leaves; the counts the store answers go into ``welcome`` and ``presence`
 A failure of the store here never fails an attach: the room's own count stands in, the
 heartbeat registers a connection whose join failed, and one whose leave failed expires
 after the heartbeat, unless a later call for its session, once the store answers, leaves
-it again first (a leave that failed is remembered for a heartbeat: until then it would
-swell the session's count, and keep a state write that waits for no connection,
-server/owed_states.py, waiting). A bounded number of them (server/failed_leaves.py):
-past it, one more is not remembered, and the log says so once an outage (``failed
-presence leaves not remembered``); it counts until its deadline. A store that fails
-(Redis away, or refusing writes: ``MISCONF`` when its disk is full) fails every join
-and leave, each heartbeat and each sweep: the first failure of each kind is logged,
-the others only counted (server/outage_log.py), until a call of that kind works
-again, which is said once too (or, still failing, at the stop). A warning per attach
-and per heartbeat would flood the log just when the store is in trouble
+it again first (server/lingering_leaves.py; a leave that failed is remembered for a
+heartbeat: until then it would swell the session's count, and keep a state write that
+waits for no connection, server/owed_states.py, waiting). A bounded number of them
+(server/failed_leaves.py): past it, one more is not remembered, and the log says so once
+an outage (``failed presence leaves not remembered``); it counts until its deadline. A
+store that fails (Redis away, or refusing writes: ``MISCONF`` when its disk is full)
+fails every join and leave, each heartbeat and each sweep: the first failure of each
+kind is logged, the others only counted (server/outage_log.py), until a call of that
+kind works again, which is said once too (or, still failing, at the stop). A warning per
+attach and per heartbeat would flood the log just when the store is in trouble
 (bench/redis_disk_full.py: three or four lines a second for each instance).
 Without a PresenceStore (memory, jsonl, sqlite) the server has none of this, and each
 room counts its own connections.
@@ -52,6 +52,7 @@ from bamboo_session.protocol.models import SessionMetadata
 from bamboo_session.tasks import cancel_and_wait
 
 from .failed_leaves import FailedLeaves
+from .lingering_leaves import LingeringLeaves
 from .outage_log import OutageLog
 
 __all__ = [
@@ -93,7 +94,7 @@ class LocalPresence:
 LOCAL = LocalPresence()
 
 
-class SharedPresence(LocalPresence):
+class SharedPresence(LocalPresence, LingeringLeaves):
     """This process's connections in a shared store's presence (module docstring)."""
 
     shared = True
@@ -222,56 +223,6 @@ class SharedPresence(LocalPresence):
                 del self._leaving[key]
             else:
                 self._leaving[key] -= 1
-
-    async def leave_lingering(self, session_id: str) -> None:
-        """Leave again the session's connections whose leave failed (the store away),
-        before a call whose count they would swell (the owed states' parks leave them
-        in their own step: server/owed_parks.py): else they count until their
-        heartbeat deadline. StorageError if it fails again (they
-        are remembered again, as when it is cancelled)."""
-        self.failed_leaves.forget_lapsed()
-        lingering = self.failed_leaves.pop(session_id)
-        if lingering is None:
-            return
-        failed_at, connections = lingering
-        by_epoch: dict[str | None, list[tuple[str, str]]] = {}
-        for connection_id, role, epoch in connections:
-            by_epoch.setdefault(epoch, []).append((connection_id, role))
-        try:
-            for epoch, leaving in by_epoch.items():
-                with contextlib.suppress(SessionNotFound):
-                    await self.store.leave_all(session_id, leaving, epoch=epoch)
-        except (StorageError, asyncio.CancelledError):
-            # Cancelled too (a stop cancels the owed states' round): else the leave
-            # that may not have reached the store was forgotten, and the stop's last
-            # round took the connections for another process's, dropping the write.
-            self.failed_leaves.put_back(session_id, failed_at, connections)
-            raise
-
-    async def _lingering_left(self, session_id: str) -> None:
-        """The session's connections whose leave failed, left again before a call
-        whose count they would swell (quietly: that call fails alike)."""
-        if session_id in self.failed_leaves:
-            with contextlib.suppress(StorageError):
-                await self.leave_lingering(session_id)
-
-    def _linger(
-        self, session_id: str, connections: Sequence[tuple[str, str]], epoch: str | None
-    ) -> None:
-        """Remembers connections whose leave failed, as many as fit (FailedLeaves);
-        those that do not are told once an outage."""
-        left_out = self.failed_leaves.add(session_id, connections, epoch)
-        if left_out:
-            held = f"{self.failed_leaves.count} remembered, {left_out} more not"
-            message = "failed presence leaves not remembered: they count until the heartbeat"
-            self.outages.failed("remember", message, held)
-        else:
-            self.outages.worked("remember")
-
-    def unremembered_lately(self) -> bool:
-        """Whether the store may still count a connection of this process whose leave
-        failed and was not remembered (server/failed_leaves.py)."""
-        return self.failed_leaves.unremembered_lately()
 
     def _drop(self, session_id: str, connection_id: str) -> tuple[str, str | None] | None:
         """Forget a connection held; its ``(role, epoch)``, or None if not held."""
