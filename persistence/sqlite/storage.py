@@ -8,8 +8,9 @@ How it holds the contract's promises:
   ``durability=fsync`` (the default, ``synchronous=FULL``) the WAL is synced by then;
   with ``durability=os`` (``synchronous=NORMAL``) it is written to the OS, which
   survives a crash of the process but not of the machine.
-- Idempotency keys are looked up in an index of the log (``writes.py``), in the same
-  transaction that appends: the window needs no memory and survives restarts.
+- Idempotency keys are looked up in an index of the log (``writes.py`` asks,
+  ``batch.py`` holds the query), in the same transaction that appends: the window needs
+  no memory and survives restarts.
 - Reads run on their own read-only connections (``reads.py``) and never wait for the
   writer. Nothing is loaded at open: the file *is* the index.
 - Live delivery (``live.py``): after a commit, the store publishes what it acknowledged
