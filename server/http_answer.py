@@ -123,7 +123,7 @@ class AnsweringConnection(ServerConnection):
         )
         self._stream.chunked = response.chunked
         self._stream.ready = response.ready
-        self.protocol.send_response = self._send_head  # type: ignore[method-assign]
+        self.protocol.head_writer = self._send_head  # type: ignore[attr-defined]
 
     def _send_head(self, response: Response) -> None:
         # The connection stays CONNECTING, its end of stream not sent: websockets'

@@ -37,6 +37,7 @@ from websockets.server import ServerProtocol
 
 from bamboo_session.protocol.parsed_frames import PARSER_KEEPS_BYTES, handed_on
 
+from .answer_heads import AnswerHeadsProtocol
 from .arriving_frames import ArrivingFrames, ChargedArrivals
 from .deadlines import Deadline
 from .http import Route
@@ -45,7 +46,7 @@ from .http_requests import UnansweredRequests, parse_request, upgrade_reject
 from .limits import FRAME_BYTES, ByteRate
 from .read_waits import ReadWaits
 from .request_wait import RequestWait
-from .subprotocols import NegotiatingProtocol, check_extension_offer
+from .subprotocols import check_extension_offer
 from .upgrade_task import ProcessRequest, answer
 from .wire_end import WireEnd
 
@@ -99,9 +100,10 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         **kwargs: Any,
     ) -> None:
         # Whole data frames read without websockets' generator parser (whole_frames.py),
-        # an empty subprotocol offer read as none (subprotocols.py): the class's
-        # methods, no object more on the connection.
-        protocol.__class__ = NegotiatingProtocol
+        # an empty subprotocol offer read as none (subprotocols.py), every head with
+        # the server's headers (answer_heads.py): the class's methods, no object more
+        # on the connection.
+        protocol.__class__ = AnswerHeadsProtocol
         protocol.reject = upgrade_reject(protocol)  # type: ignore[method-assign,assignment]
         check_extension_offer(protocol)
         protocol.parser = parse_request(protocol)

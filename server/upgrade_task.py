@@ -10,9 +10,10 @@ on each, a turn of the loop once done), where the connection wakes one future of
 own (request_wait.py ``_wake_handshake``), and it checks that a ``process_request`` or
 ``process_response`` it was handed may be awaited, where this server's is a coroutine
 and it has no other. What a peer sees is websockets' to the byte (but that a refusal of
-a HEAD has no body): the same answers, the same ``Server`` header, the same 500 for a
-request whose checks fail, the same 503 once the server stops, the same abort of a
-connection whose upgrade did not happen.
+a HEAD has no body, and that every head says ``Server: bamboo-session``, no version:
+answer_heads.py): the same answers, the same 500 for a request whose checks fail, the
+same 503 once the server stops, the same abort of a connection whose upgrade did not
+happen.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server, ServerConnection
-from websockets.http11 import SERVER, Request, Response
+from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN
 
 if TYPE_CHECKING:
@@ -98,7 +99,6 @@ async def answer(connection: BambooConnection, process_request: ProcessRequest) 
         # status and headers only (RFC 9110 9.3.2), as every other answer to a HEAD.
         response.body = b""
     connection.response = response
-    response.headers["Server"] = SERVER
     # Refused if the server began to stop during the handshake. Nothing awaited from
     # here to send_response: the check and the send are one step (websockets' words).
     if (

@@ -129,7 +129,6 @@ def _headers(request: Request, path: str, asset: Asset) -> Headers:
         [
             ("ETag", asset.etag),
             ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "no-referrer"),
         ]
     )
@@ -156,7 +155,6 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
         ]
     )
     return Response(status.value, status.phrase, headers, body)

@@ -1,7 +1,8 @@
 """server/upgrade_task.py, the connection's task in place of websockets' own: a request
-that comes in pieces is answered once whole, the answer carries websockets' ``Server``
-header, and every connection's task ends and leaves the server's sets, whether its peer
-hung up before its request, was refused, or upgraded, attached and left."""
+that comes in pieces is answered once whole, the answer carries the server's ``Server``
+header (answer_heads.py), and every connection's task ends and leaves the server's
+sets, whether its peer hung up before its request, was refused, or upgraded, attached
+and left."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import asyncio
 import base64
 import os
 
-from websockets.http11 import SERVER
-
+from bamboo_session.server.answer_heads import SERVER_NAME
 from bamboo_session.server.app import BambooServer
 from tests.instances import eventually
 from tests.support import attach, run_server
@@ -47,18 +47,18 @@ async def test_a_request_sent_in_pieces_is_answered_once_whole() -> None:
         writer.write(head[20:])
         lines = await _answer_head(reader)
         assert lines[0] == "HTTP/1.1 101 Switching Protocols"
-        assert f"Server: {SERVER}" in lines
+        assert f"Server: {SERVER_NAME}" in lines
         writer.transport.abort()
         await eventually(lambda: _all_ended(server) and not server._open_connections)
 
 
-async def test_a_refused_request_s_answer_names_websockets_server_too() -> None:
+async def test_a_refused_request_s_answer_names_the_server_too() -> None:
     async with run_server() as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(_upgrade_head(server.port, "/api/v1/elsewhere"))
         lines = await _answer_head(reader)
         assert lines[0].startswith("HTTP/1.1 404 ")
-        assert f"Server: {SERVER}" in lines
+        assert f"Server: {SERVER_NAME}" in lines
         writer.close()
         await eventually(lambda: _all_ended(server) and not server._open_connections)
 
