@@ -88,20 +88,24 @@ def is_upgrade(request: Request) -> bool:
 
 def opens_websocket(request: Request, upgrade: str | None) -> bool:
     """Whether ``request``, whose ``Upgrade`` is ``upgrade``, is taken for a WebSocket
-    upgrade. On a stream path, any that names websocket: websockets' handshake checks
-    the rest, and refuses in its words (405, 426, 505). Elsewhere only an opening
-    handshake, a GET in HTTP/1.1 whose Upgrade names the ``websocket`` protocol and
-    whose Connection names ``upgrade``, is one (404: no WebSocket there); any other
-    request's Upgrade is ignored, as RFC 9110 7.8 has a server do in HTTP/1.0 and
-    lets it do otherwise: /healthz answered it 404, a POST 404 rather than 405."""
+    upgrade: its ``Upgrade`` list names the ``websocket`` protocol among its elements
+    (upgrade_lists.py; ``notwebsocket`` or ``websocketx`` names another, and such a
+    request is answered as one without Upgrade). On a stream path, any such: websockets'
+    handshake checks the rest, and refuses in its words (405, 426, 505). Elsewhere only
+    an opening handshake, a GET in HTTP/1.1 whose Connection names ``upgrade`` too, is
+    one (404: no WebSocket there); any other request's Upgrade is ignored, as RFC 9110
+    7.8 has a server do in HTTP/1.0 and lets it do otherwise: /healthz answered it 404,
+    a POST 404 rather than 405."""
+    # The substring first: most requests have no Upgrade, or a plain ``websocket``.
     if upgrade is None or "websocket" not in upgrade.lower():
+        return False
+    if "websocket" not in elements([upgrade]):
         return False
     if is_stream_path(request.path):
         return True
     return (
         request.method == "GET"
         and request.protocol == "HTTP/1.1"
-        and "websocket" in elements([upgrade])
         and "upgrade" in elements(request.headers.get_all("Connection"))
     )
 

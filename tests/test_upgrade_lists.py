@@ -1,8 +1,11 @@
 """An upgrade's ``Connection`` and ``Upgrade`` read as the lists they are
 (server/upgrade_lists.py), against a real server over a raw socket: a list that names
 ``upgrade`` and ``websocket`` among others, or beside an empty value, opens a session;
-what RFC 6455 refuses is still refused. Before, two ``Connection`` lines, one of them
-empty, got 400, and ``Upgrade: websocket, h2c`` got 426."""
+what RFC 6455 refuses is still refused; a list that names no ``websocket`` (``Upgrade:
+notwebsocket``, ``websocketx``) is no upgrade, answered as a request without Upgrade.
+Before, two ``Connection`` lines, one of them empty, got 400, ``Upgrade: websocket,
+h2c`` got 426, and ``notwebsocket`` went to websockets' handshake as an upgrade (taken
+for one by a substring), refused in other words than a request without it."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 from websockets.frames import Frame, Opcode
 
+from tests.http_support import raw_http
 from tests.support import run_server
 
 HEAD = (
@@ -57,21 +61,19 @@ REFUSED: dict[str, tuple[bytes, int, str]] = {
         400,
         "the Connection header is not well formed",
     ),
-    "websocket with a version, another protocol": (
-        b"Connection: Upgrade\r\nUpgrade: websocket/13, h2c\r\n",
-        426,
-        WEBSOCKET_ONLY,
-    ),
     "websocket beside a malformed protocol": (
         b"Connection: Upgrade\r\nUpgrade: websocket, h2c x\r\n",
         400,
         "the Upgrade header is not well formed",
     ),
-    "websocket inside a longer protocol name": (
-        b"Connection: Upgrade\r\nUpgrade: websockets\r\n",
-        426,
-        WEBSOCKET_ONLY,
-    ),
+}
+# An Upgrade list that names another protocol than websocket, a name that contains
+# it among them: the request is no upgrade, and gets what one without Upgrade gets.
+NAMES_NO_WEBSOCKET = {
+    "websocket with a version, another protocol": b"Upgrade: websocket/13, h2c\r\n",
+    "websocket inside a longer protocol name": b"Upgrade: websockets\r\n",
+    "websocket at the end of another name": b"Upgrade: notwebsocket\r\n",
+    "websocket at the start of another name": b"Upgrade: websocketx\r\n",
 }
 
 
@@ -124,3 +126,28 @@ async def test_what_rfc_6455_refuses_is_refused_still(kind: str) -> None:
     assert json.loads(body)["error"]["message"] == message
     if status == 426:
         assert b"\r\nUpgrade: websocket\r\n" in head
+
+
+@pytest.mark.parametrize("kind", NAMES_NO_WEBSOCKET.keys())
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /api/v1/stream/lists HTTP/1.1",
+        b"HEAD /api/v1/stream/lists HTTP/1.1",
+        b"GET /api/v1/stream HTTP/1.0",
+        b"POST /api/v1/stream/lists HTTP/1.1",
+    ],
+)
+async def test_an_upgrade_that_names_no_websocket_is_answered_as_none(
+    kind: str, request_line: bytes
+) -> None:
+    upgrade = NAMES_NO_WEBSOCKET[kind]
+    handshake = b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    start = request_line + b"\r\nHost: 127.0.0.1\r\n" + handshake
+    async with run_server() as server:
+        plain = await raw_http(server, start + b"\r\n")
+        offered = await raw_http(server, start + upgrade + b"\r\n")
+    status, headers, body = offered
+    assert (status, body) == (plain[0], plain[2]), (offered, plain)
+    for name in ("upgrade", "connection", "allow", "content-type"):
+        assert headers.get(name) == plain[1].get(name), (name, offered, plain)
