@@ -95,6 +95,18 @@ def looks_like_request_line(line: bytes) -> bool:
     return method in _HTTP_METHODS or rest.rpartition(b" ")[2].startswith(b"HTTP/")
 
 
+def may_begin_request_line(start: bytes) -> bool:
+    """Whether ``start``, the first bytes of a head not yet whole (empty lines before it
+    left out), may be the start of an HTTP request line: letters so far, or an HTTP
+    method and a space. A peer that sent anything else (a TLS hello, an SSH greeting)
+    speaks another protocol, and is no more answered late than on time
+    (:func:`looks_like_request_line`)."""
+    method, space, _ = start.partition(b" ")
+    if not method.isalpha():  # ASCII letters: bytes know no others
+        return False
+    return not space or method in _HTTP_METHODS
+
+
 def request_line_fault(line: bytes) -> tuple[http.HTTPStatus, str] | None:
     """The answer to a request line meant as one (:func:`looks_like_request_line`) that
     is not ``METHOD TARGET HTTP/1.1`` (or HTTP/1.0); None for one that is."""

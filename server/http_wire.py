@@ -140,6 +140,7 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
             # discarded unread: it holds nothing, and is not charged.
             self.transport.abort()
             return
+        self.note_head(data)  # a head late in whole is answered 408 if it began as HTTP
         super().data_received(data)
         if self.request is not None:
             self._wake_handshake()
@@ -229,11 +230,13 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         try:
             async with self._answering:
                 await answer(self, process_request)
-        except BaseException:
+        except BaseException as exc:
             if self._stream is not None:
                 # Its first piece's charge, and the piece, which its generator holds
                 # until closed (past the connection's loss, until the collector runs).
                 await self._stream.discard()
+            if isinstance(exc, TimeoutError):
+                self.answer_late_head()  # 408 to a head begun and not ended
             raise
         finally:
             self._answering = None
@@ -296,16 +299,6 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
             return None
         super().eof_received()
         return None
-
-    def _pass_on_eof(self) -> None:
-        """The peer's end of stream, held while its request was answered, goes to
-        websockets now that the answer is sent (or the upgrade done), and the
-        connection closes once what it holds is written, as on any end of stream."""
-        if not self._eof_held:
-            return
-        self._eof_held = False
-        super().eof_received()
-        self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -1,16 +1,26 @@
 """The wait for an upgrade's request on the server's connection (http_wire.py
 ``BambooConnection``): :class:`RequestWait`, which wakes the handshake once the request
-is read or the connection lost, and keeps of the request, once upgraded, only what the
-``hello`` needs.
+is read or the connection lost, answers a head not whole in time (408), and keeps of
+the request, once upgraded, only what the ``hello`` needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request
+from websockets.protocol import CONNECTING
+
+from .http_refusals import may_begin_request_line
+from .http_requests import json_reject
+
+# The first bytes of a head kept while it is read, enough for a request line's method
+# behind RFC 9112 2.2's empty lines (8 CRLFs at most): what a late head is judged by.
+HEAD_START_BYTES = 32
+LATE_HEAD = "the request head did not arrive whole in time (10 s): send it at once"
 
 
 class RequestWait(ServerConnection):
@@ -20,6 +30,7 @@ class RequestWait(ServerConnection):
     # What the handshake awaits while neither the request nor the loss has come.
     _handshake_waiter: asyncio.Future[None] | None = None
     _eof_held = False  # the peer's end of stream, come before its request was answered
+    _head_start = b""  # the first bytes of the request's head (HEAD_START_BYTES at most)
 
     async def request_or_loss(self) -> None:
         """Returns once the request is read or the connection lost: websockets'
@@ -38,6 +49,48 @@ class RequestWait(ServerConnection):
             # (docs/protocol.md: an upgrade sent with its end of stream ends after its
             # 101, no handler run, no frame sent with it acted on).
             await asyncio.sleep(0)
+
+    def note_head(self, data: bytes) -> None:
+        """``data`` read while the request is awaited: its head's first bytes kept."""
+        if len(self._head_start) < HEAD_START_BYTES:
+            self._head_start = (self._head_start + data)[:HEAD_START_BYTES]
+
+    def answer_late_head(self) -> None:
+        """408 ``Request Timeout`` to a peer that sent part of a head, and not the rest, in
+        time (the handshake's deadline came first), and the server's end of stream
+        behind it; the connection is closed then, once they are written, without the
+        wait for the peer's close that other refusals get (up to the close timeout): a
+        peer that did not send its head in time is given no more. Nothing, if nothing
+        was sent but empty lines (a browser's connection opened ahead of a request,
+        which would take an answer it did not ask for as the answer to its next), if
+        what was sent is no HTTP, if the connection is gone, or if anything was written
+        on it already (a refusal as the head was read: nothing half-written is added to)."""
+        protocol = self.protocol
+        start = self._head_start.lstrip(b"\r\n")
+        if (
+            self.request is not None
+            or protocol.state is not CONNECTING
+            or protocol.eof_sent
+            or self.transport.is_closing()
+            or not may_begin_request_line(start)
+        ):
+            return
+        response = json_reject(http.HTTPStatus.REQUEST_TIMEOUT, LATE_HEAD)
+        if start.startswith(b"HEAD "):
+            response.body = b""  # its status and headers only (RFC 9110 9.3.2)
+        protocol.send_response(response)
+        self.send_data()
+        self.transport.close()
+
+    def _pass_on_eof(self) -> None:
+        """The peer's end of stream, held while its request was answered, goes to
+        websockets now that the answer is sent (or the upgrade done), and the
+        connection closes once what it holds is written, as on any end of stream."""
+        if not self._eof_held:
+            return
+        self._eof_held = False
+        super().eof_received()
+        self.transport.close()
 
     def _wake_handshake(self) -> None:
         waiter = self._handshake_waiter
