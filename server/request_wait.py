@@ -42,6 +42,9 @@ class RequestWait(ServerConnection):
                 await waiter
             finally:
                 self._handshake_waiter = None
+        # Whole, or never to be: a head's first bytes are judged no more, and are not
+        # kept for the connection's life (some 70 bytes an idle WebSocket).
+        vars(self).pop("_head_start", None)
         if self.request is not None and not self._eof_held:
             # One turn of the loop reads what came with the request, as websockets'
             # wait on two futures gave it: an end of stream in the request's segment is
@@ -52,7 +55,7 @@ class RequestWait(ServerConnection):
 
     def note_head(self, data: bytes) -> None:
         """``data`` read while the request is awaited: its head's first bytes kept."""
-        if len(self._head_start) < HEAD_START_BYTES:
+        if self.request is None and len(self._head_start) < HEAD_START_BYTES:
             self._head_start = (self._head_start + data)[:HEAD_START_BYTES]
 
     def answer_late_head(self) -> None:

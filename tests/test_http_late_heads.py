@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.instances import eventually
-from tests.support import run_server
+from tests.support import attach, run_server
 
 DEADLINE = 0.5  # the handshake's (http_wire.OPEN_TIMEOUT), shortened for the test
 
@@ -119,3 +119,12 @@ async def test_a_late_head_s_connection_ends_without_waiting_for_its_peer() -> N
             await eventually(lambda: not server._open_connections, timeout=1.0)
         finally:
             writer.close()
+
+
+async def test_an_upgraded_connection_keeps_nothing_of_its_head() -> None:
+    # What judges a late head is kept while the head is read only: on an idle
+    # WebSocket it would be some 70 bytes for the connection's life.
+    async with run_server() as server, attach(server, "kept", create=True) as (_, welcome):
+        assert welcome["type"] == "welcome"
+        (connection,) = server._open_connections
+        assert "_head_start" not in vars(connection)
