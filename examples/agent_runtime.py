@@ -8,7 +8,9 @@ was already stored is not stored twice: the example reruns the whole turn at the
 and shows that nothing new is appended.
 
 Run: ``python examples/agent_runtime.py [DATA_DIR] [--url ws://HOST:PORT]``. Without
-``--url`` a server is started in this process on a free port.
+``--url`` a server is started in this process on a free port, storing in DATA_DIR (a
+temporary directory by default). A store kept between runs (DATA_DIR, or the server at
+``--url``) gets a session of its own each run, ``agent-demo-<8 hex digits>``.
 """
 
 from __future__ import annotations
@@ -176,12 +178,17 @@ async def local_server(data_dir: str) -> AsyncIterator[str]:
 
 
 async def run(data_dir: str | None, url: str | None) -> None:
-    if url is not None:  # a shared server: a fresh session each run
-        await main(url, f"agent-demo-{uuid.uuid4().hex[:8]}")
+    # A shared server, or a DATA_DIR, keeps the sessions of earlier runs: a fresh one
+    # each run there, so that a rerun does not meet the last run's session.
+    session_id = (
+        "agent-demo" if url is None and data_dir is None else f"agent-demo-{uuid.uuid4().hex[:8]}"
+    )
+    if url is not None:
+        await main(url, session_id)
         return
     with tempfile.TemporaryDirectory() as default_dir:
         async with local_server(data_dir or default_dir) as local_url:
-            await main(local_url, "agent-demo")
+            await main(local_url, session_id)
 
 
 if __name__ == "__main__":

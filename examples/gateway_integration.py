@@ -5,7 +5,8 @@ BambooClient; a viewer watches, drops mid-answer, reconnects with the position i
 
 Run: ``python examples/gateway_integration.py [DATA_DIR] [--url ws://HOST:PORT]``.
 Without ``--url`` a server is started in this process on a free port, storing in
-DATA_DIR (a temporary directory by default).
+DATA_DIR (a temporary directory by default). A store kept between runs (DATA_DIR, or
+the server at ``--url``) gets a session of its own each run, ``chat-42-<8 hex digits>``.
 """
 
 from __future__ import annotations
@@ -130,12 +131,17 @@ async def local_server(data_dir: str) -> AsyncIterator[str]:
 
 
 async def run(data_dir: str | None, url: str | None) -> None:
-    if url is not None:  # a shared server: a fresh session each run
-        await main(url, f"chat-42-{uuid.uuid4().hex[:8]}")
+    # A shared server, or a DATA_DIR, keeps the sessions of earlier runs: a fresh one
+    # each run there, so that a rerun does not meet the last run's session.
+    session_id = (
+        "chat-42" if url is None and data_dir is None else f"chat-42-{uuid.uuid4().hex[:8]}"
+    )
+    if url is not None:
+        await main(url, session_id)
         return
     with tempfile.TemporaryDirectory() as default_dir:
         async with local_server(data_dir or default_dir) as local_url:
-            await main(local_url, "chat-42")
+            await main(local_url, session_id)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def test_gateway_integration_resumes_without_gap(tmp_path: Path) -> None:
     assert "viewer saw seq 1..16 with no gap: 'once upon a time" in out
     seqs = [int(line.split("seq=")[1].split()[0]) for line in out.splitlines() if "seq=" in line]
     assert seqs == list(range(1, 17))
-    assert (tmp_path / "events" / "chat-42.jsonl").is_file()
+    assert len(list((tmp_path / "events").glob("chat-42-*.jsonl"))) == 1
 
 
 def test_agent_runtime_streams_a_tool_call_and_reruns_idempotently(tmp_path: Path) -> None:
@@ -49,3 +49,15 @@ async def test_examples_against_a_running_server() -> None:
         for name in ("gateway_integration.py", "agent_runtime.py") * 2:  # reruns are fine
             out = await asyncio.to_thread(run_example, name, "--url", url)
             assert "no gap" in out or "0 new events" in out
+
+
+def test_examples_rerun_on_the_same_data_dir(tmp_path: Path) -> None:
+    """A reader who keeps the store (DATA_DIR) and runs an example again sees it work
+    again: each run is a session of its own, the earlier one still stored."""
+    for _ in range(2):
+        out = run_example("gateway_integration.py", str(tmp_path / "gateway"))
+        assert "viewer saw seq 1..16 with no gap" in out
+        out = run_example("agent_runtime.py", str(tmp_path / "agent"))
+        assert "rerun of the turn: 0 new events (log still ends at seq 23)" in out
+    assert len(list((tmp_path / "gateway" / "events").glob("chat-42*.jsonl"))) == 2
+    assert len(list((tmp_path / "agent" / "events").glob("agent-demo*.jsonl"))) == 2
