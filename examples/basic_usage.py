@@ -8,9 +8,9 @@ by its URL: ``python examples/basic_usage.py --store sqlite:///tmp/bamboo.db``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 import tempfile
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Storage, open_storage
@@ -49,9 +49,9 @@ async def main(data_dir: str, store_url: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    store_url = None
-    if args[:1] == ["--store"] and len(args) > 1:
-        store_url, args = args[1], args[2:]
-    data_dir = args[0] if args else os.environ.get("BAMBOO_DATA_DIR")
-    asyncio.run(main(data_dir or tempfile.mkdtemp(prefix="bamboo-example-"), store_url))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir", nargs="?", help="the JSONL store's directory")
+    parser.add_argument("--store", help="a store's URL instead, e.g. sqlite:///tmp/bamboo.db")
+    args = parser.parse_args()
+    data_dir = args.data_dir or os.environ.get("BAMBOO_DATA_DIR")
+    asyncio.run(main(data_dir or tempfile.mkdtemp(prefix="bamboo-example-"), args.store))

@@ -6,8 +6,8 @@ Run: ``python examples/session_manager.py [DATA_DIR]`` (a temporary directory by
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 import tempfile
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
@@ -45,5 +45,8 @@ async def main(data_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir", nargs="?", help="the JSONL store's directory")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as default_dir:
-        asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else default_dir))
+        asyncio.run(main(args.data_dir or default_dir))

@@ -4,7 +4,11 @@ promise: a gap-free resumed stream, and an agent turn that a rerun does not dupl
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.forks import ForkedChild
 from tests.support import run_server
@@ -61,3 +65,30 @@ def test_examples_rerun_on_the_same_data_dir(tmp_path: Path) -> None:
         assert "rerun of the turn: 0 new events (log still ends at seq 23)" in out
     assert len(list((tmp_path / "gateway" / "events").glob("chat-42*.jsonl"))) == 2
     assert len(list((tmp_path / "agent" / "events").glob("agent-demo*.jsonl"))) == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "basic_usage.py",
+        "session_manager.py",
+        "gateway_integration.py",
+        "agent_runtime.py",
+        "browser/echo_agent.py",
+    ],
+)
+def test_every_example_answers_help(name: str, tmp_path: Path) -> None:
+    """``--help`` prints the usage and the example's first paragraph whole, and runs
+    nothing: no store made in the working directory (one was, named ``--help``)."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: "), result.stdout
+    description = result.stdout.split("\n\n")[1]
+    assert description.rstrip().endswith("."), description
+    assert list(tmp_path.iterdir()) == []

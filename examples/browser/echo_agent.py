@@ -38,9 +38,9 @@ async def run_echo_agent(url: str, session_id: str, word_delay: float = 0.05) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="ws://127.0.0.1:8765")
-    parser.add_argument("--session", default="demo")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (%(default)s)")
+    parser.add_argument("--session", default="demo", help="the session to answer in (%(default)s)")
     args = parser.parse_args()
     asyncio.run(run_echo_agent(args.url, args.session))
 
