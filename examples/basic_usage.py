@@ -3,7 +3,8 @@ create a session, append a message, load the session back.
 
 Run: ``python examples/basic_usage.py [DATA_DIR]``. The data directory comes from the
 argument, else ``$BAMBOO_DATA_DIR``, else a fresh temporary directory. Or on any backend
-by its URL: ``python examples/basic_usage.py --store sqlite:///tmp/bamboo.db``.
+by its URL: ``python examples/basic_usage.py --store sqlite:///tmp/bamboo.db``. Run
+again on the same store, it adds another message to the session the first run made.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import asyncio
 import os
 import tempfile
 
-from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig, Storage, open_storage
+from bamboo_session.persistence import (
+    JsonlStorage,
+    JsonlStorageConfig,
+    SessionExists,
+    Storage,
+    open_storage,
+)
 from bamboo_session.protocol import Message, Session
 
 
@@ -29,7 +36,10 @@ async def main(data_dir: str, store_url: str | None = None) -> None:
     # Create a session
     session = Session.new("session-001").with_user_id("user-123").with_title("My Chat")
 
-    await storage.create_session(session)
+    try:
+        await storage.create_session(session)
+    except SessionExists:  # a rerun on the same store: the earlier run's session is kept
+        print(f"{session.metadata.id} is in this store from an earlier run: adding to it")
 
     # Add a message
     await storage.append_message(

@@ -44,3 +44,13 @@ def test_basic_usage_example_defaults_to_a_temp_dir() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "user: Hello!" in result.stdout
+
+
+def test_basic_usage_example_runs_again_on_its_store(tmp_path: Path) -> None:
+    """A second run on the same store (a directory, or a store's URL) finds the first
+    run's session and adds to it, where it failed with SessionExists."""
+    for args in ([str(tmp_path / "jsonl")], ["--store", f"sqlite:///{tmp_path}/bamboo.db"]):
+        run_example(*args)
+        out = run_example(*args)
+        assert "session-001 is in this store from an earlier run: adding to it" in out
+        assert out.count("  user: Hello!") == 2
