@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import select
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -104,6 +107,11 @@ def runner(command: AsyncCommand) -> Callable[[argparse.Namespace], int]:
             fail(str(exc))
         except StorageError as exc:
             fail(f"storage: {exc}")
+        except BrokenPipeError as exc:
+            if not stdout_gone():
+                fail(f"{exc.strerror or exc}")
+                return 1
+            return ended_by_its_reader()
         except OSError as exc:
             fail(f"{exc.strerror or exc}" if not isinstance(exc, TimeoutError) else "timed out")
         except KeyboardInterrupt:
@@ -111,6 +119,26 @@ def runner(command: AsyncCommand) -> Callable[[argparse.Namespace], int]:
         return 1
 
     return run
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader left (``| head`` read its fill)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), or no stdout to ask
+        return False
+
+
+def ended_by_its_reader() -> int:
+    """A command whose output's reader left ends as the shell's own tools do, killed by
+    SIGPIPE: status 141 and not a word (the reader asked for no more). What is still
+    buffered goes to /dev/null, or the interpreter's exit would report it unwritten."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def fail(reason: str) -> None:

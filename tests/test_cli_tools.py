@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -259,3 +261,31 @@ async def test_show_over_http_waits_out_a_429(tmp_path: Path) -> None:
         assert code == 0, err
         assert len(json.loads(out)["messages"]) == 40
         assert time.monotonic() - started >= 0.9  # a Retry-After of 1 s, waited
+
+
+def reader_gone(*argv: str) -> tuple[int, str]:
+    """``bamboo-session ARGV | head -c 0``: its stdout a pipe whose reader left before the
+    first line (closed at once; the process takes far longer to start)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bamboo_session.server", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    return process.wait(TIMEOUT), err
+
+
+async def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``ls | head``, ``tail | head``: the command ends as one killed by SIGPIPE does,
+    status 141 and not a word (it said ``bamboo-session: Broken pipe``, status 1)."""
+    data = await asyncio.to_thread(make_data_dir, tmp_path / "data")
+    for argv in (["ls", "--data-dir", str(data)], ["show", "a", "--data-dir", str(data)]):
+        assert await asyncio.to_thread(reader_gone, *argv) == (141, "")
+    async with run_server(store="memory://") as server:
+        url = f"ws://127.0.0.1:{server.port}"
+        async with await BambooClient.connect(url, "t", create=True) as agent:
+            await agent.publish(AgentEvent.token("hi"))
+            argv = ["tail", "t", "--url", url, "--from-seq", "0"]
+            assert await asyncio.to_thread(reader_gone, *argv) == (141, "")
