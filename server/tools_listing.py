@@ -23,7 +23,7 @@ from bamboo_session.protocol.models import SessionState
 from .list_cursor import BadCursor, ListingPage, cursor_after, position_of
 from .terminal_text import json_shown, shown
 from .tools import ToolError, short_time
-from .tools_store import get_json, offline_store
+from .tools_store import ASK_THE_SERVER, get_json, offline_store
 
 _INT64_MAX: Final = 2**63 - 1
 _HEADER: Final = ["ID", "USER", "STATE", "MESSAGES", "LAST_SEQ", "LAST ACTIVITY", "TITLE"]
@@ -46,7 +46,7 @@ async def list_sessions(args: argparse.Namespace, filter: SessionFilter) -> int:
     output = _Json(filter) if args.json else _Table(filter, args.cursor)
     if args.url:
         return await _list(args, filter, output, lambda f, c: _page_over_http(args, f, c))
-    async with offline_store(args, read_only=True) as storage:
+    async with offline_store(args, read_only=True, when_locked=ASK_THE_SERVER) as storage:
         return await _list(args, filter, output, lambda f, c: _page_offline(storage, f, c))
 
 

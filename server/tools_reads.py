@@ -25,7 +25,7 @@ from .tools import (
     time_argument,
 )
 from .tools_listing import list_sessions
-from .tools_store import add_store_options, get_json, offline_store
+from .tools_store import ASK_THE_SERVER, add_store_options, get_json, offline_store
 
 if TYPE_CHECKING:
     from .tools import SubParsers
@@ -115,7 +115,7 @@ async def _show(args: argparse.Namespace) -> int:
     if args.url:
         session = await _session_over_http(args, session_id)
     else:
-        async with offline_store(args, read_only=True) as storage:
+        async with offline_store(args, read_only=True, when_locked=ASK_THE_SERVER) as storage:
             session = await _session_offline(storage, session_id)
     if args.json:
         print(json_shown(msgspec.json.encode(session)))

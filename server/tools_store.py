@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bamboo_session.persistence import open_storage, parse_store_url
 from bamboo_session.persistence.base import Storage, StorageError, StorageLocked
@@ -90,6 +90,10 @@ def add_online(parser: argparse.ArgumentParser) -> None:
         help=f"server base URL (default: $BAMBOO_URL or {DEFAULT_URL})",
     )
     add_token(parser)
+
+
+# What ``ls`` and ``show`` tell to do about a store its server holds alone (SQLite).
+ASK_THE_SERVER: Final = "ask that server with --url (http://HOST:PORT), or stop it first"
 
 
 def store_url(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:

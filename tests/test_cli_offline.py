@@ -265,6 +265,7 @@ async def test_ls_and_show_read_a_held_jsonl_store_and_refuse_a_held_sqlite_one_
         else:
             for code, out, err in (listed, shown):
                 assert code == 1 and out == "" and "is in use" in err, err
+                assert "ask that server with --url" in err, err  # as the help says
 
 
 @pytest.mark.parametrize("command", [["delete", "a"], ["cleanup"], ["recount"]])
