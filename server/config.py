@@ -21,10 +21,11 @@ from typing import Any, Literal
 from bamboo_session.protocol.frames import MAX_BATCH_ITEMS
 
 from .manager_config import DEFAULT_MAX_PARKED_AT_STOP, DEFAULT_READ_SLOTS, SessionManagerConfig
+from .store_options import with_durability, with_redis_options
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
-Durability = Literal["fsync", "os"]  # of the JSONL store in ``data_dir``
+Durability = Literal["fsync", "os"]  # of the JSONL store in ``data_dir``, or ``store``'s
 MIB = 1024 * 1024
 
 
@@ -167,7 +168,8 @@ class ServerConfig:
         """The store's URL: ``store``, or the JSONL store in ``data_dir``; the
         ``redis_*`` options go into a Redis store's URL (ValueError for another)."""
         if self.store:
-            return with_redis_options(self.store, self._redis_options())
+            store = with_durability(self.store, self.durability)
+            return with_redis_options(store, self._redis_options())
         if self._redis_options():
             raise ValueError("--redis-* options need a redis:// store (--store)")
         path = os.path.abspath(os.path.expanduser(self.data_dir))
@@ -205,18 +207,6 @@ class ServerConfig:
         from .settings import settings_from_env
 
         return cls(**settings_from_env(os.environ if environ is None else environ))
-
-
-def with_redis_options(url: str, options: Mapping[str, int]) -> str:
-    """``url`` with ``options`` in its query (they win over the URL's own)."""
-    if not options:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() != "redis":
-        raise ValueError(f"--redis-* options need a redis:// store, not {parts.scheme}://")
-    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    query.update({name: str(value) for name, value in options.items()})
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 # -- what each field takes ------------------------------------------------------------

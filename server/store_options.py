@@ -1,0 +1,43 @@
+"""What ``serve``'s store flags add to the store's URL (``--store``): ``--durability`` to a
+JSONL or SQLite store's, the ``--redis-*`` options to a Redis store's."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+
+from bamboo_session.persistence.url import parse_store_url
+
+
+def with_durability(url: str, durability: str) -> str:
+    """``url`` with ``durability`` (``--durability``) in its query where it is a JSONL or
+    SQLite store's URL that names none (a bare path is a JSONL store's); ValueError
+    where it names another. Other stores have no such option: theirs stays as it is."""
+    if durability == "fsync":  # the default, which every store's URL means unless told
+        return url
+    parsed = parse_store_url(url)  # ValueError for what names no store
+    if parsed.scheme not in ("jsonl", "sqlite"):
+        return url
+    if "://" not in url:
+        url = f"jsonl://{urllib.parse.quote(os.path.abspath(parsed.location))}"
+    base, _, query_text = url.partition("?")  # (urlunsplit would drop jsonl:///'s //)
+    query = dict(urllib.parse.parse_qsl(query_text, keep_blank_values=True))
+    if query.setdefault("durability", durability) != durability:
+        raise ValueError(
+            f"--durability {durability} and the store's URL (durability="
+            f"{query['durability']}) disagree: give one of them"
+        )
+    return f"{base}?{urllib.parse.urlencode(query)}"
+
+
+def with_redis_options(url: str, options: Mapping[str, int]) -> str:
+    """``url`` with ``options`` in its query (they win over the URL's own)."""
+    if not options:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "redis":
+        raise ValueError(f"--redis-* options need a redis:// store, not {parts.scheme}://")
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query.update({name: str(value) for name, value in options.items()})
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))

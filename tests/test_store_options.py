@@ -1,0 +1,55 @@
+"""``serve``'s store flags and ``--store``: ``--durability`` goes into a JSONL or SQLite
+store's URL that names none (it was ignored beside ``--store``: a store given as a URL
+was synced at every commit whatever the flag said), and one that names another is
+refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bamboo_session.server.cli import build_parser, config_from_args
+from bamboo_session.server.config import ServerConfig
+from tests.support import open_peer, run_server
+
+
+def store_url_of(*flags: str) -> str:
+    return config_from_args(build_parser().parse_args(["serve", *flags])).store_url()
+
+
+def test_durability_goes_into_a_file_store_url_that_names_none(tmp_path: Path) -> None:
+    assert store_url_of("--store", "jsonl:///var/b", "--durability", "os") == (
+        "jsonl:///var/b?durability=os"
+    )
+    assert store_url_of("--store", "sqlite:///var/b.db?x=1", "--durability", "os") == (
+        "sqlite:///var/b.db?x=1&durability=os"
+    )
+    bare = store_url_of("--store", str(tmp_path / "b"), "--durability", "os")
+    assert bare == f"jsonl://{tmp_path / 'b'}?durability=os"
+    # As before: the URL's own word, the default, and stores with no such option.
+    assert store_url_of("--store", "jsonl:///var/b?durability=os") == "jsonl:///var/b?durability=os"
+    assert store_url_of("--store", "jsonl:///var/b") == "jsonl:///var/b"
+    assert store_url_of("--store", "memory://", "--durability", "os") == "memory://"
+
+
+def test_a_url_that_says_another_durability_is_refused() -> None:
+    config = ServerConfig(store="jsonl:///var/b?durability=fsync", durability="os")
+    with pytest.raises(ValueError, match="--durability os and the store's URL"):
+        config.store_url()
+
+
+async def test_a_store_url_served_with_durability_os_keeps_no_wal(tmp_path: Path) -> None:
+    """What the flag changes, seen on disk: ``os`` syncs in the background and writes no
+    write-ahead log; ``fsync`` (the URL served as given, before) writes one."""
+    for durability, wal in (("os", False), ("fsync", True)):
+        data = tmp_path / durability
+        async with run_server(store=f"jsonl://{data}", durability=durability) as server:
+            async with open_peer(server, "s") as peer:
+                await peer.send({"type": "hello", "create": True})
+                assert (await peer.recv())["type"] == "welcome"
+                await peer.send(
+                    {"type": "event", "id": 1, "event": {"type": "token", "content": "x"}}
+                )
+                assert (await peer.recv())["type"] == "ack"
+                assert bool(list((data / "wal").glob("*.wal"))) == wal
