@@ -102,7 +102,9 @@ def runner(command: AsyncCommand) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         try:
-            return asyncio.run(command(args))
+            status = asyncio.run(command(args))
+            sys.stdout.flush()  # what a pipe's buffer holds fails here, not at the exit
+            return status
         except ToolError as exc:
             fail(str(exc))
         except StorageError as exc:

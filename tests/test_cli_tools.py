@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -265,16 +266,24 @@ async def test_show_over_http_waits_out_a_429(tmp_path: Path) -> None:
 
 def reader_gone(*argv: str) -> tuple[int, str]:
     """``bamboo-session ARGV | head -c 0``: its stdout a pipe whose reader left before the
-    first line (closed at once; the process takes far longer to start)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bamboo_session.server", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    process.stdout.close()
-    err = process.stderr.read().decode()
-    return process.wait(TIMEOUT), err
+    first line (closed at once; the process takes far longer to start), its output
+    buffered (as it is unless PYTHONUNBUFFERED is set: then written at the exit) and
+    unbuffered (written as it goes); the status and stderr, the same for both."""
+    answers = set()
+    for unbuffered in ({}, {"PYTHONUNBUFFERED": "1"}):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bamboo_session.server", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, **unbuffered},
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        answers.add((process.wait(TIMEOUT), err))
+    assert len(answers) == 1, answers
+    return answers.pop()
 
 
 async def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> None:
