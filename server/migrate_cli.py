@@ -16,7 +16,6 @@ its servers kept writing to), a store fails, or a store cannot be opened.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ from bamboo_session.persistence import (
 
 from .config import MIN_FRAME_BYTES
 from .manager_config import MIB
+from .tools import ended_by_its_reader, stdout_gone
 
 if TYPE_CHECKING:  # argparse's class is generic to type checkers only
     # The copying is imported when migrate runs: every command line builds this parser.
@@ -96,11 +96,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_migrate(args: argparse.Namespace) -> int:
     try:
-        import uvloop
+        from uvloop import run
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.run(_migrate(args))
-    status: int = uvloop.run(_migrate(args))
-    return status
+        from asyncio import run  # type: ignore[assignment]
+    try:
+        status: int = run(_migrate(args))
+        sys.stdout.flush()  # what a pipe's buffer holds fails here, not at the exit
+        return status
+    except BrokenPipeError:
+        if not stdout_gone():
+            raise
+        return ended_by_its_reader()
 
 
 async def _migrate(args: argparse.Namespace) -> int:

@@ -290,7 +290,8 @@ async def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> 
     """``ls | head``, ``tail | head``: the command ends as one killed by SIGPIPE does,
     status 141 and not a word (it said ``bamboo-session: Broken pipe``, status 1)."""
     data = await asyncio.to_thread(make_data_dir, tmp_path / "data")
-    for argv in (["ls", "--data-dir", str(data)], ["show", "a", "--data-dir", str(data)]):
+    migrate = ["migrate", "--from", str(data), "--to", "memory://", "--progress", "none"]
+    for argv in (["ls", "--data-dir", str(data)], ["show", "a", "--data-dir", str(data)], migrate):
         assert await asyncio.to_thread(reader_gone, *argv) == (141, "")
     async with run_server(store="memory://") as server:
         url = f"ws://127.0.0.1:{server.port}"
