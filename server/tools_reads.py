@@ -41,7 +41,12 @@ def add_commands(commands: SubParsers) -> None:
     )
     add_store_options(ls, with_url=True)
     ls.add_argument("--user-id", help="only sessions of this user")
-    ls.add_argument("--state", choices=[s.value for s in SessionState], help="only this state")
+    ls.add_argument(
+        "--state",
+        choices=[s.value for s in SessionState],
+        help="only this state (no session is ever 'expired': one past its TTL keeps its state "
+        "until cleanup removes it; 'cleanup --dry-run' lists those)",
+    )
     ls.add_argument("--created-after", type=time_argument, help="created at or after this time")
     ls.add_argument("--created-before", type=time_argument, help="created before this time")
     ls.add_argument(

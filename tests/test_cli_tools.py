@@ -299,3 +299,19 @@ async def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> 
             await agent.publish(AgentEvent.token("hi"))
             argv = ["tail", "t", "--url", url, "--from-seq", "0"]
             assert await asyncio.to_thread(reader_gone, *argv) == (141, "")
+
+
+def test_ls_says_where_the_expired_sessions_are(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--state expired`` lists nothing (the server never sets that state) while a
+    session's TTL has passed: the help says so, and which command lists them."""
+    listed = run(["ls", "--data-dir", str(data_dir), "--state", "expired"], capsys)
+    assert listed[0] == 0 and "0-0 of 0 sessions" in listed[1]
+    code, out, _ = run(["cleanup", "--data-dir", str(data_dir), "--dry-run"], capsys)
+    assert code == 0 and out.startswith("old\t")
+    with pytest.raises(SystemExit):
+        main(["ls", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "no session is ever 'expired'" in help_text
+    assert "'cleanup --dry-run' lists those" in help_text
