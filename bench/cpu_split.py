@@ -4,7 +4,10 @@ other threads (the JSONL store's file jobs and syncs) and its children (the JSON
 store's sync helper), each as user and system time (``/proc/PID/task/TID/stat``, in
 clock ticks) and run time (``schedstat``, to the nanosecond); with ``perf`` on the path,
 the helper's ``fdatasync`` calls per event too (a tracepoint count: how many group
-commits the events took). Per measured event; the same arguments as bench/latency.py:
+commits the events took); and how often the loop's thread and the helper slept and
+were woken (their voluntary context switches: a wake-up of an idle CPU costs tens of
+microseconds on this VM, bench/RESULTS.md's h462 section, whatever the code does then).
+Per measured event; the same arguments as bench/latency.py:
 
     python -m bench.cpu_split --rate 2000 --sessions 200 --seconds 10 --peers \
         --durability fsync memory
@@ -26,7 +29,8 @@ from typing import Any
 from . import common, latency, latency_variants
 
 TICK = os.sysconf("SC_CLK_TCK")
-Split = dict[str, list[float]]  # part: [user, system, run] seconds; "syncs": [count]
+# part: [user, system, run] seconds; "syncs": [count]; part + " sleeps": [count]
+Split = dict[str, list[float]]
 
 
 def split(pid: int) -> Split:
@@ -45,7 +49,21 @@ def split(pid: int) -> Split:
             part[0] += int(fields[11]) / TICK
             part[1] += int(fields[12]) / TICK
             part[2] += run
+            if int(tid) == process:
+                parts[f"{main} sleeps"] = [float(_voluntary_switches(task))]
     return parts
+
+
+def _voluntary_switches(task: str) -> int:
+    """How many times the thread gave up the CPU waiting (``epoll_wait`` blocking, a
+    ``recvmsg`` with nothing to read): each is a later wake-up."""
+    try:
+        for line in Path(f"{task}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 class Watch:
@@ -82,6 +100,10 @@ class Watch:
         for part, times in after.items():
             if part == "syncs":
                 shown.append(f"helper fdatasync {times[0] / events:.3f}/event")
+                continue
+            if part.endswith(" sleeps"):
+                was_count = before.get(part, [0.0])[0]
+                shown.append(f"{part} {(times[0] - was_count) / events:.3f}/event")
                 continue
             was = before.get(part, [0.0, 0.0, 0.0])
             per = [(now - then) / events * 1e6 for now, then in zip(times, was, strict=True)]

@@ -342,3 +342,39 @@ def test_latency_variants_run_each_store_variant_with_its_query_and_environment(
             AssertionError, match=r"exited before listening; see \S*bamboo-bad\.log"
         ):
             run_bench("latency_variants", out, argv)
+
+
+SLEEP_IN_STEPS = """
+import sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(50):
+    time.sleep(0.001)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_cpu_split_counts_the_times_a_process_slept() -> None:
+    """bench/cpu_split.py's wake-ups: each blocking sleep of the loop's thread is one
+    more voluntary context switch, read per part beside its CPU time."""
+    from bench import cpu_split
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLEEP_IN_STEPS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        before = cpu_split.split(child.pid)["loop sleeps"][0]
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "done\n"
+        slept = cpu_split.split(child.pid)["loop sleeps"][0] - before
+        assert 50 <= slept < 60
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
