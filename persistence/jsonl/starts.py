@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -53,16 +52,6 @@ from .syncer import Syncer
 from .wal import SegmentFile
 
 log = logging.getLogger(__name__)
-
-# Experiments (h481), read from the server's environment; off unless set.
-# BAMBOO_EXP_GRACE=F: a paced ``_begin`` is taken by the first append queued at or after
-# its window's end (in that append's turn of the loop, no wake-up of its own), or by a
-# timer F windows later at the latest.
-_EXP_GRACE = float(os.environ.get("BAMBOO_EXP_GRACE", "0"))
-# BAMBOO_EXP_SUSTAINED=F: the busy window is F times as long after a commit that carried
-# appends of at least BAMBOO_EXP_SUSTAINED_GROUPS (4) sessions: sustained load only.
-_EXP_SUSTAINED = float(os.environ.get("BAMBOO_EXP_SUSTAINED", "1"))
-_EXP_SUSTAINED_GROUPS = int(os.environ.get("BAMBOO_EXP_SUSTAINED_GROUPS", "4"))
 
 
 class CommitStarts:
@@ -97,8 +86,6 @@ class CommitStarts:
         # The loop's handle of the ``_begin`` a window scheduled: cancelled when the
         # writer's task ends, so that none runs on a closed store.
         self._begin_timer: asyncio.Handle | None = None
-        self._begin_at = 0.0
-        self._last_carried = 0  # sessions the last commit begun outside carried
         # Where ``_begin`` runs: a context of its own, as the writer's task has
         # (``detached``), not a copy of the appending caller's that ``call_soon`` takes:
         # what it logs (a helper found dead) would carry that connection's fields.
@@ -126,8 +113,6 @@ class CommitStarts:
     def _window(self, behind: bool) -> float:
         """The least time from the last commit's start to the next one's."""
         if behind and self._busy_window > self._commit_window:
-            if self._last_carried >= _EXP_SUSTAINED_GROUPS:
-                return self._busy_window * _EXP_SUSTAINED
             return self._busy_window
         return self._commit_window
 
@@ -165,13 +150,6 @@ class CommitStarts:
         next turn (what comes in this one joins it) or when a commit window is due;
         while a commit started there is under way, by its end; else by the task."""
         if self._outside is not None or self._begin_due or self._handed is not None:
-            if self._begin_at and self._begin_due:
-                loop = self._loop
-                assert loop is not None and self._begin_timer is not None
-                if time.monotonic() >= self._begin_at:
-                    self._begin_at = 0.0
-                    self._begin_timer.cancel()
-                    self._begin_timer = loop.call_soon(self._begin, context=self._begin_context)
             return  # (taken when that commit ends, or by the task after its handed one)
         syncer = self._syncer
         if syncer is not None and not syncer.broken and self._wakeup.unwoken():
@@ -192,12 +170,8 @@ class CommitStarts:
         came before that commit). ``_begin_due`` is set by the caller."""
         loop = self._loop
         assert loop is not None
-        window = self._window(behind)
-        due = self._last_commit + window
+        due = self._last_commit + self._window(behind)
         if loop.time() < due and not self._closing and not self._carried:
-            if _EXP_GRACE:
-                self._begin_at = self._in_flight_since + window
-                due += _EXP_GRACE * window
             self._begin_timer = loop.call_at(due, self._begin, context=self._begin_context)
         else:
             self._begin_timer = loop.call_soon(self._begin, context=self._begin_context)
@@ -220,7 +194,6 @@ class CommitStarts:
         the queue to the task (a helper broken since ``_wake``: ``ask`` refuses, and the
         task syncs on its thread)."""
         self._begin_due = False
-        self._begin_at = 0.0
         if (
             not self._queue
             or not self._wakeup.unwoken()  # the task woke meanwhile: the queue is its
@@ -273,7 +246,6 @@ class CommitStarts:
             # open, and its sync succeeded, with nothing cut, failed or forgotten in it
             # (``_begin`` keeps one with a marker for the task): nothing for it to do.
             self.batches += 1
-            self._last_carried = len(commit.groups)
             self._answers.settle(commit)
         except Exception as exc:  # (a bug: as in the task, no append waits for ever)
             log.exception("log writer failed")
