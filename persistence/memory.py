@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Final, Self
@@ -272,10 +271,7 @@ class MemoryStorage(OnStoreClock, MemoryImports, AppendOne):
         if meta.state == _CLOSED:
             raise SessionClosed(f"session {session_id!r} is closed")
         self._check_not_expired(meta)
-        results = self._append(meta, self._logs[session_id], items)
-        if _EXP_DEFER is not None:
-            await _deferred()
-        return results
+        return self._append(meta, self._logs[session_id], items)
 
     def _append(
         self,
@@ -400,31 +396,3 @@ async def open_from_url(url: StoreURL, options: StoreOptions) -> MemoryStorage:
         options.max_session_bytes,
         options.max_user_bytes,
     )
-
-
-# Experiment (h481): BAMBOO_EXP_DEFER=SECONDS: each append is answered as a group
-# commit's are, its caller's future set with the others' in one callback of the loop
-# SECONDS after the first of them (0: at the loop's next turn), nothing synced.
-_EXP_DEFER = float(os.environ["BAMBOO_EXP_DEFER"]) if "BAMBOO_EXP_DEFER" in os.environ else None
-_EXP_WAITING: list[asyncio.Future[None]] = []
-
-
-def _deferred() -> asyncio.Future[None]:
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-    if not _EXP_WAITING:
-        assert _EXP_DEFER is not None
-        if _EXP_DEFER:
-            loop.call_later(_EXP_DEFER, _answer_all)
-        else:
-            loop.call_soon(_answer_all)
-    _EXP_WAITING.append(future)
-    return future
-
-
-def _answer_all() -> None:
-    waiting = _EXP_WAITING[:]
-    _EXP_WAITING.clear()
-    for future in waiting:
-        if not future.done():
-            future.set_result(None)
