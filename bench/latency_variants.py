@@ -9,7 +9,9 @@ invocation, as bench/RESULTS.md asks on this shared machine.
         -- --rate 2000 --sessions 200 --seconds 10 --peers socketio --durability fsync w1 w2 x
 
 A variant is ``NAME=QUERY`` with ``+VAR=VALUE`` parts after the query: the server runs
-``--store jsonl://DATA?durability=fsync&QUERY`` with ``VAR=VALUE`` in its environment.
+``--store jsonl://DATA?durability=fsync&QUERY`` with ``VAR=VALUE`` in its environment;
+the query ``memory`` runs the memory store (``--store memory://``) instead, so that an
+experiment on it gets its own environment too (``m=memory+SOME_SWITCH=1``).
 Name the variants in ``--durability`` after ``--``, beside the usual ones (fsync,
 memory, ...), in the order they are to run.
 """
@@ -37,6 +39,8 @@ class Variant:
         self.env = dict(setting.split("=", 1) for setting in settings)
 
     def store_flags(self, data: Path) -> list[str]:
+        if self.query == "memory":
+            return ["--store", "memory://"]
         query = "durability=fsync" + (f"&{self.query}" if self.query else "")
         return ["--store", f"jsonl://{data}?{query}"]
 

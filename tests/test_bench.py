@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import latency_variants
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Throughput and latency with the line-up they had before Socket.IO joined (and their
@@ -334,6 +336,10 @@ def test_latency_variants_run_each_store_variant_with_its_query_and_environment(
     stdout = run_bench("latency_variants", tmp_path / "variants.json", [*variants, *tail])
     for kind in ("bamboo-fsync", "bamboo-w1", "bamboo-plain"):
         assert f"| {kind} | " in stdout, stdout
+    assert latency_variants.Variant("m=memory+X=1").store_flags(tmp_path) == [
+        "--store",
+        "memory://",
+    ]
     # The query reaches the store's URL, the environment the server: each refused.
     for variant in ("bad=commit_window=9", "bad=+PYTHONHOME=/nonexistent"):
         argv = ["--variant", variant, "--", *TINY_LATENCY, "--peers", "--durability", "bad"]
