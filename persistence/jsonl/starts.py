@@ -25,10 +25,11 @@ outside to its end first (``_end_outside``), as it does its own, and cancels a
 The busy window (``busy_window``, 2 ms by default; fsync mode): a commit whose
 appends were queued while the last one's sync was in flight (appends come faster than
 syncs complete) starts no sooner than that after the last one started, so that what
-comes meanwhile shares its sync. A sync costs the helper tens of microseconds of
-kernel CPU and the loop a wake-up at its answer, whatever it holds. A lone append,
-nothing in flight, never waits: at a pace the syncs keep up with, nothing is held
-(``bench/RESULTS.md``, fifty-fifth round).
+comes meanwhile shares its sync. A sync costs the helper some 40 (tmpfs) to 110 (disk)
+microseconds of mostly kernel CPU, whatever it holds; the loop's own cost follows the
+appends, not the syncs. A lone append, nothing in flight, never waits: at a pace the
+syncs keep up with, nothing is held (``bench/RESULTS.md``, fifty-fifth and fifty-sixth
+rounds).
 """
 
 from __future__ import annotations
