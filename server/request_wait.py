@@ -18,7 +18,8 @@ from .http_refusals import may_begin_request_line
 from .http_requests import json_reject
 
 # The first bytes of a head kept while it is read, enough for a request line's method
-# behind RFC 9112 2.2's empty lines (8 CRLFs at most): what a late head is judged by.
+# behind RFC 9112 2.2's empty lines (8 CRLFs at most): what a late head is judged by,
+# with whether its first line has ended.
 HEAD_START_BYTES = 32
 LATE_HEAD = "the request head did not arrive whole in time (10 s): send it at once"
 
@@ -31,6 +32,7 @@ class RequestWait(ServerConnection):
     _handshake_waiter: asyncio.Future[None] | None = None
     _eof_held = False  # the peer's end of stream, come before its request was answered
     _head_start = b""  # the first bytes of the request's head (HEAD_START_BYTES at most)
+    _line_ended = False  # a line end came past them: the first line is whole
 
     async def request_or_loss(self) -> None:
         """Returns once the request is read or the connection lost: websockets'
@@ -45,6 +47,7 @@ class RequestWait(ServerConnection):
         # Whole, or never to be: a head's first bytes are judged no more, and are not
         # kept for the connection's life (some 70 bytes an idle WebSocket).
         vars(self).pop("_head_start", None)
+        vars(self).pop("_line_ended", None)
         if self.request is not None and not self._eof_held:
             # One turn of the loop reads what came with the request, as websockets'
             # wait on two futures gave it: an end of stream in the request's segment is
@@ -54,9 +57,16 @@ class RequestWait(ServerConnection):
             await asyncio.sleep(0)
 
     def note_head(self, data: bytes) -> None:
-        """``data`` read while the request is awaited: its head's first bytes kept."""
-        if self.request is None and len(self._head_start) < HEAD_START_BYTES:
-            self._head_start = (self._head_start + data)[:HEAD_START_BYTES]
+        """``data`` read while the request is awaited: its head's first bytes kept, and
+        whether a line ended past them (the empty lines that may come first are
+        within them)."""
+        if self.request is not None or self._line_ended:
+            return
+        left = HEAD_START_BYTES - len(self._head_start)
+        if left > 0:
+            self._head_start += data[:left]
+        if data.find(b"\n", max(left, 0)) >= 0:
+            self._line_ended = True
 
     def answer_late_head(self) -> None:
         """408 ``Request Timeout`` to a peer that sent part of a head, and not the rest, in
@@ -75,7 +85,7 @@ class RequestWait(ServerConnection):
             or protocol.state is not CONNECTING
             or protocol.eof_sent
             or self.transport.is_closing()
-            or not may_begin_request_line(start)
+            or not (self._first_line_whole(start) or may_begin_request_line(start))
         ):
             return
         response = json_reject(http.HTTPStatus.REQUEST_TIMEOUT, LATE_HEAD)
@@ -84,6 +94,14 @@ class RequestWait(ServerConnection):
         protocol.send_response(response)
         self.send_data()
         self.transport.close()
+
+    def _first_line_whole(self, start: bytes) -> bool:
+        """Whether the head's first line has ended (``start``: its first bytes, the
+        empty lines before it left out). Not refused as it came (this is asked only of
+        a connection that has written nothing), it was read as a request line, whatever
+        its method: ``PROPFIND`` or ``get`` in time are answered 405, so late, 408. One
+        that is no HTTP was closed as it came (http_requests.py ``_refusal``)."""
+        return self._line_ended or b"\n" in start
 
     def _pass_on_eof(self) -> None:
         """The peer's end of stream, held while its request was answered, goes to

@@ -63,8 +63,13 @@ def _short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
         [b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"],  # no empty line after the headers
         [b"GET /api/v1/sessions?limit=1 HT"],  # half a request line
         [b"\r\n", b"G"],  # a method begun, behind an empty line
+        # A whole request line of a method not served (405 on time, as are these):
+        [b"PROPFIND /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"],
+        [b"get /healthz HTTP/1.1\r\n"],
+        [b"M3T /" + b"a" * 100 + b" HTTP/1.1\r\n"],  # its end past the first 32 bytes
+        [b"\r\nPROPFIND /" + b"a" * 40, b"a" * 40 + b" HTTP/1.1\r\nHost: x\r\n"],
     ],
-    ids=["headers", "request line", "a letter"],
+    ids=["headers", "request line", "a letter", "PROPFIND", "get", "long line", "in pieces"],
 )
 async def test_part_of_a_head_gets_408_and_the_end(pieces: list[bytes]) -> None:
     async with run_server() as server:
@@ -98,8 +103,14 @@ async def test_a_late_head_of_a_head_request_gets_408_without_a_body() -> None:
 
 @pytest.mark.parametrize(
     "pieces",
-    [[], [b"\r\n\r\n"], [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"], [b"SSH-2.0-x"]],
-    ids=["nothing", "empty lines", "a TLS hello", "an SSH greeting"],
+    [
+        [],
+        [b"\r\n\r\n"],
+        [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"],
+        [b"SSH-2.0-x"],
+        [b"PROXY TCP4 127.0.0.1 127.0.0.1 5"],  # a PROXY header not whole: not HTTP yet
+    ],
+    ids=["nothing", "empty lines", "a TLS hello", "an SSH greeting", "a PROXY header"],
 )
 async def test_a_peer_that_sent_no_http_is_closed_without_a_word(pieces: list[bytes]) -> None:
     async with run_server() as server:
@@ -128,3 +139,4 @@ async def test_an_upgraded_connection_keeps_nothing_of_its_head() -> None:
         assert welcome["type"] == "welcome"
         (connection,) = server._open_connections
         assert "_head_start" not in vars(connection)
+        assert "_line_ended" not in vars(connection)
