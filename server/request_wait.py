@@ -65,8 +65,9 @@ class RequestWait(ServerConnection):
         left = HEAD_START_BYTES - len(self._head_start)
         if left > 0:
             self._head_start += data[:left]
-        if data.find(b"\n", max(left, 0)) >= 0:
-            self._line_ended = True
+            self._line_ended = data.find(b"\n", left) >= 0
+        else:
+            self._line_ended = b"\n" in data
 
     def answer_late_head(self) -> None:
         """408 ``Request Timeout`` to a peer that sent part of a head, and not the rest, in
