@@ -31,7 +31,7 @@ from ..events import UserBytes, check_room, check_user_room
 from ..failure_log import FailureLog
 from ..feed import Feed
 from ..keys import KeyWindow
-from .append_items import batch_of, to_store
+from .append_items import batch_of, new_batch
 from .batch import Batch, Group
 from .caches import KeyWindows, MessageCache
 from .checkpointer import Checkpointer
@@ -118,10 +118,9 @@ class Appender:
         if self.writer.wal_kept_bytes > self.wal_kept_max_bytes:
             self.check_wal_kept()  # refused
         # From here to submit nothing awaits: seqs follow call order, with no gaps.
-        stored, results = to_store(items, record.next_seq, window, self._clock.stamp())
+        batch = new_batch(items, record.next_seq, window, self._clock.stamp())
         written = None
-        if stored:
-            batch = batch_of(stored, results, imported=False)
+        if batch.events:
             if capped:
                 adding, user = len(batch.data), record.meta.user_id
                 check_room(record.log_end, adding, self.max_session_bytes)
@@ -129,10 +128,10 @@ class Appender:
             # Not shielded: a caller cancelled meanwhile cancels only this future of its
             # own, and the writer writes the lines all the same (it skips a done future).
             written = self._submit(record, batch, window)
-            if len(stored) == len(items):
+            if len(batch.events) == len(items):
                 return written
         # Duplicates: acknowledged once their originals are.
-        return self._with_originals(written, record.session_id, results)
+        return self._with_originals(written, record.session_id, batch.results)
 
     async def _with_originals(
         self, written: Awaitable[object] | None, session_id: str, results: list[Appended]
