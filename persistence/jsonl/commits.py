@@ -72,18 +72,15 @@ class Committer:
         ``write`` may run on the loop's thread (``on_loop``): a small batch to logs that
         are open (opening one may block), nothing an earlier failure left to cut
         first (a cut syncs)."""
-        ordered: list[Group] = []
-        commit = Commit(ordered)
-        controls: list[QueuedControl] | None = None
-        groups: dict[str, Group] = {}
+        groups: dict[str, Group] = {}  # (in queue order: each session's first append's)
+        controls: list[QueuedControl] | None = None  # (a list made for the commit's first)
         open_logs, needs_truncate = self.files.open_logs, self.files.needs_truncate
         generations = answers.generations  # empty until a session's append fails
         size, on_loop = 0, True
         for item in items:
             if type(item) is QueuedControl:  # (isinstance asks a Struct's metaclass)
-                if controls is None:  # (a list made for the commit's first)
+                if controls is None:
                     controls = []
-                    commit.controls = controls
                 controls.append(item)
                 continue
             if (generations or item.generation) and answers.stale(item):
@@ -91,15 +88,15 @@ class Committer:
             session_id = item.session_id
             group = groups.get(session_id)
             if group is None:
-                group = groups[session_id] = Group(session_id, [item], item.data)
-                ordered.append(group)
+                groups[session_id] = Group(session_id, [item], item.data)
                 if session_id not in open_logs or session_id in needs_truncate:
                     on_loop = False
             else:
                 group.batches.append(item)
             size += len(item.data)
-        commit.on_loop = on_loop and size <= LOOP_WRITE_BYTES
+        commit = Commit(list(groups.values()), on_loop=on_loop and size <= LOOP_WRITE_BYTES)
         if controls:
+            commit.controls = controls
             commit.forgets = [c.forget for c in controls if c.forget is not None]
         return commit
 
