@@ -68,6 +68,20 @@ def log_problems(log_path: Path, most: int = 5) -> list[str]:
     )
 
 
+def logged_stores(log_path: Path) -> list[str]:
+    """The store URL of each start, as the server said it listened: what it ran on
+    (durability included), not what the soak meant it to."""
+    stores = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and str(entry.get("event", "")).startswith("listening on"):
+            stores.append(str(entry.get("store")))
+    return stores
+
+
 def report(result: dict[str, Any], work: Path, *, keep: bool) -> int:
     """Prints a soak's figures as one JSON object, removes its directory unless kept or
     it holds what went wrong, and returns the exit status: 1 when a check failed."""

@@ -32,8 +32,11 @@ Run: ``python -m bench.crash_soak --cycles 50 --wal-cycles 20``, or
 few cycles of each). ``--store redis --instances N`` runs N servers on the one
 redis-server instead, clients reconnecting to any of them, and kills one or two at a
 time while the others serve (bench/crash_cluster.py). ``--commit-window S`` runs the
-JSONL store with that commit window (all cycles, the WAL ones too). Exit status 0 when every check
-holds; the figures go to stdout as one JSON object.
+JSONL store with that commit window (all cycles, the WAL ones too). ``--durability os``
+runs the JSONL or SQLite store acknowledging once written, not synced (a SIGKILL leaves
+the page cache, so it must lose nothing either): ``python -m bench.crash_soak
+--durability os --cycles 70`` (no WAL cycles: at ``os`` the JSONL store keeps no WAL).
+Exit status 0 when every check holds; the figures go to stdout as one JSON object.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .crash_checks import SESSIONS, check, log_problems, report
+from .crash_checks import SESSIONS, check, log_problems, logged_stores, report
 from .crash_clients import LOST, Publisher, Reader, follow, publish, settle
 from .crash_cluster import soak_instances
 from .crash_stores import KINDS, open_soak_store
@@ -146,6 +149,7 @@ async def soak(
     store: str = "jsonl",
     instances: int = 1,
     commit_window: float = 0.0,
+    durability: str = "fsync",
 ) -> dict[str, Any]:
     """Runs ``cycles`` kill-and-restart cycles on ``store`` (files in ``work``), then (on
     JSONL) ``wal_cycles`` on a server whose WAL retires segments after
@@ -156,10 +160,10 @@ async def soak(
         if store != "redis":
             raise ValueError("several instances share a Redis store only")
         return await soak_instances(work, cycles, instances, publishers, seed)
-    if wal_cycles and store != "jsonl":
-        raise ValueError("WAL cycles are for the JSONL store")
+    if wal_cycles and (store != "jsonl" or durability != "fsync"):
+        raise ValueError("WAL cycles are for the JSONL store at durability fsync")
     rng = random.Random(seed)
-    under_test = open_soak_store(store, work, commit_window)
+    under_test = open_soak_store(store, work, commit_window, durability)
     server = under_test.server(work / "server.log")
     try:
         pubs = [Publisher(f"p{i}", SESSIONS[i % len(SESSIONS)]) for i in range(publishers)]
@@ -194,6 +198,8 @@ async def soak(
         "wal_cycles": wal_cycles,
         "wal_segment_age": wal_segment_age if wal_cycles else None,
         "commit_window": commit_window,
+        "durability": durability,
+        "stores_started": sorted(set(logged_stores(server.log_path))),
         "wal_segments_seen": wal.seen,
         "wal_segments_retired": wal.retired,
         "publishers": publishers,
@@ -224,16 +230,24 @@ def main() -> int:
     parser.add_argument(
         "--commit-window", type=float, default=0.0, help="seconds (JSONL only; default none)"
     )
+    parser.add_argument(
+        "--durability",
+        choices=("fsync", "os"),
+        default="fsync",
+        help="of the JSONL or SQLite store (default fsync)",
+    )
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
     if args.wal_cycles is None:
-        args.wal_cycles = 20 if args.store == "jsonl" else 0
-    elif args.wal_cycles and args.store != "jsonl":
-        parser.error("--wal-cycles is for --store jsonl")
+        args.wal_cycles = 20 if args.store == "jsonl" and args.durability == "fsync" else 0
+    elif args.wal_cycles and (args.store != "jsonl" or args.durability != "fsync"):
+        parser.error("--wal-cycles is for --store jsonl at --durability fsync (os has no WAL)")
     if args.commit_window and args.store != "jsonl":
         parser.error("--commit-window is for --store jsonl")
+    if args.durability != "fsync" and args.store == "redis":
+        parser.error("--durability is for --store jsonl or sqlite")
     if args.instances < 1 or (args.instances > 1 and args.store != "redis"):
         parser.error("--instances above 1 is for --store redis")
     work = Path(tempfile.mkdtemp(prefix=f"bamboo-crash-soak-{args.store}-"))
@@ -248,6 +262,7 @@ def main() -> int:
             args.store,
             args.instances,
             args.commit_window,
+            args.durability,
         )
     )
     return report(result, work, keep=args.keep)

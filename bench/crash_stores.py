@@ -11,6 +11,10 @@ back what each one stored once the server has stopped.
   docs/storage-redis.md asks for acknowledged-means-on-disk); only the Bamboo server is
   killed, redis-server stays up and is stopped by its pid at the end. Read back through
   the store's API.
+
+JSONL and SQLite run at durability ``fsync`` unless the soak asks for ``os``
+(acknowledged once written to the page cache, not synced): a SIGKILL ends the process,
+not the kernel, so ``os`` must lose nothing acknowledged either.
 """
 
 from __future__ import annotations
@@ -65,9 +69,10 @@ class SoakStore(abc.ABC):
 class JsonlStore(SoakStore):
     kind = "jsonl"
 
-    def __init__(self, work: Path, commit_window: float = 0.0) -> None:
+    def __init__(self, work: Path, commit_window: float = 0.0, durability: str = "fsync") -> None:
         super().__init__(work)
         self.commit_window = commit_window  # seconds; 0: the store's default (none)
+        self.durability = durability
 
     @property
     def data_dir(self) -> Path:
@@ -75,9 +80,12 @@ class JsonlStore(SoakStore):
 
     def server(self, log_path: Path) -> Server:
         if not self.commit_window:
-            return Server(self.data_dir, log_path, ("--durability", "fsync", *SERVER_FLAGS))
-        url = f"jsonl://{self.data_dir}?durability=fsync&commit_window={self.commit_window:g}"
-        server = Server(self.data_dir, log_path, SERVER_FLAGS, store=url)
+            flags = ("--durability", self.durability, *SERVER_FLAGS)
+            server = Server(self.data_dir, log_path, flags)
+        else:
+            url = f"jsonl://{self.data_dir}?durability={self.durability}"
+            url += f"&commit_window={self.commit_window:g}"
+            server = Server(self.data_dir, log_path, SERVER_FLAGS, store=url)
         server.commit_window = self.commit_window  # (the WAL cycles' child too)
         return server
 
@@ -135,8 +143,12 @@ async def read_all(storage: Storage, session_id: str, page: int = 10_000) -> lis
 class SqliteStore(ApiStore):
     kind = "sqlite"
 
+    def __init__(self, work: Path, durability: str = "fsync") -> None:
+        super().__init__(work)
+        self.durability = durability
+
     def url(self) -> str:
-        return f"sqlite://{self.work / 'sessions.db'}?durability=fsync"
+        return f"sqlite://{self.work / 'sessions.db'}?durability={self.durability}"
 
 
 class RedisStore(ApiStore):
@@ -159,9 +171,15 @@ class RedisStore(ApiStore):
         self.redis.stop()
 
 
-def open_soak_store(kind: str, work: Path, commit_window: float = 0.0) -> SoakStore:
-    """The store of ``kind`` in ``work``; ``commit_window``: JSONL's, in seconds."""
+def open_soak_store(
+    kind: str, work: Path, commit_window: float = 0.0, durability: str = "fsync"
+) -> SoakStore:
+    """The store of ``kind`` in ``work``; ``commit_window``: JSONL's, in seconds;
+    ``durability``: JSONL's or SQLite's (Redis's is redis-server's own)."""
     if kind == "jsonl":
-        return JsonlStore(work, commit_window)
-    stores: dict[str, type[SoakStore]] = {"sqlite": SqliteStore, "redis": RedisStore}
-    return stores[kind](work)
+        return JsonlStore(work, commit_window, durability)
+    if kind == "sqlite":
+        return SqliteStore(work, durability)
+    if durability != "fsync":
+        raise ValueError("durability is for the JSONL and SQLite stores")
+    return RedisStore(work)
