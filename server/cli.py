@@ -41,7 +41,8 @@ SERVE_HELP: dict[str, str] = {
     "store": "the store's URL: jsonl:///path, sqlite:///path, redis://host:port/db, memory://",
     "data_dir": "directory of the embedded JSONL store when --store is not given (~ expands)",
     "durability": "of the JSONL store in --data-dir, or of a JSONL or SQLite --store whose URL"
-    " names none (?durability=): fsync (ack after fsync) or os (after write)",
+    " names none (?durability=): fsync (ack after fsync) or os (after write); none: fsync, or"
+    " what the --store URL says (a URL that says another than a given one is refused)",
     "default_ttl": "seconds of inactivity after which a session expires, at most 100 years "
     "(none: never, and closed sessions then stay, counted by --max-stored-sessions, until "
     "deleted)",

@@ -36,7 +36,9 @@ class ServerConfig:
     # The store: a URL (persistence/url.py), else JSONL in ``data_dir``, ``durability``.
     store: str | None = None
     data_dir: str = "~/.bamboo/sessions"
-    durability: Durability = "fsync"
+    # None: not said, so fsync unless a --store URL says otherwise; said (fsync too),
+    # a URL that says another is refused (store_options.with_durability).
+    durability: Durability | None = None
     default_ttl: int | None = None
     cleanup_interval: float = 3600.0
     log_format: LogFormat = "auto"
@@ -173,7 +175,7 @@ class ServerConfig:
         if self._redis_options():
             raise ValueError("--redis-* options need a redis:// store (--store)")
         path = os.path.abspath(os.path.expanduser(self.data_dir))
-        query = "" if self.durability == "fsync" else f"?durability={self.durability}"
+        query = "" if self.durability in (None, "fsync") else f"?durability={self.durability}"
         return f"jsonl://{urllib.parse.quote(path)}{query}"
 
     def store_for_logs(self) -> str:
@@ -271,8 +273,10 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
 
 
 def _optional(hint: Any) -> tuple[Any, bool]:
-    """``(X, True)`` for ``X | None``, else ``(hint, False)``."""
-    if isinstance(hint, types.UnionType) and type(None) in hint.__args__:
+    """``(X, True)`` for ``X | None``, else ``(hint, False)``. (A ``Literal[…] | None``
+    is a ``typing.Union``, not a ``types.UnionType``.)"""
+    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    if is_union and type(None) in hint.__args__:
         (inner,) = (arg for arg in hint.__args__ if arg is not type(None))
         return inner, True
     return hint, False

@@ -10,15 +10,21 @@ from collections.abc import Mapping
 from bamboo_session.persistence.url import parse_store_url
 
 
-def with_durability(url: str, durability: str) -> str:
-    """``url`` with ``durability`` (``--durability``) in its query where it is a JSONL or
-    SQLite store's URL that names none (a bare path is a JSONL store's); ValueError
-    where it names another. Other stores have no such option: theirs stays as it is."""
-    if durability == "fsync":  # the default, which every store's URL means unless told
+def with_durability(url: str, durability: str | None) -> str:
+    """``url`` with ``durability`` (``--durability``; None: not given) in its query where
+    it is a JSONL or SQLite store's URL that names none (a bare path is a JSONL store's);
+    ValueError where it names another, ``fsync`` included: an operator who asked for
+    syncs must not get a store that skips them. Other stores have no such option:
+    theirs stays as it is."""
+    if durability is None:
         return url
     parsed = parse_store_url(url)  # ValueError for what names no store
     if parsed.scheme not in ("jsonl", "sqlite"):
         return url
+    query_text = url.partition("?")[2] if "://" in url else ""  # (a bare path has none)
+    named = dict(urllib.parse.parse_qsl(query_text)).get("durability")
+    if named is None and durability == "fsync":
+        return url  # the default, which every store's URL means unless told
     if "://" not in url:
         url = f"jsonl://{urllib.parse.quote(os.path.abspath(parsed.location))}"
     base, _, query_text = url.partition("?")  # (urlunsplit would drop jsonl:///'s //)

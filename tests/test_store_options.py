@@ -39,6 +39,22 @@ def test_a_url_that_says_another_durability_is_refused() -> None:
         config.store_url()
 
 
+def test_a_given_fsync_beside_a_url_that_says_os_is_refused() -> None:
+    # fsync is the default, but one asked for must not be given a store that skips the
+    # syncs (it was: the URL's os won without a word); from a flag, the environment or
+    # the file alike. Not given at all, the URL's word stands.
+    for url in ("jsonl:///var/b?durability=os", "sqlite:///var/b.db?durability=os"):
+        with pytest.raises(ValueError, match="--durability fsync and the store's URL"):
+            store_url_of("--store", url, "--durability", "fsync")
+        with pytest.raises(ValueError, match="--durability fsync and the store's URL"):
+            ServerConfig(store=url, durability="fsync").store_url()
+        assert store_url_of("--store", url) == url
+    assert store_url_of("--store", "jsonl:///var/b?durability=fsync", "--durability", "fsync") == (
+        "jsonl:///var/b?durability=fsync"
+    )
+    assert store_url_of("--store", "jsonl:///var/b", "--durability", "fsync") == "jsonl:///var/b"
+
+
 async def test_a_store_url_served_with_durability_os_keeps_no_wal(tmp_path: Path) -> None:
     """What the flag changes, seen on disk: ``os`` syncs in the background and writes no
     write-ahead log; ``fsync`` (the URL served as given, before) writes one."""
