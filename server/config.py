@@ -179,10 +179,13 @@ class ServerConfig:
         return f"jsonl://{urllib.parse.quote(path)}{query}"
 
     def store_for_logs(self) -> str:
-        """The store's URL with any password masked."""
-        parts = urllib.parse.urlsplit(self.store_url())
+        """The store's URL with any password masked, else as it is served: an operator
+        may copy it into ``--store`` (a round trip through urlsplit wrote
+        ``jsonl:///var/b`` as ``jsonl:/var/b``, which ``--store`` refuses)."""
+        url = self.store_url()
+        parts = urllib.parse.urlsplit(url)
         if parts.password is None:
-            return parts.geturl()
+            return url
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
         return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bamboo_session.persistence.url import parse_store_url
 from bamboo_session.server.cli import build_parser, config_from_args
 from bamboo_session.server.config import ServerConfig
 from tests.support import open_peer, run_server
@@ -53,6 +54,17 @@ def test_a_given_fsync_beside_a_url_that_says_os_is_refused() -> None:
         "jsonl:///var/b?durability=fsync"
     )
     assert store_url_of("--store", "jsonl:///var/b", "--durability", "fsync") == "jsonl:///var/b"
+
+
+def test_the_logged_store_is_one_serve_takes(tmp_path: Path) -> None:
+    # What the "listening on" line says is what an operator copies into --store.
+    for store in ("jsonl:///var/b?durability=os", "sqlite:///var/b.db", "memory://"):
+        config = ServerConfig(store=store)
+        assert config.store_for_logs() == store
+        assert parse_store_url(config.store_for_logs()).text == store
+    logged = ServerConfig(data_dir=str(tmp_path), durability="os").store_for_logs()
+    assert logged == f"jsonl://{tmp_path}?durability=os"
+    assert parse_store_url(logged).location == str(tmp_path)
 
 
 async def test_a_store_url_served_with_durability_os_keeps_no_wal(tmp_path: Path) -> None:
