@@ -85,10 +85,28 @@ def backend_module(url: str) -> str:
     return _OPENERS[parse_store_url(url).scheme].partition(":")[0]
 
 
-def parse_store_url(text: str) -> StoreURL:
-    """``text`` as a store URL (a bare path means jsonl), or ValueError."""
-    if not text:
+def without_password(text: str) -> str:
+    """``text`` with the password in its user info, if any, written ``***``, and else as
+    it is: a store's URL as messages and logs may show it (a Redis URL may carry one)."""
+    if "://" not in text:
+        return text
+    try:
+        netloc = urllib.parse.urlsplit(text).netloc
+    except ValueError:  # (a bracket unclosed: parse_store_url says so, naming no URL)
+        return text
+    userinfo, at, host = netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return text
+    return text.replace(netloc, f"{user}:***@{host}", 1)
+
+
+def parse_store_url(given: str) -> StoreURL:
+    """``given`` as a store URL (a bare path means jsonl), or ValueError; its messages,
+    and the StoreURL's ``text``, show it with any password masked."""
+    if not given:
         raise ValueError("store URL is empty")
+    text = without_password(given)
     if "://" not in text:
         kind = text.partition(":")[0].lower()
         if kind in _OPENERS and (text.lower() == kind or ":" in text):
@@ -98,7 +116,7 @@ def parse_store_url(text: str) -> StoreURL:
                 f"{kind}://... (or ./{text} for a directory of that name)"
             )
         return StoreURL("jsonl", str(Path(text).expanduser()), {}, text)
-    parts = urllib.parse.urlsplit(text)
+    parts = urllib.parse.urlsplit(given)
     scheme = parts.scheme.lower()
     if scheme not in _OPENERS:
         known = ", ".join(f"{name}://" for name in _OPENERS)
@@ -115,9 +133,10 @@ def parse_store_url(text: str) -> StoreURL:
 
 def _file_path(text: str, parts: urllib.parse.SplitResult) -> str:
     if parts.netloc not in ("", "localhost"):
+        host = urllib.parse.urlsplit(text).netloc  # (its password masked)
         raise ValueError(
             f"store URL {text!r}: a file store needs three slashes then an absolute path "
-            f"(like {parts.scheme}:///var/lib/bamboo), not a host {parts.netloc!r}"
+            f"(like {parts.scheme}:///var/lib/bamboo), not a host {host!r}"
         )
     path = urllib.parse.unquote(parts.path)
     # SQLAlchemy writes an absolute path with four slashes: sqlite:////var/db.

@@ -18,6 +18,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from bamboo_session.persistence.url import without_password
 from bamboo_session.protocol.frames import MAX_BATCH_ITEMS
 
 from .manager_config import DEFAULT_MAX_PARKED_AT_STOP, DEFAULT_READ_SLOTS, SessionManagerConfig
@@ -182,12 +183,7 @@ class ServerConfig:
         """The store's URL with any password masked, else as it is served: an operator
         may copy it into ``--store`` (a round trip through urlsplit wrote
         ``jsonl:///var/b`` as ``jsonl:/var/b``, which ``--store`` refuses)."""
-        url = self.store_url()
-        parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        return without_password(self.store_url())
 
     def _redis_options(self) -> dict[str, int]:
         options = {

@@ -5,6 +5,8 @@ A password in the store's URL never reaches a log line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,30 @@ def test_a_password_is_masked_in_logs() -> None:
     config = ServerConfig(store="redis://user:s3cret@127.0.0.1:6379/0?prefix=p")
     assert config.store_for_logs() == "redis://user:***@127.0.0.1:6379/0?prefix=p"
     assert "s3cret" in config.store_url()
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "redis://:hunter2@127.0.0.1:9/0?nope=1",  # an unknown option
+        "redis://bamboo:hunter2@127.0.0.1:9/0?pubsub=loud",  # a bad value
+        "rediss://:hunter2@127.0.0.1:9/0",  # an unknown scheme
+    ],
+)
+def test_a_refused_store_url_is_named_without_its_password(store: str, tmp_path: Path) -> None:
+    # serve's "cannot start: store URL '...'" line quoted the URL whole, password too.
+    argv = [sys.executable, "-m", "bamboo_session.server", "serve", "--port", "0"]
+    for extra in ([], ["--durability", "os"]):  # (--durability reads the URL first)
+        done = subprocess.run(
+            [*argv, "--store", store, "--data-dir", str(tmp_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        said = done.stdout + done.stderr
+        assert done.returncode == 2, said
+        assert "store URL" in said and ":***@127.0.0.1:9/0" in said
+        assert "hunter2" not in said
 
 
 async def test_waiting_for_a_replica_that_is_not_there_fails_writes(
