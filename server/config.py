@@ -290,9 +290,12 @@ def _describe(hint: Any) -> str:
 
 
 def choices(name: str) -> tuple[str, ...] | None:
-    """The values a field may take, when they are a fixed few."""
-    hint, _ = _optional(_HINTS[name])
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+    """The values a field may take, as text, when they are a fixed few: ``none`` too for
+    one that may be none (``--durability none``, as BAMBOO_DURABILITY=none says)."""
+    hint, optional = _optional(_HINTS[name])
+    if typing.get_origin(hint) is not Literal:
+        return None
+    return (*typing.get_args(hint), "none") if optional else typing.get_args(hint)
 
 
 def check_setting(name: str, value: object) -> None:

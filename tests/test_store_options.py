@@ -56,6 +56,20 @@ def test_a_given_fsync_beside_a_url_that_says_os_is_refused() -> None:
     assert store_url_of("--store", "jsonl:///var/b", "--durability", "fsync") == "jsonl:///var/b"
 
 
+def test_durability_none_on_the_command_line_leaves_the_url_its_word(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # --help shows the default as none, and BAMBOO_DURABILITY=none or the file's
+    # durability = "none" were taken; the flag was refused (invalid choice), so a
+    # durability set in the environment could not be unsaid for one run.
+    monkeypatch.setenv("BAMBOO_DURABILITY", "fsync")
+    url = "jsonl:///var/b?durability=os"
+    with pytest.raises(ValueError, match="fsync and the store's URL"):
+        store_url_of("--store", url)
+    assert store_url_of("--store", url, "--durability", "none") == url
+    assert ServerConfig(data_dir="/var/b", durability=None).store_url() == "jsonl:///var/b"
+
+
 def test_the_logged_store_is_one_serve_takes(tmp_path: Path) -> None:
     # What the "listening on" line says is what an operator copies into --store.
     for store in ("jsonl:///var/b?durability=os", "sqlite:///var/b.db", "memory://"):
