@@ -32,7 +32,8 @@ def with_durability(url: str, durability: str | None) -> str:
     if query.setdefault("durability", durability) != durability:
         raise ValueError(
             f"--durability {durability} and the store's URL (durability="
-            f"{query['durability']}) disagree: give one of them"
+            f"{query['durability']}) disagree: give one of them (the former may be set"
+            " as BAMBOO_DURABILITY, or as durability in the --config file)"
         )
     return f"{base}?{urllib.parse.urlencode(query)}"
 

@@ -70,6 +70,16 @@ def test_durability_none_on_the_command_line_leaves_the_url_its_word(
     assert ServerConfig(data_dir="/var/b", durability=None).store_url() == "jsonl:///var/b"
 
 
+def test_a_refusal_says_where_a_durability_not_on_the_command_line_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It said "--durability os and the store's URL ... disagree" to an operator who had
+    # typed no --durability: the os was BAMBOO_DURABILITY's (a unit file's, say).
+    monkeypatch.setenv("BAMBOO_DURABILITY", "os")
+    with pytest.raises(ValueError, match="as BAMBOO_DURABILITY, or as durability in the"):
+        store_url_of("--store", "jsonl:///var/b?durability=fsync")
+
+
 def test_the_logged_store_is_one_serve_takes(tmp_path: Path) -> None:
     # What the "listening on" line says is what an operator copies into --store.
     for store in ("jsonl:///var/b?durability=os", "sqlite:///var/b.db", "memory://"):
