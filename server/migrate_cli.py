@@ -29,6 +29,7 @@ from bamboo_session.persistence import (
     open_storage,
     parse_store_url,
 )
+from bamboo_session.persistence.url import without_password
 
 from .config import MIN_FRAME_BYTES
 from .manager_config import MIB
@@ -110,22 +111,23 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
+    source_shown, target_shown = without_password(args.source), without_password(args.target)
     if same_store(args.source, args.target):
-        return _fail(f"the source and the destination are the same store: {args.target}")
+        return _fail(f"the source and the destination are the same store: {target_shown}")
     try:
         source = await open_storage(
             args.source, read_only=True, offline=True, cleanup_interval=None
         )
     except (StorageError, OSError) as exc:
-        return _fail(f"cannot read the source {args.source}: {exc}")
+        return _fail(f"cannot read the source {source_shown}: {exc}")
     try:
         target = await _open_target(args)
     except (StorageError, OSError) as exc:
         await source.close()
-        return _fail(f"cannot open the destination {args.target}: {exc}")
+        return _fail(f"cannot open the destination {target_shown}: {exc}")
     try:
         if await same_redis_store(source, target):
-            return _fail(f"the source and the destination are the same store: {args.target}")
+            return _fail(f"the source and the destination are the same store: {target_shown}")
         return await _run(args, source, target)
     except StorageError as exc:
         return _fail(f"migrate failed: {exc}; rerun to finish")

@@ -210,6 +210,16 @@ def test_progress_on_a_terminal_is_live_bars(tmp_path: Path) -> None:
     assert "4/4" in text and "84/84" in text
 
 
+def test_a_store_it_cannot_use_is_named_without_its_password(tmp_path: Path) -> None:
+    # "cannot read the source redis://:hunter2@...": the URL was printed whole.
+    redis = "redis://:hunter2@127.0.0.1:9/0"  # (nothing listens on port 9)
+    for source, target in ((redis, sqlite_url(tmp_path / "t.db")), (redis, redis)):
+        result = migrate("--from", source, "--to", target)
+        assert result.returncode == 1
+        assert "redis://:***@127.0.0.1:9/0" in result.stderr
+        assert "hunter2" not in result.stdout + result.stderr
+
+
 def test_the_command_is_registered_in_the_cli() -> None:
     from bamboo_session.server.cli import build_parser
 
