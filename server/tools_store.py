@@ -124,7 +124,9 @@ async def offline_store(
         parsed = parse_store_url(url)
     except ValueError as exc:
         raise ToolError(str(exc)) from None
-    where = parsed.location or url
+    # A file store by its path; another by its URL as shown (a Redis one's password
+    # masked: its location holds it).
+    where = parsed.location if parsed.scheme in ("jsonl", "sqlite") else parsed.text
     if parsed.scheme == "jsonl" and not await asyncio.to_thread(Path(where).is_dir):
         raise ToolError(f"no data directory at {where}")
     if parsed.scheme == "sqlite" and not await asyncio.to_thread(Path(where).is_file):

@@ -123,6 +123,17 @@ def test_a_bad_store_from_the_environment_is_one_line(env: dict[str, str], says:
         assert err.count("\n") == 1 and says in err, err
 
 
+def test_a_redis_store_out_of_reach_is_named_without_its_password() -> None:
+    # "bamboo-session: :hunter2@127.0.0.1:9/0: redis unavailable": the store was named
+    # by its location, which for Redis is the URL's netloc, password and all.
+    url = "redis://:hunter2@127.0.0.1:9/0"  # (nothing listens on port 9)
+    for command in (["ls"], ["cleanup", "--store", url]):
+        code, out, err = tool(*command, env={"BAMBOO_STORE": url})
+        assert code == 1 and out == "", err
+        assert "redis://:***@127.0.0.1:9/0: redis unavailable" in err, err
+        assert "hunter2" not in err
+
+
 # -- cleanup -------------------------------------------------------------------------------
 
 
