@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # system says (Linux), else all of them (macOS has no sched_getaffinity).
 PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1; print(min(8, 2 * cores))")
 
-.PHONY: serve test lint typecheck warm pytest bench fuzz clean constraints
+.PHONY: serve record-commit test lint typecheck warm pytest bench fuzz clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,17 @@ constraints:
 	mv build/constraints.txt constraints.txt
 	rm -rf build/constraints-venv
 
-serve: $(STAMP)
+# An editable install's record (above) is of the commit it was installed at, which the
+# tree moves past at every pull: `make serve` records the tree's commit again first, so
+# that the listening line and /metrics name the code that runs (no record is written
+# where the tree is no git checkout, or git is missing: the last one stays).
+record-commit:
+	@if [ -e .git ]; then \
+		described=$$(git describe --always --dirty 2>/dev/null) && [ -n "$$described" ] \
+			&& echo "$$described" > bamboo_session/BUILD_COMMIT; \
+	fi; true
+
+serve: $(STAMP) record-commit
 	$(BIN)/bamboo-session serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 # lint, mypy and the warm-up of pytest below each keep one core busy: side by side.

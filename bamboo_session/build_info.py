@@ -8,7 +8,8 @@
   nothing recorded it. Never asked of git here: a start pays no fork for it. An
   editable install (``pip install -e .``, ``make``) records the commit it was
   installed at, which the tree may have moved past since: ``make`` installs again when
-  pyproject.toml, setup.py or constraints.txt change, not at each commit.
+  pyproject.toml, setup.py or constraints.txt change, not at each commit (``make
+  serve`` records the tree's commit again before it starts the server).
 
 Each is read once, when first asked (``--version``, the ``listening`` line,
 ``bamboo_build_info`` on ``/metrics``): an offline tool's start pays nothing for them.

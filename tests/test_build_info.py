@@ -126,3 +126,47 @@ def test_a_build_records_what_git_describes_the_tree_as_else_unknown(tmp_path: P
     assert tree_commit(unpacked) == "unknown"
     (unpacked / "bamboo_session" / "BUILD_COMMIT").write_text(f"{head}\n")  # an sdist's
     assert tree_commit(unpacked) == head
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or shutil.which("make") is None,
+    reason="needs git and make: apt-get install -y git make",
+)
+def test_make_serve_records_the_commit_the_tree_is_at_before_it_starts(tmp_path: Path) -> None:
+    """An editable install records its commit once; ``make serve`` after a pull ran the
+    new code under the old commit's name (the listening line and /metrics said 88d07d7f
+    of a tree six dozen commits on). The server here is a stand-in that says it ran."""
+    checkout = tmp_path / "checkout"
+    (checkout / "bamboo_session").mkdir(parents=True)
+    shutil.copy(ROOT / "Makefile", checkout / "Makefile")
+    (checkout / ".gitignore").write_text("bamboo_session/BUILD_COMMIT\n")
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "commit", "-q", "-m", "installed at")
+    record = checkout / "bamboo_session" / "BUILD_COMMIT"
+    record.write_text(git(checkout, "rev-parse", "--short", "HEAD") + "\n")
+    git(checkout, "commit", "-q", "--allow-empty", "-m", "pulled since")
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    (stand_in / "bamboo-session").write_text('#!/bin/sh\necho "ran $1"\n')
+    (stand_in / "bamboo-session").chmod(0o755)
+
+    def make_serve() -> None:
+        done = subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed", "serve", f"BIN={stand_in}"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout) == (0, "ran serve\n"), done.stderr
+
+    make_serve()
+    assert record.read_text().strip() == git(checkout, "describe", "--always", "--dirty")
+    (checkout / "Makefile").write_text((checkout / "Makefile").read_text() + "\n")
+    make_serve()
+    assert record.read_text().strip().endswith("-dirty")
+
+    shutil.rmtree(checkout / ".git")  # an unpacked tree: its record stays as it is
+    make_serve()
+    assert record.read_text().strip().endswith("-dirty")
