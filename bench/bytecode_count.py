@@ -25,7 +25,7 @@ them: the layers of the event's own path count the same run after run.
 same way, its runs alternated with this tree's, and prints the ratios.
 
     python -m bench.bytecode_count                          # 200 sessions, 2,000 events, fsync
-    python -m bench.bytecode_count --durability memory
+    python -m bench.bytecode_count --durability memory      # or os: JSONL, ack after write
     python -m bench.bytecode_count --against /work/main --runs 2
     python -m bench.bytecode_count --sessions 3 --events 20 --warmup 6   # smoke
 """
@@ -50,7 +50,7 @@ from .bytecode_tracer import ENV
 from .peers import bamboo_attach, decode_frame, token_frame
 
 SIGNAL_ANSWER_TIMEOUT = 30.0
-DURABILITIES = ("fsync", "memory")
+DURABILITIES = ("fsync", "os", "memory")
 # Keepalive pings are off: traced, the measured phase lasts tens of times longer than
 # the load it stands for (longer again on a busy machine), and work done by the clock
 # rather than by the event would weigh as much more per event, varying with the load.
@@ -153,7 +153,7 @@ def traced_server(
 ) -> common.ServerProcess:
     """This tree's server (``tree`` None) or the one at ``tree``, its tracer armed."""
     data = tmp / f"data-{label}"
-    store = ["--store", "memory://"] if durability == "memory" else []
+    store = {"memory": ["--store", "memory://"], "os": ["--durability", "os"]}.get(durability, [])
     server = common.bamboo_server(data, tmp / f"{label}.log", *store, *NO_CLOCK_WORK)
     if tree is None:
         server.argv[1:3] = ["-c", _TRACED + _THIS_TREE]
