@@ -105,7 +105,7 @@ def test_a_flush_queued_while_a_cancelled_writer_ends_a_failed_commit_is_answere
                 os.kill(syncer.pid, signal.SIGKILL)
                 await until(lambda: writer._io._calls.qsize())  # the cut, behind the hold
             flushing = asyncio.ensure_future(writer.flush())
-            await until(lambda: writer._markers)  # queued while the cut is held
+            await until(lambda: writer._queue)  # queued while the cut is held
         finally:
             held.set()
         await io_call

@@ -4,9 +4,8 @@ or failed; each marker (a flush, a deletion) done or failed; and, when the write
 task ends before it took them (cancelled at a teardown, or a bug), every one left
 failed, so that no caller waits for ever whatever ends that task.
 
-Appends of a session queued behind its failed ones carry seqs that no longer follow the
-log, so they fail too, with it: its group leaves the writer's queue (``_failed``), and
-its next append makes a new one there.
+A failure starts a new *generation* of its session: appends queued behind the failed
+ones carry seqs that no longer follow the log, so they fail too (``stale``).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..base import SessionLogFailed, StorageError
-from .batch import Commit, Group, QueuedControl
+from .batch import Batch, Commit, Group, QueuedControl
 from .logfiles import LogFiles
 
 # A group written (and synced as the mode says): its session's appends (``batches``),
@@ -29,20 +28,28 @@ FailedCallback = Callable[[str, OSError, int], None]
 
 
 class Answers:
-    """The owner's callbacks, for the writer's task, and the writer's way to take a
-    failed session's group out of its queue (``drop_queued``)."""
+    """The owner's callbacks and each session's generation, for the writer's task."""
 
     def __init__(
-        self,
-        files: LogFiles,
-        on_written: WrittenCallback,
-        on_failed: FailedCallback,
-        drop_queued: Callable[[str], Group | None],
+        self, files: LogFiles, on_written: WrittenCallback, on_failed: FailedCallback
     ) -> None:
         self._files = files
         self._on_written = on_written
         self._on_failed = on_failed
-        self._drop_queued = drop_queued
+        self.generations: dict[str, int] = {}
+
+    def stale(self, append: Batch) -> bool:
+        """Queued before a failure of its session's: failed without being written."""
+        if append.generation == self.generations.get(append.session_id, 0):
+            return False
+        _fail(
+            append.future,
+            SessionLogFailed(
+                f"could not append to the log of session {append.session_id!r}: an earlier "
+                "append to it failed, so this one was not stored either; retry"
+            ),
+        )
+        return True
 
     def settle(self, commit: Commit) -> None:
         """Answer a group commit's appends and markers, once its outcome is known, in
@@ -80,43 +87,32 @@ class Answers:
             else:
                 control.future.set_result(None)
 
-    def fail_unanswered(
-        self, groups: Iterable[Group], markers: Iterable[QueuedControl], why: str
-    ) -> None:
+    def fail_unanswered(self, items: Iterable[Batch | QueuedControl], why: str) -> None:
         """The writer's task ended (``why``) with these in its queue or its batch, not
         written (a commit that ran answered its own): each not answered yet fails, and
         its session's seqs are handed out again from its last written one."""
         cause = OSError(errno.ECANCELED, f"the log writer stopped ({why})")
         failed_sessions: set[str] = set()
-        for group in groups:
-            unanswered = [a for a in group.batches if a.future is not None and not a.future.done()]
-            if not unanswered:
+        for item in items:
+            if item.future is None or item.future.done():
                 continue
-            session_id = group.session_id
-            if session_id not in failed_sessions:
-                failed_sessions.add(session_id)
-                self._failed(session_id, cause)
-            error = StorageError(
-                f"could not append to the log of session {session_id!r}: {cause}; "
-                "this append was not acknowledged"
+            if isinstance(item, QueuedControl):
+                what = "the deletion" if item.forget is not None else "what was queued"
+                _fail(item.future, StorageError(f"could not write {what}: {cause}"))
+                continue
+            if item.session_id not in failed_sessions:
+                failed_sessions.add(item.session_id)
+                self._failed(item.session_id, cause)
+            _fail(
+                item.future,
+                StorageError(
+                    f"could not append to the log of session {item.session_id!r}: {cause}; "
+                    "this append was not acknowledged"
+                ),
             )
-            for append in unanswered:
-                _fail(append.future, error)
-        for marker in markers:
-            what = "the deletion" if marker.forget is not None else "what was queued"
-            _fail(marker.future, StorageError(f"could not write {what}: {cause}"))
 
     def _failed(self, session_id: str, cause: OSError) -> None:
-        """The session's appends failed: so do the ones it queued before it was told
-        (their seqs follow the failed ones'), and its owner is told."""
-        behind = self._drop_queued(session_id)
-        if behind is not None:
-            error = SessionLogFailed(
-                f"could not append to the log of session {session_id!r}: an earlier "
-                "append to it failed, so this one was not stored either; retry"
-            )
-            for append in behind.batches:
-                _fail(append.future, error)
+        self.generations[session_id] = self.generations.get(session_id, 0) + 1
         self._on_failed(session_id, cause, self._files.uncut.get(session_id, 0))
 
 

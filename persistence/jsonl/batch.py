@@ -2,8 +2,7 @@
 (``Batch``), one log file's share of the commit (``Group``), a session's deletion
 (``Forget``), an open log descriptor (``OpenLog``), the commit between the halves
 that run on the event loop's thread and on the I/O thread (``Commit``), and what waits
-in the writer's queue: a ``Group`` per session, made by its first append and joined by
-the next ones, and the markers (``QueuedControl``).
+in the writer's queue (a ``Batch`` per append, ``QueuedControl``).
 
 Structs rather than dataclasses: made in C, with no Python ``__init__`` to run. An
 append with fsync makes a Batch, a Group and a Commit (and made a QueuedAppend
@@ -13,7 +12,7 @@ its 7,000 bytecode instructions (bench/RESULTS.md, the fortieth round)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import final
 
 from msgspec import Struct, field
@@ -25,9 +24,10 @@ from ..base import Appended
 
 class Batch(Struct):
     """The events of one append call, encoded (``data``: whole lines) and as objects.
-    Queued (``LogWriter.submit``), it is also the append in its session's ``Group``,
-    with the ``future`` its caller awaits. One object per append, not a second one to
-    hold it in the queue."""
+    Queued (``LogWriter.submit``), it is also the append in the writer's queue: its
+    session, the session's ``generation`` then (a failure starts a new one, and fails
+    what was queued behind it), and the ``future`` its caller awaits. One object per
+    append, not a second one to hold it in the queue."""
 
     events: list[StoredEvent]
     data: bytes
@@ -35,19 +35,19 @@ class Batch(Struct):
     messages: list[tuple[int, int, int]] = field(default_factory=list)
     imported: bool = False  # carried over from another store: not activity
     results: list[Appended] = []  # (the caller's: each append's own list)
+    session_id: str = ""
+    generation: int = 0
     # Set when queued; resolves to ``results``, what each item became.
     future: asyncio.Future[list[Appended]] | None = None
 
 
 class Group(Struct):
     """One log file's share of a group commit: its session's queued appends, in order,
-    and their lines (``data``: the lone append's own, or joined by ``write``). Made in
-    the writer's queue by the session's first append there (``LogWriter.submit``)."""
+    and their lines (``data``: the lone append's own, or joined by ``write``)."""
 
     session_id: str
     batches: list[Batch]
     data: bytes = b""
-    queued_bytes: int = 0  # the lines of all its appends
     new_size: int = 0
     error: OSError | None = None
     # The error is this file's alone (files.of_its_own: its open or write), not its
@@ -89,7 +89,7 @@ class Commit(Struct):
     ``gather`` took them from the queue, what ``write`` did, and what ``finish`` must
     still do, on the I/O thread or in the sync helper."""
 
-    groups: Collection[Group]  # in queue order
+    groups: list[Group]  # in queue order
     # Flushes and deletions; what failed, to cut back to its size_before. Empty tuples
     # unless there are some: a lone append's commit makes no list for them.
     controls: Sequence[QueuedControl] = ()
@@ -115,20 +115,21 @@ class Commit(Struct):
             self.cuts = [group]
 
     @property
+    def batches(self) -> list[Batch]:
+        """Its appends, in queue order (a failure's path only)."""
+        return [batch for group in self.groups for batch in group.batches]
+
+    @property
     def written(self) -> list[Group]:
         """The groups written whole, and not failed since (``ok``): a list made when
         asked, on the paths of a failure or of the logs' own syncs only."""
         return [group for group in self.groups if group.ok]
 
 
-@final
+@final  # told by exact type in the writer's queue (commits.py)
 class QueuedControl(Struct):
     """A marker in the queue: done once every append queued before it is processed;
-    with ``forget``, that session's deletion is recorded and its descriptor closed.
-    ``after``: how many of the queue's groups were there when it was queued (every
-    append queued before it is in one of them): it goes with the commit that takes
-    them (``CommitStarts._take``)."""
+    with ``forget``, that session's deletion is recorded and its descriptor closed."""
 
     future: asyncio.Future[None]
     forget: Forget | None = None
-    after: int = 0

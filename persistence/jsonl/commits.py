@@ -1,8 +1,8 @@
-"""One group commit of the log writer: the groups and markers taken from its queue
-made one commit (``gather``), then three steps that the writer's task runs one after
-the other (so the files and the WAL segment have one user at a time), then the answers
-(``answers.py``). The common commit (a few lone appends from many sessions) walks its
-groups three times: once to tell where to write them, once to write, once to answer.
+"""One group commit of the log writer: the queue's batch taken as one commit
+(``gather``), then three steps that the writer's task runs one after the other (so the
+files and the WAL segment have one user at a time), then the answers (``answers.py``).
+The common commit (a few lone appends from many sessions) walks its groups three times:
+once to gather them, once to write, once to answer.
 
 - ``write``: each session's share of the batch goes to its log with one ``write``, and
   the batch's WAL records to the current segment with one more. A small batch
@@ -29,10 +29,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-from .batch import Commit, Forget, Group, QueuedControl
+from .answers import Answers
+from .batch import Batch, Commit, Forget, Group, QueuedControl
 from .config import Durability
 from .files import of_its_own, write_all
 from .logfiles import LogFiles
@@ -64,19 +65,36 @@ class Committer:
         self._logs_synced_later = wal is not None or durability != "fsync"
         self.rotated: list[Segment] = []  # WAL segments left behind, for retirement
 
-    def gather(self, groups: Collection[Group], controls: Sequence[QueuedControl]) -> Commit:
-        """The groups and markers the writer took from its queue as one commit, and
-        whether ``write`` may run on the loop's thread (``on_loop``): a small batch to
-        logs that are open (opening one may block), nothing an earlier failure left to
-        cut first (a cut syncs)."""
+    def gather(self, items: list[Batch | QueuedControl], answers: Answers) -> Commit:
+        """The writer's batch as one commit, in one pass: each session's appends in a
+        group of their own, in queue order (an append queued before a failure of its
+        session's fails now: ``Answers.stale``), the markers aside; and whether
+        ``write`` may run on the loop's thread (``on_loop``): a small batch to logs that
+        are open (opening one may block), nothing an earlier failure left to cut
+        first (a cut syncs)."""
+        groups: dict[str, Group] = {}  # (in queue order: each session's first append's)
+        controls: list[QueuedControl] | None = None  # (a list made for the commit's first)
         open_logs, needs_truncate = self.files.open_logs, self.files.needs_truncate
+        generations = answers.generations  # empty until a session's append fails
         size, on_loop = 0, True
-        for group in groups:
-            session_id = group.session_id
-            if session_id not in open_logs or session_id in needs_truncate:
-                on_loop = False
-            size += group.queued_bytes
-        commit = Commit(groups, on_loop=on_loop and size <= LOOP_WRITE_BYTES)
+        for item in items:
+            if type(item) is QueuedControl:  # (isinstance asks a Struct's metaclass)
+                if controls is None:
+                    controls = []
+                controls.append(item)
+                continue
+            if (generations or item.generation) and answers.stale(item):
+                continue
+            session_id = item.session_id
+            group = groups.get(session_id)
+            if group is None:
+                groups[session_id] = Group(session_id, [item], item.data)
+                if session_id not in open_logs or session_id in needs_truncate:
+                    on_loop = False
+            else:
+                group.batches.append(item)
+            size += len(item.data)
+        commit = Commit(list(groups.values()), on_loop=on_loop and size <= LOOP_WRITE_BYTES)
         if controls:
             commit.controls = controls
             commit.forgets = [c.forget for c in controls if c.forget is not None]

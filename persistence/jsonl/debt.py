@@ -5,29 +5,30 @@ waits on, for a stop that cannot end to name (server/stop_bounds.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sequence
 
 from ..capabilities import DiskDebt
-from .batch import Group
+from .batch import Batch, QueuedControl
 from .syncer import Syncer
 
 Step = Syncer | Callable[..., object] | None  # the helper, the I/O thread's call, the loop
 
 
 def debt_of(
-    in_flight: Collection[Group],
-    queue: Collection[Group],
+    in_flight: Sequence[Batch | QueuedControl],
+    queue: Sequence[Batch | QueuedControl],
     waiting_on: Step,
     since: float,
 ) -> DiskDebt:
-    """The debt of a writer whose commit under way (``in_flight``: its groups, begun at
-    ``since``, ``time.monotonic``) waits on ``waiting_on``. An append whose caller left
-    (its future cancelled) is still owed: its lines are the disk's to finish."""
+    """The debt of a writer whose commit under way (``in_flight``, begun at ``since``,
+    ``time.monotonic``) waits on ``waiting_on``. An append whose caller left (its future
+    cancelled) is still owed: its lines are the disk's to finish."""
     appends = [
         item
-        for group in (*in_flight, *queue)
-        for item in group.batches
-        if item.future is not None and (not item.future.done() or item.future.cancelled())
+        for item in (*in_flight, *queue)
+        if isinstance(item, Batch)
+        and item.future is not None
+        and (not item.future.done() or item.future.cancelled())
     ]
     if not appends:
         return DiskDebt()

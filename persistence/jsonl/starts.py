@@ -1,5 +1,5 @@
 """How the log writer's group commits start (``writer.py`` runs them): the queue taken
-as a batch (``_take``, paced by a commit window: ``_pace``), its first step on the
+as a batch (``_take_batch``, paced by a commit window: ``_pace``), its first step on the
 loop's thread (``_start``), and, while the writer's task is idle, the whole commit
 outside that task (``_begin``), in callbacks of the loop.
 
@@ -39,12 +39,12 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 from bamboo_session.wakeup import Wakeup
 
 from .answers import Answers
-from .batch import Commit, Group, QueuedControl
+from .batch import Batch, Commit, QueuedControl
 from .commits import FINISH, WAL_SYNC, WHOLE, Committer, Left
 from .debt import Step
 from .in_use import FilesInUse
@@ -58,8 +58,7 @@ log = logging.getLogger(__name__)
 class CommitStarts:
     """The writer's state that starting a commit reads, and the ways one starts."""
 
-    _queue: dict[str, Group]
-    _markers: list[QueuedControl]
+    _queue: list[Batch | QueuedControl]
     _wakeup: Wakeup
     _loop: asyncio.AbstractEventLoop | None
     _closing: bool
@@ -73,7 +72,7 @@ class CommitStarts:
     _answers: Answers
     _wal: SegmentFile | None
     _syncer: Syncer | None
-    _in_flight: Collection[Group]
+    _in_flight: Sequence[Batch | QueuedControl]
     _in_flight_since: float
     _waiting_on: Step
     batches: int
@@ -118,34 +117,24 @@ class CommitStarts:
             return self._busy_window
         return self._commit_window
 
-    def _take(self) -> tuple[Collection[Group], Sequence[QueuedControl]]:
-        """The queue's groups, at most ``max_open`` of them (one file each), so a batch
-        never needs more descriptors than the bound, and the markers queued before any
-        group left (``_take_part``). A session's later appends join its group, or make
-        a new one behind the others once it is taken: its appends stay in order."""
-        queue, markers = self._queue, self._markers
-        if len(queue) > self._files.max_open:
-            return self._take_part()
-        self._queue, self._carried = {}, False
-        if markers:
-            self._markers = []
-            return queue.values(), markers
-        return queue.values(), ()
-
-    def _take_part(self) -> tuple[Collection[Group], Sequence[QueuedControl]]:
-        """The first ``max_open`` groups, and the markers queued while there were no
-        more (each ``after`` them); the rest stays, queued before this commit: not
-        paced by the window."""
+    def _take_batch(self) -> list[Batch | QueuedControl]:
+        """The longest prefix of the queue that touches at most ``max_open`` files, so
+        a batch never needs more descriptors than the bound (a prefix keeps each
+        session's appends in order)."""
         queue, limit = self._queue, self._files.max_open
-        groups = [*queue.values()][:limit]
-        for group in groups:
-            del queue[group.session_id]
-        markers = [marker for marker in self._markers if marker.after <= limit]
-        self._markers = self._markers[len(markers) :]  # (``after`` never decreases)
-        for marker in self._markers:
-            marker.after -= limit
-        self._carried = True
-        return groups, markers
+        if len(queue) <= limit:  # no more items than the bound: no more files either
+            self._queue, self._carried = [], False
+            return queue
+        sessions: set[str] = set()
+        for i, item in enumerate(queue):
+            if type(item) is Batch and item.session_id not in sessions:
+                if len(sessions) == limit:
+                    # What is left was queued before this commit: not paced by the window.
+                    self._queue, self._carried = queue[i:], True
+                    return queue[:i]
+                sessions.add(item.session_id)
+        self._queue, self._carried = [], False
+        return queue
 
     def _start(self, commit: Commit, now: float) -> Left:
         """The commit's first step, on the loop's thread, the files taken: its lines
@@ -207,29 +196,28 @@ class CommitStarts:
         task syncs on its thread)."""
         self._begin_due = False
         if (
-            not (self._queue or self._markers)
+            not self._queue
             or not self._wakeup.unwoken()  # the task woke meanwhile: the queue is its
             or self._files.released
             or not self._files_in_use.take_now()
         ):
             self._wakeup.set()
             return
-        groups, markers = self._take()
-        self._in_flight = groups
+        batch = self._in_flight = self._take_batch()
         now = self._in_flight_since = time.monotonic()
         self._waiting_on = None
         if self._commit_window or self._busy_window:
             assert self._loop is not None
             self._last_commit = self._loop.time()
         try:
-            commit = self._commits.gather(groups, markers)
+            commit = self._commits.gather(batch, self._answers)
             left = self._start(commit, now)
         except Exception as exc:  # (a bug: as in the task, no append waits for ever)
             log.exception("log writer failed")
-            self._answers.fail_unanswered(groups, markers, repr(exc))
+            self._answers.fail_unanswered(batch, repr(exc))
             self._files_in_use.give_back()
             self._in_flight = ()
-            if self._queue or self._markers:  # what the batch left behind: the task's
+            if self._queue:  # what the batch left behind: the task takes it
                 self._wakeup.set()
             return
         syncer, wal = self._syncer, self._wal
@@ -262,11 +250,11 @@ class CommitStarts:
             self._answers.settle(commit)
         except Exception as exc:  # (a bug: as in the task, no append waits for ever)
             log.exception("log writer failed")
-            self._answers.fail_unanswered(commit.groups, commit.controls, repr(exc))
+            self._answers.fail_unanswered(commit.batches, repr(exc))
         finally:
             self._files_in_use.give_back()
             self._in_flight = ()
-        if not (self._queue or self._markers):
+        if not self._queue:
             if self._closing:
                 self._wakeup.set()
         elif self._commit_window or self._busy_window:  # (paced: at once only if due)

@@ -1,9 +1,8 @@
 """The group-commit writer: one task appends every session's event lines to its log
 (while that task is idle, callbacks of the loop do: ``starts.py``).
 
-Appends from all sessions queue up while the previous batch is on disk, each session's
-in one group (made by its first append in the queue); the writer then takes the whole
-queue as one batch, one ``write`` per log file and one sync for all
+Appends from all sessions queue up while the previous batch is on disk; the writer then
+takes the whole queue as one batch, one ``write`` per log file and one sync for all
 (``commits.py`` says which step runs where: the loop's thread, the writer's I/O thread,
 or the sync helper process). So with many concurrent appenders one fsync covers many
 appends, and a lone append costs one round trip to the helper, and no task step but its
@@ -28,16 +27,16 @@ appends in the batch is acknowledged (when the WAL's write or sync fails: none o
 batch, and the segment is cut back too, so no unacknowledged record is ever replayed),
 the file is cut back to its last good size (no torn line survives), and the owner is
 told (``on_failed``, with what a cut that failed left in the file) so it can reset the
-session's next seq and count what the file holds. Appends of that session queued
-behind the failed ones carry seqs that no longer follow the log, so they fail too, then
-and there: its group leaves the queue (``answers.py``). An append fails with
-``SessionLogFailed`` when the error is its log's alone (its open or write:
-``files.of_its_own``; not its directory's) or it was queued behind a failed one, else
-with a plain StorageError: the store's, as a failure of the WAL is. Whatever ends the
-writer's task (a cancellation at a teardown that did not close the store), every append
-is answered (``answers.py``): the commit under way runs its steps to their end first
-and is answered by its outcome (acknowledged only if synced), and what is still queued
-fails, as does any later one.
+session's next seq and count what the file holds. Appends of that session
+queued behind the failed ones carry seqs that no longer follow the log, so they fail
+too: each append records the session's *generation* when submitted, and a failure
+starts a new generation. An append fails with ``SessionLogFailed`` when the error is its
+log's alone (its open or write: ``files.of_its_own``; not its directory's) or it was
+queued behind a failed one, else with a plain StorageError: the store's, as a failure
+of the WAL is. Whatever ends the writer's task (a cancellation at a teardown that did
+not close the store), every append is answered (``answers.py``): the commit under way
+runs its steps to their end first and is answered by its outcome (acknowledged only
+if synced), and what is still queued fails, as does any later one.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -56,7 +55,7 @@ from ..base import Appended, StorageError
 from ..capabilities import DiskDebt
 from .answers import Answers, FailedCallback, WrittenCallback
 from .background_syncs import BackgroundSyncs
-from .batch import Batch, Commit, Forget, Group, QueuedControl
+from .batch import Batch, Commit, Forget, QueuedControl
 from .commits import NOTHING, WAL_SYNC, WHOLE, Committer, Left
 from .config import BUSY_WINDOW, Durability
 from .debt import Step, debt_of
@@ -103,12 +102,7 @@ class LogWriter(CommitStarts):
         # What the last batch left in the queue (past its bound of open files) was
         # queued before that commit started: the window does not pace its commit.
         self._carried = False
-        # Each session's queued appends in one group, in the order of their first
-        # append (the queue's order, as far as commits tell: a session's appends are
-        # written in order, and a group is taken whole); the markers in their own order,
-        # each after the groups queued before it (``QueuedControl.after``).
-        self._queue: dict[str, Group] = {}
-        self._markers: list[QueuedControl] = []
+        self._queue: list[Batch | QueuedControl] = []
         self._wakeup = Wakeup()  # by submit, while idle: once per group commit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -117,7 +111,7 @@ class LogWriter(CommitStarts):
         self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="bamboo-log-sync")
         self._files = LogFiles(layout, max_open, self._sync_pool, self._wal is not None)
         self._commits = Committer(self._files, self._wal, durability)
-        self._answers = Answers(self._files, on_written, on_failed, self._drop_queued)
+        self._answers = Answers(self._files, on_written, on_failed)
         # The files have one user at a time: a commit's steps, or the background sync
         # handing out descriptors (``os`` mode, the WAL's retirement), even while a
         # step runs on a thread.
@@ -128,7 +122,7 @@ class LogWriter(CommitStarts):
         self._runner: asyncio.Task[None] | None = None  # the task that takes the queue
         # The group commit under way, since when, and the step it waits on: what a stop
         # that cannot end names as owed to the disk (``disk_debt``).
-        self._in_flight: Collection[Group] = ()
+        self._in_flight: Sequence[Batch | QueuedControl] = ()
         self._in_flight_since = 0.0
         # The helper, or the I/O thread's call; None: the loop (kept as is, not a text:
         # set at every commit, read only by a stop that cannot end).
@@ -155,13 +149,11 @@ class LogWriter(CommitStarts):
             raise StorageError("storage is closed")
         assert self._loop is not None, "start() the writer first"
         future = batch.future = self._loop.create_future()
-        group = self._queue.get(session_id)
-        if group is None:
-            data = batch.data
-            self._queue[session_id] = Group(session_id, [batch], data, len(data))
-        else:
-            group.batches.append(batch)
-            group.queued_bytes += len(batch.data)
+        batch.session_id = session_id
+        generations = self._answers.generations
+        if generations:  # (empty until a session's append fails: 0)
+            batch.generation = generations.get(session_id, 0)
+        self._queue.append(batch)
         self._wake()
         return future
 
@@ -173,6 +165,7 @@ class LogWriter(CommitStarts):
         """Finish the session's queued appends, record its deletion in the WAL, then
         close its descriptor (before the log is deleted)."""
         await self._enqueue(Forget(session_id, epoch))
+        self._answers.generations.pop(session_id, None)
 
     def distrust_syncs(self) -> None:
         """A sync failed outside the writer (a directory's, ``lifecycle.py``): after it
@@ -228,8 +221,7 @@ class LogWriter(CommitStarts):
 
     def disk_debt(self) -> DiskDebt:
         """The appends taken and not answered yet: the commit under way, and the queue."""
-        queued = self._queue.values()
-        return debt_of(self._in_flight, queued, self._waiting_on, self._in_flight_since)
+        return debt_of(self._in_flight, self._queue, self._waiting_on, self._in_flight_since)
 
     def _enqueue(self, forget: Forget | None) -> asyncio.Future[None]:
         future = asyncio.get_running_loop().create_future()
@@ -242,71 +234,56 @@ class LogWriter(CommitStarts):
             # Closed: nothing takes the queue any more, and the marker would wait for
             # ever (a delete, or a replacement, still under way when the store closed).
             raise StorageError("storage is closed")
-        self._markers.append(QueuedControl(future, forget, len(self._queue)))
+        self._queue.append(QueuedControl(future, forget))
         self._wake()
         return future
 
     async def _run(self) -> None:
-        groups: Collection[Group] = ()
-        markers: Sequence[QueuedControl] = ()
+        batch: list[Batch | QueuedControl] = []
         behind = False  # what is queued came while the last commit was under way
         try:
             while True:
                 if self._handed is not None:  # a commit started outside, its rest is ours
                     await self._carry_on_handed()
-                    behind = bool(self._queue or self._markers) and self._busy_window > 0
-                queued = self._queue or self._markers
-                if not queued or self._outside is not None or self._begin_due:
-                    if self._closing and self._outside is None and not queued:
+                    behind = bool(self._queue) and self._busy_window > 0
+                if not self._queue or self._outside is not None or self._begin_due:
+                    if self._closing and self._outside is None and not self._queue:
                         return
                     await self._wakeup.wait()
                     behind = False
                     continue
                 if self._commit_window or self._busy_window:
                     await self._pace(behind)
-                groups, markers = self._take()
-                self._in_flight = groups
+                batch = self._in_flight = self._take_batch()
                 self._in_flight_since, self._waiting_on = time.monotonic(), None
-                await self._process(groups, markers)
+                await self._process(batch)
                 self._in_flight = ()
-                # (queued meanwhile)
-                behind = bool(self._queue or self._markers) and self._busy_window > 0
+                behind = bool(self._queue) and self._busy_window > 0  # queued meanwhile
                 # Not kept while the next append is awaited: a burst of big appends
                 # followed by quiet would have its last group commit (every line and
                 # event of it, over all its sessions) kept for as long as the quiet
                 # lasts, counted by no bound.
-                groups, markers = (), ()
+                batch = []
         except BaseException as exc:
             # Cancelled (a teardown that did not close the store) or failed: nothing
             # takes the queue any more, and its callers would wait for ever.
             self._closing = True
-            self._fail_queued(groups, markers, repr(exc))
+            left, self._queue = [*batch, *self._queue], []
+            self._answers.fail_unanswered(left, repr(exc))
             try:
                 await self._end_outside()
             finally:
                 # Queued while it ended (a flush, a deletion, behind a handed commit):
                 # nothing takes the queue after this task.
-                self._fail_queued((), (), repr(exc))
+                left, self._queue = self._queue, []
+                self._answers.fail_unanswered(left, repr(exc))
                 self._drop_begin()
             raise
 
-    def _drop_queued(self, session_id: str) -> Group | None:
-        """The session's group in the queue, taken out of it (its appends fail)."""
-        return self._queue.pop(session_id, None)
-
-    def _fail_queued(
-        self, groups: Collection[Group], markers: Sequence[QueuedControl], why: str
-    ) -> None:
-        """The task ends: what it took (``groups``, ``markers``) and what is queued
-        fails, unless answered already (a commit that ran answered its own)."""
-        groups, markers = [*groups, *self._queue.values()], [*markers, *self._markers]
-        self._queue, self._markers = {}, []
-        self._answers.fail_unanswered(groups, markers, why)
-
-    async def _process(self, groups: Collection[Group], markers: Sequence[QueuedControl]) -> None:
+    async def _process(self, batch: list[Batch | QueuedControl]) -> None:
         """A batch the task took: started, carried on, answered (a frame of its own, so
         that nothing of it stays in the loop's locals while the next append is awaited)."""
-        commit = self._commits.gather(groups, markers)
+        commit = self._commits.gather(batch, self._answers)
         in_use = self._files_in_use
         if not in_use.take_now():  # (a background sync holds the files)
             await in_use.take()
