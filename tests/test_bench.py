@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import latency_variants
+from bench import bytecode_count, latency_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -326,6 +326,16 @@ def test_bytecode_count_counts_the_measured_lone_events_by_layer(tmp_path: Path)
         for layer in ("reading", "actor", "outbox", "store", "websockets send"):
             assert run["layers"][layer] > 0, (layer, run)
         assert abs(sum(run["layers"].values()) - run["total"]) < 1e-6 * run["total"]
+
+
+def test_bytecode_count_serves_the_durability_it_is_asked_for(tmp_path: Path) -> None:
+    """``--durability os`` counts the JSONL store acknowledging once written: the traced
+    server is started with it (the last ``--durability`` of its command line wins)."""
+    assert bytecode_count.parse_args(["--durability", "os"]).durability == "os"
+    for durability, store in [("fsync", "fsync"), ("os", "os"), ("memory", "memory://")]:
+        argv = bytecode_count.traced_server(None, durability, tmp_path, durability).argv
+        flags = [argv[i + 1] for i, arg in enumerate(argv) if arg in ("--durability", "--store")]
+        assert flags[-1] == store, (durability, argv)
 
 
 def test_latency_variants_run_each_store_variant_with_its_query_and_environment(
