@@ -6,9 +6,10 @@ a peer's state change, stop, the timer's tick (idleness, expiry, the end of park
 another process's presence notice; what a failing store does to each of them; the
 answer to an in-process request whose actor was stopped (what an append's failure
 does is server/append_outcomes.py's); the timer's next look. (What is stored is
-delivered before a close by server/catching_up.py.) Appends and the delivery
-of events are the actor's hot path and stay in server/actor.py; these run far less
-often, between its batches.
+delivered before a close by server/catching_up.py; what the actor takes from the store
+after a state change in doubt, or a close elsewhere, by server/stored_state.py.)
+Appends and the delivery of events are the actor's hot path and stay in
+server/actor.py; these run far less often, between its batches.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from bamboo_session.persistence.base import (
+    OutcomeUnknown,
     SessionNotFound,
     StorageError,
 )
@@ -46,6 +48,7 @@ from .commands import (
 from .failures import subscription_end
 from .limits import TooManySessionConnections
 from .status import EXPIRED, attach_is_activity
+from .stored_state import closed_elsewhere, state_in_doubt
 
 if TYPE_CHECKING:
     from .actor import SessionActor
@@ -292,18 +295,6 @@ async def save_owed(actor: SessionActor, command: str) -> None:
         actor.health.command_failures.failed(command, str(exc))
 
 
-async def closed_elsewhere(actor: SessionActor) -> None:
-    """Another process closed the session, and its notice did not come: its peers get
-    what the notice gives them (as a close here does, every event acknowledged before
-    it first, then ``closed`` and 1000)."""
-    stored = await actor.storage.get_metadata(actor.session_id)
-    if stored is not None and stored.epoch == actor.room.epoch:
-        actor.following.stored_up_to(stored.last_seq)
-        await catch_up(actor, stored.last_seq)
-    actor.status.state = SessionState.CLOSED
-    actor.end(*subscription_end(CLOSED), replays_go_on=True)
-
-
 async def registered_again(actor: SessionActor) -> None:
     """The store had lost some of this process's connections (taken for dead: this
     process stalled, or lost the store, past the heartbeat), and the heartbeat
@@ -325,6 +316,8 @@ async def set_state(actor: SessionActor, command: SetState) -> None:
         last_seq = await change_state(actor, command.state)
     except (StorageError, ValueError) as exc:
         refuse(actor, command, exc)
+        if isinstance(exc, OutcomeUnknown):
+            await state_in_doubt(actor, command.state)
         return
     # The events stored before the change, on any instance (one appended on another
     # moments ago may not have reached this one's feed yet), reach the viewers first: a

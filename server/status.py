@@ -134,13 +134,17 @@ class SessionStatus:
             # Expired under our feet: the state stays in memory only, and cleanup
             # removes the session; a state change is not activity that revives it.
             log.info("session expired", state=state.value)
-        if stored is not None and stored.state != state:
-            return stored  # refused for a write since the caller's read
+        if stored is None or stored.state == state:  # else refused: written since the read
+            self.took(state, stored)
+        return stored
+
+    def took(self, state: SessionState, stored: SessionMetadata | None) -> None:
+        """The store holds ``state`` (``stored``: its record, None if unknown): this
+        status's write of it, or a read after a write in doubt (stored_state.py)."""
         self.written_at = None if stored is None else stored.updated_at
         self.state = state
         self.owed = False
         self.idle_elsewhere = False
-        return stored
 
     async def park(self, elsewhere: bool = False) -> StorageError | None:
         """The last connection left: ``disconnected``, in the store too unless it fails.
