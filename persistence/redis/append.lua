@@ -90,6 +90,17 @@ end
 -- writes. Reads, so that the first write is the log's XADD, which Redis refuses at
 -- its maxmemory: after any write, a script's next ones are let through, memory or not.
 if messages then redis.call('LLEN', msgs) end
+-- The key window is trimmed by each append that has a key (it read the window above),
+-- and by a keyless one whose seqs cross a multiple of a tenth of the window: else a
+-- session that went on without keys kept its last keys, up to the window's 10,000,
+-- for ever. Only a window that is a sorted set (TYPE fails on nothing; read before
+-- any write), so a keyless append still writes nothing it cannot.
+-- (A multiple of the step is in (first_seq, last] when last's remainder is below the
+-- seqs taken: Lua's operators alone, no function called on the keyless path.)
+local trim = window_read
+if not trim and last % (window / 10) < last - first_seq then
+  trim = redis.call('TYPE', keys)['ok'] == 'zset'
+end
 local batch = {}
 if served then batch[1] = '[0,0,' .. cjson.encode(served) .. ',null]' end
 for n, i in ipairs(fresh) do
@@ -107,9 +118,8 @@ if user then
 end
 record_activity(meta, idx, id, now, s[5])
 if count ~= first_count then redis.call('ZADD', idx .. 'msgs', count, id) end
--- Trimmed by the appends that add keys: each leaves at most the window's (a keyless
--- one adds none, and a lookup goes by the window anyway).
-if window_read then redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window) end
+-- Each trim leaves at most the window's keys (a lookup goes by the window anyway).
+if trim then redis.call('ZREMRANGEBYSCORE', keys, '-inf', last - window) end
 local payload = '[' .. table.concat(batch, ',') .. ']'
 if publish ~= '' then
   redis.call(publish, channel, payload)
