@@ -38,8 +38,9 @@ async def fill(store: RedisStorage) -> Session:
 
 
 def matches_of(reply: Any) -> Any:
-    """The ids and sort keys a list.lua call found, flat (after the count of early ones)."""
-    return reply[2:] if reply[0] == 2 else reply[2 + len(FIRST_STEP) :]
+    """The ids and sort keys a list.lua call found, flat (after the count of early ones,
+    before the count of members read)."""
+    return reply[2:-1] if reply[0] == 2 else reply[2 + len(FIRST_STEP) : -1]
 
 
 async def index_of(store: RedisStorage) -> SessionIndex:

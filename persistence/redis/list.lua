@@ -36,6 +36,9 @@
 --       starts after it in the listing's order; both '' for none); then, after the
 --       first call, the source, the cursor (score, id), bound, phase and top it
 --       returned (6 x '' for the first call)
+-- Each reply above ends with one more item: how many members of the source the call
+-- read (a straight page's offset, walked over, included): what the listing examined,
+-- which its asker is charged for (server/http_pages.py).
 --
 -- With a keyset position, the straight page is read by rank from where the position
 -- falls (found in O(log n), the members of its score searched by id), not by a LIMIT
@@ -133,12 +136,13 @@ local function sort_score(id, score)
   return redis.call('ZSCORE', idx .. sort, id)
 end
 
-local function page_of(total, ids)
+local function page_of(total, ids, read)
   local result = {0, total}
   for _, id in ipairs(ids) do
     local h = redis.call('HGETALL', prefix .. '{' .. id .. '}:meta')
     if #h > 0 then result[#result + 1] = h end
   end
+  result[#result + 1] = read
   return result
 end
 
@@ -203,14 +207,15 @@ if cursor_score == '' then
   if state and not covered('state:' .. state) then straight = false end
   for name, _ in pairs(ranges) do if not covered(name) then straight = false end end
   if straight then
-    local ids = {}
+    local ids, walked = {}, 0
     if after_score ~= '' then
-      ids = straight_after()
+      ids = straight_after()  -- found by rank: only the page's members are read
     elseif limit > 0 then
       if desc then ids = redis.call('ZREVRANGEBYSCORE', idx .. source, high, low, 'LIMIT', offset, limit)
       else ids = redis.call('ZRANGEBYSCORE', idx .. source, low, high, 'LIMIT', offset, limit) end
+      walked = math.min(offset, source_size)
     end
-    return page_of(source_size, ids)
+    return page_of(source_size, ids, walked + #ids)
   end
 
   if source_size <= step then
@@ -240,7 +245,7 @@ if cursor_score == '' then
       scored = kept
     end
     for i = offset + 1, math.min(offset + limit, #scored) do ids[#ids + 1] = scored[i][2] end
-    return page_of(total, ids)
+    return page_of(total, ids, #read / 2)
   end
 
   -- A range of activity times: walked up to the highest score it has now.
@@ -318,11 +323,12 @@ for i = 1, #read, 2 do
     found[#found + 1] = ''
   end
 end
+local result
 if done then
-  local result = {2, early}
-  for _, value in ipairs(found) do result[#result + 1] = value end
-  return result
+  result = {2, early}
+else
+  result = {1, source, read[#read], read[#read - 1], bound, phase or '', top, early}
 end
-local result = {1, source, read[#read], read[#read - 1], bound, phase or '', top, early}
 for _, value in ipairs(found) do result[#result + 1] = value end
+result[#result + 1] = #read / 2
 return result

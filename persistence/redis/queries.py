@@ -90,9 +90,9 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
                     every = EveryMatch(storage.list_bytes, after_entry(query))
                     await _steps_whole(steps, args, reply, every)
                     ids, total = every.result(size, descending)
-    # Each call reads at most a step of candidates (one call's listing, a source of at
-    # most a step, or a page taken straight from the source's order): what is counted.
-    examined = steps.calls * storage.list_step
+    # What the calls read, as each said: a user of 3 sessions was charged for a step's
+    # 250 (every call counted as a whole step) where Redis read 3.
+    examined = steps.examined
     if reply[0] == 0:  # one call's listing: the page's metadata, read with it
         sessions = [storage.served_metadata(flat) for flat in reply[2:]]
         return SessionListResult(sessions, int(reply[1]), offset, limit, examined)
@@ -103,19 +103,20 @@ async def list_sessions(storage: RedisStorage, query: SessionFilter) -> SessionL
 
 
 class _Steps:
-    """A listing's calls of list.lua, counted."""
+    """A listing's calls of list.lua, and how many members of the source they read."""
 
-    __slots__ = ("calls", "storage")
+    __slots__ = ("examined", "storage")
 
     def __init__(self, storage: RedisStorage) -> None:
         self.storage = storage
-        self.calls = 0
+        self.examined = 0
 
     async def run(self, args: list[str | int], step: Sequence[Any]) -> list[Any]:
-        """list.lua's call with the query's ``args`` and where the last call ended."""
-        self.calls += 1
-        reply: list[Any] = await self.storage.redis.run("list", [], [*args, *step])
-        return reply
+        """list.lua's call with the query's ``args`` and where the last call ended: its
+        reply without the count of members it read, which is added up."""
+        raw: list[Any] = await self.storage.redis.run("list", [], [*args, *step])
+        self.examined += int(raw[-1])
+        return raw[:-1]
 
 
 async def _steps_kept(
