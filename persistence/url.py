@@ -8,6 +8,9 @@
 - ``memory://``: the in-memory store (tests, embedding).
 - ``sqlite:///path/to/file.db`` and ``redis://host:port/db``.
 
+A URL whose user info holds a ``/``, ``?``, ``[`` or ``]`` not percent-encoded is
+refused: a parser would read it otherwise than meant.
+
 Options every backend takes (``StoreOptions``) come as keyword arguments; a backend's
 own options come in the URL's query. An unknown scheme or option is a ``ValueError``
 whose message names it.
@@ -87,18 +90,22 @@ def backend_module(url: str) -> str:
 
 def without_password(text: str) -> str:
     """``text`` with the password in its user info, if any, written ``***``, and else as
-    it is: a store's URL as messages and logs may show it (a Redis URL may carry one)."""
-    if "://" not in text:
+    it is: a store's URL as messages and logs may show it (a Redis URL may carry one).
+
+    Read as text, not parsed: a password may hold a ``/``, ``?``, ``#``, ``[`` or ``@``
+    not percent-encoded, which a URL parser takes for the end of the host (the rest of
+    the password then showed as the path, query or fragment) or refuses. So the user
+    info runs from ``://`` to the last ``@``, and its password from its first ``:``; an
+    ``@`` in a Redis URL's path or query masks more than a password, never less. A URL
+    whose ``://`` is followed by ``/`` (a file store's path) has no user info."""
+    scheme, separator, rest = text.partition("://")
+    if not separator or rest.startswith("/"):
         return text
-    try:
-        netloc = urllib.parse.urlsplit(text).netloc
-    except ValueError:  # (a bracket unclosed: parse_store_url says so, naming no URL)
-        return text
-    userinfo, at, host = netloc.rpartition("@")
+    userinfo, at, after = rest.rpartition("@")
     user, colon, _password = userinfo.partition(":")
     if not at or not colon:
         return text
-    return text.replace(netloc, f"{user}:***@{host}", 1)
+    return f"{scheme}://{user}:***@{after}"
 
 
 def parse_store_url(given: str) -> StoreURL:
@@ -116,6 +123,7 @@ def parse_store_url(given: str) -> StoreURL:
                 f"{kind}://... (or ./{text} for a directory of that name)"
             )
         return StoreURL("jsonl", str(Path(text).expanduser()), {}, text)
+    _refuse_misread_parts(given, text)
     parts = urllib.parse.urlsplit(given)
     scheme = parts.scheme.lower()
     if scheme not in _OPENERS:
@@ -129,6 +137,22 @@ def parse_store_url(given: str) -> StoreURL:
     else:
         location = parts.netloc + parts.path
     return StoreURL(scheme, location, params, text)
+
+
+def _refuse_misread_parts(given: str, text: str) -> None:
+    """ValueError for a URL that a parser would read otherwise than meant: with a
+    user info holding what ends a host, which split the password into the host, path or
+    query (where a message quoting an option's name showed part of it)."""
+    authority = given.partition("://")[2]
+    if authority.startswith("/"):  # a file store's path: no user info
+        return
+    userinfo = authority.rpartition("@")[0]
+    if any(character in userinfo for character in "/?[]"):
+        raise ValueError(
+            f"store URL {text!r}: a '/', '?', '[' or ']' before its last '@': a user or "
+            "password must have them percent-encoded (%2F %3F %5B %5D), and what follows "
+            "the host may hold no '@'"
+        )
 
 
 def _file_path(text: str, parts: urllib.parse.SplitResult) -> str:
