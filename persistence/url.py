@@ -8,8 +8,9 @@
 - ``memory://``: the in-memory store (tests, embedding).
 - ``sqlite:///path/to/file.db`` and ``redis://host:port/db``.
 
-A URL whose user info holds a ``/``, ``?``, ``[`` or ``]`` not percent-encoded is
-refused: a parser would read it otherwise than meant.
+A URL (not a bare path) with a fragment (``#``: ``%23`` in a path or a password) is
+refused, as is one whose user info holds a ``/``, ``?``, ``[`` or ``]`` not
+percent-encoded: a parser would read either otherwise than meant.
 
 Options every backend takes (``StoreOptions``) come as keyword arguments; a backend's
 own options come in the URL's query. An unknown scheme or option is a ``ValueError``
@@ -141,8 +142,15 @@ def parse_store_url(given: str) -> StoreURL:
 
 def _refuse_misread_parts(given: str, text: str) -> None:
     """ValueError for a URL that a parser would read otherwise than meant: with a
+    fragment, which no store takes (what follows its '#' was dropped, a directory's
+    name cut short, or had the store's options appended to it, never read); or with a
     user info holding what ends a host, which split the password into the host, path or
     query (where a message quoting an option's name showed part of it)."""
+    if "#" in given:
+        raise ValueError(
+            f"store URL {text!r}: a '#' begins a fragment, which no store takes (write "
+            "it %23 in a path or a password)"
+        )
     authority = given.partition("://")[2]
     if authority.startswith("/"):  # a file store's path: no user info
         return

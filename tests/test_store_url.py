@@ -1,6 +1,8 @@
 """persistence/url.py as an operator meets it: a store URL's password never shows in
 what names the URL (``without_password``, which every refusal of ``serve``, ``migrate``
-and the offline tools uses), whatever characters the password holds unencoded."""
+and the offline tools uses), whatever characters the password holds unencoded; and a
+store URL with a fragment (``#``) is refused, for every backend, rather than served
+with part of it dropped."""
 
 from __future__ import annotations
 
@@ -64,6 +66,29 @@ def test_a_refusal_of_a_url_with_an_odd_password_does_not_show_it(password: str)
     assert PASSWORD not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "jsonl:///var/b#x",
+        "jsonl:///var/b?durability=os#x",
+        "sqlite:///var/b.db#",
+        "memory://#x",
+        "redis://127.0.0.1:6379/0#x",
+        f"redis://u:pa#{PASSWORD}@127.0.0.1:6379/0",  # a '#' in a password, unencoded
+    ],
+)
+def test_a_store_url_with_a_fragment_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="'#'") as refused:
+        parse_store_url(url)
+    assert PASSWORD not in str(refused.value)
+
+
+def test_a_bare_path_may_hold_a_hash(tmp_path: Path) -> None:
+    # Not a URL: a directory may be named so, and %23 is how a URL names it.
+    assert parse_store_url(str(tmp_path / "p#x")).location == str(tmp_path / "p#x")
+    assert parse_store_url(f"jsonl://{tmp_path}/p%23x").location == str(tmp_path / "p#x")
+
+
 def test_a_password_a_parser_would_split_is_refused_by_name() -> None:
     # redis://:pa/ss@host read as host "" and path "/ss@host": what was connected to,
     # and what messages quoted of its options, held pieces of the password.
@@ -84,10 +109,35 @@ def _run(*argv: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("durability", [[], ["--durability", "os"]])
+def test_serve_refuses_a_store_url_with_a_fragment(tmp_path: Path, durability: list[str]) -> None:
+    # It served jsonl:///p#x in /p, and with --durability os appended ?durability=os
+    # to the fragment: a store at fsync, in another directory than the one named.
+    store = f"jsonl://{tmp_path}/p#x"
+    status, said = _run(*SERVE, "--store", store, *durability)
+    assert status == 2, said
+    assert "cannot start: store URL" in said and "fragment" in said
+    assert "listening" not in said
+    assert list(tmp_path.iterdir()) == []  # no store made at /p
+
+
 def test_serve_names_a_refused_url_without_an_odd_password(tmp_path: Path) -> None:
-    for password in (f"pa/{PASSWORD}", f"pa?{PASSWORD}", f"pa[{PASSWORD}"):
+    for password in (f"pa/{PASSWORD}", f"pa?{PASSWORD}", f"pa#{PASSWORD}", f"pa[{PASSWORD}"):
         store = f"redis://u:{password}@127.0.0.1:9/0?nope=1"
         status, said = _run(*SERVE, "--store", store, "--data-dir", str(tmp_path))
         assert status == 2, said
         assert "store URL" in said and "u:***@127.0.0.1:9/0" in said
         assert PASSWORD not in said
+
+
+def test_the_offline_tools_and_migrate_refuse_a_fragment(tmp_path: Path) -> None:
+    tool = [sys.executable, "-m", "bamboo_session.server"]
+    store = f"redis://u:pa#{PASSWORD}@127.0.0.1:9/0"
+    for argv in (
+        [*tool, "ls", "--store", store],
+        [*tool, "migrate", "--from", f"jsonl://{tmp_path}#x", "--to", f"sqlite://{tmp_path}/b.db"],
+        [*tool, "migrate", "--from", store, "--to", f"sqlite://{tmp_path}/b.db"],
+    ):
+        status, said = _run(*argv)
+        assert status != 0 and "fragment" in said, said
+        assert PASSWORD not in said and "Traceback" not in said
