@@ -42,7 +42,8 @@ SERVE_HELP: dict[str, str] = {
     "data_dir": "directory of the embedded JSONL store when --store is not given (~ expands)",
     "durability": "of the JSONL store in --data-dir, or of a JSONL or SQLite --store whose URL"
     " names none (?durability=): fsync (ack after fsync) or os (after write); none: fsync, or"
-    " what the --store URL says (a URL that says another than a given one is refused)",
+    " what the --store URL says (a URL that says another than a given one is refused);"
+    " ignored, with a warning, for memory:// and redis:// stores",
     "default_ttl": "seconds of inactivity after which a session expires, at most 100 years "
     "(none: never, and closed sessions then stay, counted by --max-stored-sessions, until "
     "deleted)",
@@ -259,6 +260,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # From here on, everything said goes through the log, as JSON in JSON mode.
     log = structlog.get_logger("bamboo_session.server")
     try:
+        warn_of_ignored_durability(config, log)
         if config.workers == 1:
             leave_process(run_event_loop(serve_until_signalled(config)))
         from .supervisor import Supervisor
@@ -275,6 +277,16 @@ def run_serve(args: argparse.Namespace) -> int:
     except Exception:
         log.exception("server failed")
         return 1
+
+
+def warn_of_ignored_durability(config: ServerConfig, log: Any) -> None:
+    """One warning, from ``serve`` (the supervisor, not each worker), where a durability
+    is given beside a store that ignores it (server/store_options.py)."""
+    from .store_options import ignored_durability
+
+    ignored = ignored_durability(config.store_url(), config.durability)
+    if ignored is not None:
+        log.warning(ignored, store=config.store_for_logs())
 
 
 def leave_process(status: int) -> NoReturn:

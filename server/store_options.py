@@ -1,5 +1,6 @@
 """What ``serve``'s store flags add to the store's URL (``--store``): ``--durability`` to a
-JSONL or SQLite store's, the ``--redis-*`` options to a Redis store's."""
+JSONL or SQLite store's (and what to warn of where another store ignores it), the
+``--redis-*`` options to a Redis store's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import urllib.parse
 from collections.abc import Mapping
 
 from bamboo_session.persistence.url import parse_store_url
+
+FILE_STORES = ("jsonl", "sqlite")  # the stores that take a durability
 
 
 def with_durability(url: str, durability: str | None) -> str:
@@ -19,7 +22,7 @@ def with_durability(url: str, durability: str | None) -> str:
     if durability is None:
         return url
     parsed = parse_store_url(url)  # ValueError for what names no store
-    if parsed.scheme not in ("jsonl", "sqlite"):
+    if parsed.scheme not in FILE_STORES:
         return url
     query_text = url.partition("?")[2] if "://" in url else ""  # (a bare path has none)
     named = dict(urllib.parse.parse_qsl(query_text)).get("durability")
@@ -36,6 +39,23 @@ def with_durability(url: str, durability: str | None) -> str:
             " as BAMBOO_DURABILITY, or as durability in the --config file)"
         )
     return f"{base}?{urllib.parse.urlencode(query)}"
+
+
+def ignored_durability(url: str, durability: str | None) -> str | None:
+    """What to warn of at the start where ``durability`` is given (``--durability``,
+    BAMBOO_DURABILITY or the --config file's) beside a store that takes none (memory,
+    Redis), which ignores it; None where it applies or was not given. Not refused: a
+    host-wide BAMBOO_DURABILITY would then stop every server on another store."""
+    if durability is None:
+        return None
+    scheme = parse_store_url(url).scheme  # ValueError for what names no store
+    if scheme in FILE_STORES:
+        return None
+    return (
+        f"durability {durability} (--durability, BAMBOO_DURABILITY or durability in the "
+        f"--config file) applies to file stores (jsonl, sqlite) and is ignored for this "
+        f"{scheme}:// store"
+    )
 
 
 def with_redis_options(url: str, options: Mapping[str, int]) -> str:
