@@ -119,6 +119,8 @@ def run_serve(args: argparse.Namespace) -> int:
         leave_rich_out()  # and the workers forked below with it
     import structlog  # only now: a refused setting needs no logging
 
+    from bamboo_session.persistence.base import StoreMisconfigured
+
     from .logs import configure_logging
 
     configure_logging(config.log_format, config.log_level)
@@ -132,8 +134,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
         supervisor = Supervisor(config, run_worker)  # refuses a store workers cannot share
         preload_worker_modules(config.store)
+        check_store_credentials(config.store_url())
         return supervisor.run()
-    except ValueError as exc:  # a configuration the server refuses (InsecureConfig)
+    except (ValueError, StoreMisconfigured) as exc:  # refused (InsecureConfig, a password)
         log.error(f"cannot start: {exc}")
         return 2
     except OSError as exc:
@@ -181,6 +184,18 @@ def preload_worker_modules(store: str | None) -> None:
     if store is not None:
         with contextlib.suppress(ImportError, ValueError):
             importlib.import_module(backend_module(store))
+
+
+def check_store_credentials(url: str) -> None:
+    """A Redis store's credentials, checked once by the supervisor before it forks the
+    workers: refused (StoreMisconfigured), they stop it in one line, where each worker
+    would have refused them alike. Other stores have none."""
+    from bamboo_session.persistence.url import parse_store_url
+
+    if parse_store_url(url).scheme == "redis":
+        from bamboo_session.persistence.redis.credentials import check_credentials
+
+        check_credentials(url)
 
 
 def run_worker(config: ServerConfig, number: int) -> int:

@@ -46,6 +46,7 @@ from ..base import (
 )
 from ..close_once import CloseOnce
 from ..feed import HISTORY_LOST, READ_BEHIND_BYTES, FeedSubscription
+from ..url import without_password
 from . import appending, creating, importing, reading, state_writes
 from .client import (
     Commands,
@@ -124,7 +125,8 @@ class RedisStorage(StoreReports, AppendOne):
     async def open(cls, config: RedisConfig) -> Self:
         client = connect(config)
         try:
-            require_redis(await server_version(client))  # sharded pub/sub and EVAL_RO too
+            # Sharded pub/sub and EVAL_RO too; and the first connection, authenticated.
+            require_redis(await server_version(client, without_password(config.url)))
             sharded = config.pubsub != "classic"
             evicting = await warn_of_eviction(client)
             await refuse_replica(client, config)

@@ -12,6 +12,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from ..base import StoreMisconfigured
+from .credentials import credentials_refused
 from .pool import read
 from .scripts import unreachable
 
@@ -48,12 +49,15 @@ def require_redis(version: tuple[int, int]) -> None:
         )
 
 
-async def server_version(client: Redis) -> tuple[int, int]:
+async def server_version(client: Redis, where: str = "Redis") -> tuple[int, int]:
     """Redis's version, from ``INFO server``, else from ``HELLO`` where an ACL refuses
     INFO (every Redis with ACLs, 6.0 and later, answers HELLO with a protocol version;
     without one only from 6.2). A Redis that knows no ``HELLO`` (before 6.0, or with
     the command renamed away) refuses every connection redis-py opens with it:
-    StoreMisconfigured, which says so."""
+    StoreMisconfigured, which says so. So does one that refuses the URL's credentials
+    (a wrong password or user, none where one is required: the first call makes the
+    first connection), naming ``where`` (the store's URL, its password masked): every
+    open would be refused alike, which "redis unavailable" hid."""
     try:
         try:
             version = _text((await read(client, "INFO", "server"))["redis_version"])
@@ -62,6 +66,8 @@ async def server_version(client: Redis) -> tuple[int, int]:
                 raise
             protocol = client.connection_pool.connection_kwargs.get("protocol") or 3
             version = _hello_version(await read(client, "HELLO", protocol))
+    except redis.exceptions.AuthenticationError as exc:
+        raise credentials_refused(where, exc) from None
     except redis.exceptions.ResponseError as exc:
         if _knows_no_hello(exc):
             raise StoreMisconfigured(
