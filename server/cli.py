@@ -33,7 +33,7 @@ from .process_setup import (
 )
 from .serve_help import SERVE_HELP
 from .settings import CONFIG_VARIABLE, flag_name, load_config
-from .tools import add_tool_commands
+from .tools import add_tool_commands, ended_by_its_reader, stdout_gone
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -261,13 +261,34 @@ async def serve_until_signalled(config: ServerConfig, worker: int | None = None)
     leave_process(status)  # (server/stop_bounds.py)
 
 
+def ended_by_argparse(exit: SystemExit) -> int:
+    """The status of ``--help``, ``--version`` or a refused flag, which argparse printed
+    and exits on inside ``parse_args``: what it printed is flushed here, so that a reader
+    gone (``--version | head -c 0``) ends it as it ends every other command, 141 and not
+    a word (flushed at the interpreter's exit, the broken pipe made it 120 and a
+    message). A refusal keeps its status 2 whoever reads its stdout."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return ended_by_its_reader()
+    printed = exit.code in (0, None)  # (argparse swallows a write's OSError, unbuffered)
+    if printed and stdout_gone():
+        return ended_by_its_reader()
+    raise exit
+
+
 def fail(reason: str) -> None:
     print(f"bamboo-session: {reason}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:
+        return ended_by_argparse(exit)
+    except BrokenPipeError:  # --version's line, written at once (PYTHONUNBUFFERED)
+        return ended_by_its_reader()
     run: Command = args.run
     try:
         return run(args)

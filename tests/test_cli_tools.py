@@ -301,6 +301,19 @@ async def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path) -> 
             assert await asyncio.to_thread(reader_gone, *argv) == (141, "")
 
 
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["serve", "--help"], ["ls", "--help"]])
+def test_help_and_version_end_quietly_when_their_reader_leaves(argv: list[str]) -> None:
+    """``--version | head -c 0``, ``--help | head -c 0``: 141 and not a word, as every
+    other command (argparse prints and exits inside parse_args: the broken pipe met at
+    the interpreter's exit made it 120 and a message, or a traceback unbuffered)."""
+    assert reader_gone(*argv) == (141, "")
+
+
+def test_a_refused_flag_keeps_its_status_whoever_reads_stdout() -> None:
+    status, err = reader_gone("ls", "--no-such-flag")
+    assert status == 2 and "unrecognized arguments: --no-such-flag" in err
+
+
 def test_ls_says_where_the_expired_sessions_are(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
