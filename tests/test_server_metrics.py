@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bamboo_session.persistence.jsonl import deletes
 from bamboo_session.protocol.models import Session
-from bamboo_session.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Histogram, HotCounter
+from bamboo_session.server.metric_kinds import Histogram, HotCounter
+from bamboo_session.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from bamboo_session.server.store_stats import bytes_on_disk
 from tests.support import attach, get, open_peer, run_server, token
 
