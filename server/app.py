@@ -179,6 +179,7 @@ class BambooServer:
                 open_connections=self._open_connections,
                 max_connections=connection_cap(config.max_connections),
                 on_over_limit=self.metrics.connections_over_limit.inc,
+                on_late_head=self.metrics.requests_timed_out.inc,
                 read_rate=(config.rate_limit_bytes, config.rate_limit_bytes_burst),
                 on_read_wait=self.metrics.read_wait_seconds.inc,
                 unanswered_requests=self.unanswered_requests,

@@ -92,6 +92,7 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         open_connections: set[BambooConnection] | None = None,
         max_connections: int = 0,
         on_over_limit: Callable[[], None] | None = None,
+        on_late_head: Callable[[], None] | None = None,
         read_rate: tuple[float, float] = (0.0, 1.0),
         on_read_wait: Callable[[float], None] | None = None,
         unanswered_requests: UnansweredRequests | None = None,
@@ -114,6 +115,7 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         self._open_connections = open_connections
         self._max_connections = max_connections  # of open_connections; 0: no cap
         self._on_over_limit = on_over_limit
+        self._on_late_head = on_late_head  # counts a 408 (bamboo_http_requests_timed_out)
         self._meter = ByteRate(*read_rate) if read_rate[0] > 0 else None
         self.read_waits = ReadWaits(self.loop, on_read_wait)  # for the byte rate's debt
         self._pending = unanswered_requests
@@ -235,8 +237,9 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
                 # Its first piece's charge, and the piece, which its generator holds
                 # until closed (past the connection's loss, until the collector runs).
                 await self._stream.discard()
-            if isinstance(exc, TimeoutError):
-                self.answer_late_head()  # 408 to a head begun and not ended
+            # 408 to a head begun and not ended, counted.
+            if isinstance(exc, TimeoutError) and self.answer_late_head() and self._on_late_head:
+                self._on_late_head()
             raise
         finally:
             self._answering = None

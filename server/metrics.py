@@ -69,6 +69,11 @@ class Metrics:
             "of --memory-budget for requests not answered yet: held there the longest",
             registry=r,
         )
+        self.requests_timed_out = Counter(
+            "bamboo_http_requests_timed_out",
+            "Requests answered 408: their head, begun, was not whole within 10 s of the connection",
+            registry=r,
+        )
         self.live_actors = Gauge("bamboo_live_actors", "Session actors in memory", registry=r)
         self.parked_actors = Gauge(
             "bamboo_parked_actors", "Session actors kept with no connection", registry=r

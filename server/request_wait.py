@@ -69,7 +69,7 @@ class RequestWait(ServerConnection):
         else:
             self._line_ended = b"\n" in data
 
-    def answer_late_head(self) -> None:
+    def answer_late_head(self) -> bool:
         """408 ``Request Timeout`` to a peer that sent part of a head, and not the rest, in
         time (the handshake's deadline came first), and the server's end of stream
         behind it; the connection is closed then, once they are written, without the
@@ -78,7 +78,8 @@ class RequestWait(ServerConnection):
         was sent but empty lines (a browser's connection opened ahead of a request,
         which would take an answer it did not ask for as the answer to its next), if
         what was sent is no HTTP, if the connection is gone, or if anything was written
-        on it already (a refusal as the head was read: nothing half-written is added to)."""
+        on it already (a refusal as the head was read: nothing half-written is added to).
+        Whether it was sent."""
         protocol = self.protocol
         start = self._head_start.lstrip(b"\r\n")
         if (
@@ -88,13 +89,14 @@ class RequestWait(ServerConnection):
             or self.transport.is_closing()
             or not (self._first_line_whole(start) or may_begin_request_line(start))
         ):
-            return
+            return False
         response = json_reject(http.HTTPStatus.REQUEST_TIMEOUT, LATE_HEAD)
         if start.startswith(b"HEAD "):
             response.body = b""  # its status and headers only (RFC 9110 9.3.2)
         protocol.send_response(response)
         self.send_data()
         self.transport.close()
+        return True
 
     def _first_line_whole(self, start: bytes) -> bool:
         """Whether the head's first line has ended (``start``: its first bytes, the

@@ -15,6 +15,7 @@ import pytest
 
 from tests.instances import eventually
 from tests.support import attach, run_server
+from tests.test_server_metrics import scrape, value
 
 DEADLINE = 0.5  # the handshake's (http_wire.OPEN_TIMEOUT), shortened for the test
 
@@ -117,6 +118,20 @@ async def test_a_peer_that_sent_no_http_is_closed_without_a_word(pieces: list[by
         answer, ended = await _answer_to(server.port, pieces)
         assert answer == b""
         assert DEADLINE * 0.9 <= ended < DEADLINE + 5
+
+
+async def test_each_408_is_counted_in_the_metrics() -> None:
+    # Counted as the other refusals of a request are (bamboo_http_rate_limited_total,
+    # bamboo_http_requests_dropped_total): a slow or stalled head shows in /metrics.
+    timed_out = "bamboo_http_requests_timed_out_total"
+    async with run_server() as server:
+        assert timed_out in await scrape(server)
+        for pieces in ([b"GET /healthz HTTP/1.1\r\n"], [b"HEAD /healthz HT"]):
+            _timed_out((await _answer_to(server.port, pieces))[0])
+        # Closed without a word, not answered 408: not counted.
+        assert (await _answer_to(server.port, [b"\r\n"]))[0] == b""
+        assert (await _answer_to(server.port, [b"SSH-2.0-x"]))[0] == b""
+        assert value(await scrape(server), timed_out) == 2
 
 
 async def test_a_late_head_s_connection_ends_without_waiting_for_its_peer() -> None:
