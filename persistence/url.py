@@ -65,8 +65,11 @@ class StoreURL:
         unknown = sorted(set(self.params) - known)
         if unknown:
             allowed = ", ".join(sorted(known)) or "none"
+            # Without the query's values: an unknown option may be a secret given the
+            # way another client takes it (redis-py's ``?password=``).
+            shown = self.text.partition("?")[0]
             raise ValueError(
-                f"store URL {self.text!r}: unknown option {unknown[0]!r} (known: {allowed})"
+                f"store URL {shown + '?...'!r}: unknown option {unknown[0]!r} (known: {allowed})"
             )
 
 

@@ -149,12 +149,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def warn_of_ignored_durability(config: ServerConfig, log: Any) -> None:
     """One warning, from ``serve`` (the supervisor, not each worker), where a durability
-    is given beside a store that ignores it (server/store_options.py)."""
+    is given beside a store that ignores it (server/store_options.py). Before the store
+    URL's options are checked, so the URL is not in it: a refused option may hold a
+    secret (the refusal names the URL without its query)."""
     from .store_options import ignored_durability
 
     ignored = ignored_durability(config.store_url(), config.durability)
     if ignored is not None:
-        log.warning(ignored, store=config.store_for_logs())
+        log.warning(ignored)
 
 
 def leave_process(status: int) -> NoReturn:

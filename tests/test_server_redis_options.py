@@ -55,6 +55,7 @@ def test_a_password_is_masked_in_logs() -> None:
     "store",
     [
         "redis://:hunter2@127.0.0.1:9/0?nope=1",  # an unknown option
+        "redis://:x@127.0.0.1:9/0?password=hunter2",  # a secret the way redis-py takes it
         "redis://bamboo:hunter2@127.0.0.1:9/0?pubsub=loud",  # a bad value
         "rediss://:hunter2@127.0.0.1:9/0",  # an unknown scheme
     ],
