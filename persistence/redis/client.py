@@ -318,6 +318,13 @@ class Commands:
         await self._publish_made(channel, _left(reply, deferred, notice, epoch_of))
         return reply
 
+    async def tell_found_made(self, channel: str, notice: bytes, epoch: str) -> None:
+        """Publishes ``notice`` of a write in doubt that a read after it found made
+        (``epoch``: the session's, as stored), as :meth:`write` publishes it once a
+        reply is in: with ``wait_replicas`` that reply was the only way the notice went
+        out, and it was lost. StorageError if the publish fails."""
+        await self._publish(channel, [notice + b" " + epoch.encode(), notice])
+
     async def _publish_made(self, channel: str, payloads: list[Any]) -> None:
         """Publishes what a write that was made left to publish: a failure is its
         write's, whose outcome its caller then does not know (OutcomeUnknown), since
