@@ -2,7 +2,9 @@
 in the state table, fenced by the epoch served and, for a look's idle, by the
 ``updated`` time its caller read) and ``touch.lua`` (activity now: the sliding TTL
 starts again). A refusal for an earlier generation's epoch has the store check its
-generation (a restart of Redis that this instance has not heard of yet)."""
+generation (a restart of Redis that this instance has not heard of yet). A close in
+doubt with ``wait_replicas`` (its notice published only once a reply is in) is read
+back, and told of if it was made."""
 
 from __future__ import annotations
 
