@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio
 
 from bamboo_session.persistence import StorageError, open_storage
-from bamboo_session.persistence.redis.client import PERSISTENCE_SETTINGS
+from bamboo_session.persistence.redis.server_checks import PERSISTENCE_SETTINGS
 from bamboo_session.protocol.models import AgentEvent, Session
 from tests.redis_server import RedisServer
 
@@ -145,7 +145,7 @@ async def test_a_redis_that_refuses_config_opens_and_says_it_could_not_check(
             "ACL", "SETUSER", "app", "on", ">secret", "~*", "&*", "+@all", "-config"
         )
         url = server.url(prefix="n").replace("redis://", "redis://app:secret@")
-        with caplog.at_level(logging.INFO, logger="bamboo_session.persistence.redis.client"):
+        with caplog.at_level(logging.INFO, logger="bamboo_session.persistence.redis.server_checks"):
             store = await open_storage(url)
             try:
                 await store.create_session(Session.new("s"))

@@ -11,7 +11,7 @@ import redis.exceptions
 
 from ..base import StoreMisconfigured
 from ..url import StoreOptions, parse_store_url, without_password
-from .client import _without_maintenance_notifications
+from .client import without_maintenance_notifications
 from .config import RedisConfig
 
 CHECK_TIMEOUT = 5.0  # seconds to connect, and to be answered
@@ -37,7 +37,7 @@ def check_credentials(url: str) -> None:
         protocol=3,  # the store's own: HELLO 3 with the credentials, as its open sends
         socket_connect_timeout=CHECK_TIMEOUT,
         socket_timeout=CHECK_TIMEOUT,
-        **_without_maintenance_notifications(),
+        **without_maintenance_notifications(),
     )
     try:
         client.ping()

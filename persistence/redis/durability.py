@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Final
 from bamboo_session.tasks import detached
 
 from ..base import StorageError
-from .client import persistence_danger, read_persistence, stop_task
+from .client import stop_task
 from .eviction import eviction_danger, read_policy
+from .server_checks import persistence_danger, read_persistence
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -48,14 +48,7 @@ from ..close_once import CloseOnce
 from ..feed import HISTORY_LOST, READ_BEHIND_BYTES, FeedSubscription
 from ..url import without_password
 from . import appending, creating, importing, reading, state_writes
-from .client import (
-    Commands,
-    check_persistence,
-    connect,
-    connect_listener,
-    refuse_replica,
-    refuse_unwaitable,
-)
+from .client import Commands, connect, connect_listener
 from .clock import RedisClock
 from .config import RedisConfig
 from .durability import DurabilityWatch
@@ -68,6 +61,7 @@ from .queries import LIST_BYTES, LIST_STEP, list_sessions
 from .recount import RedisRecounter
 from .reports import StoreReports
 from .scripts import HistoryLost
+from .server_checks import check_persistence, refuse_replica, refuse_unwaitable
 from .store_format import check_format
 from .versions import require_redis, server_version
 
