@@ -35,6 +35,7 @@ from .limits import connection_cap
 from .logs import announce
 from .manager import SessionManager
 from .manager_stop import after_sessions, close_sessions
+from .memory_return import MemoryReturn
 from .metrics import Metrics
 from .origins import RequestGuard
 from .quotas import SessionQuotas
@@ -112,6 +113,7 @@ class BambooServer:
         # Messages still arriving: a sixteenth too, and one of the largest always fits.
         arriving = max(config.memory_budget // 16, config.max_frame_bytes + MESSAGE_SLACK)
         self.arriving_frames = ArrivingFrames(arriving if config.memory_budget > 0 else NO_LIMIT)
+        self.memory_return = MemoryReturn()
         self.guard = RequestGuard(
             config.host,
             config.auth_secret is not None,
@@ -206,6 +208,7 @@ class BambooServer:
         self._server = await server
         self.user_connections.start()  # its heartbeat, once nothing can fail the start
         self.services.store_stats.start()  # the count nearing --max-stored-sessions
+        self.memory_return.start()  # freed memory back to the system (memory_return.py)
         # One line that says where, whatever the log format and level: scripts wait for it.
         announce(
             f"listening on {config.host}:{self.port}",
@@ -244,6 +247,7 @@ class BambooServer:
             self._stop_phase(ENDING_THE_BACKGROUND)
             await self.user_connections.stop(grace)
             await self.services.store_stats.stop()
+            await self.memory_return.stop()
             if self._given_storage is None and self.storage is not None:
                 self._stop_phase(CLOSING_THE_STORE)
                 timeout = self.config.store_close_timeout
