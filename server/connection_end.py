@@ -62,4 +62,17 @@ def _log_summary(connection: Connection) -> None:
         read_wait=round(ws.read_waits.waited, 3),
         page_wait=round(connection.page_waited, 3),
         seconds=round(time.monotonic() - connection.started, 3),
+        **_unanswered_close(connection),
     )
+
+
+def _unanswered_close(connection: Connection) -> dict[str, object]:
+    """The close the server sent, when the peer never answered it: ``close_code`` is
+    then 1006 (no close received), and the line would not say that the server cut the
+    connection, nor why (a peer that reads nothing, closed 4429 for its full send
+    queue, was logged as 1006 and nothing more)."""
+    protocol = connection.ws.protocol
+    sent = protocol.close_sent
+    if sent is None or protocol.close_rcvd is not None:
+        return {}
+    return {"server_close_code": int(sent.code), "server_close_reason": sent.reason}
