@@ -1,7 +1,7 @@
 """The in-memory index of session metadata: by id, and (optionally) by user and by state.
 
 ``list_sessions`` starts from the smallest candidate set its filter allows (one user's
-sessions, or one state's), checks the remaining predicates on each candidate, and sorts
+sessions, or one state's), checks the remaining predicates on each candidate, and orders
 only what matched: a selective query over 100,000 sessions touches a handful of entries.
 Without secondary indexes every query scans all sessions; results are the same.
 
@@ -39,10 +39,14 @@ class SessionIndex:
     def __init__(self, secondary: bool = True) -> None:
         self._secondary = secondary
         self._by_id: dict[str, SessionMetadata] = {}
-        self._by_user: dict[str | None, set[str]] = {}
-        # Each state's ids as a dict (values None): in the order they came into it, so
-        # that a park can take them a step at a time from the front (first_in).
-        self._by_state: dict[SessionState, dict[str, None]] = {}
+        # Each user's and each state's sessions by id, in the order they came into it:
+        # a park takes a state's a step at a time from the front (first_in), and a
+        # listing walks a user's metadata objects about in the order they were made,
+        # as they lie in memory. A set of ids walked them in its hash order, a cache
+        # miss each: a user's 90,000 sessions by message_count took 3x as long
+        # (bench/RESULTS.md, h494).
+        self._by_user: dict[str | None, dict[str, SessionMetadata]] = {}
+        self._by_state: dict[SessionState, dict[str, SessionMetadata]] = {}
         # Creation orders (created_order.py) asked for by listings: (True, a user's id)
         # for that user's sessions, (False, None) for all of them.
         self._orders: dict[tuple[bool, str | None], CreatedOrder] = {}
@@ -63,8 +67,8 @@ class SessionIndex:
         self.remove(metadata.id)
         self._by_id[metadata.id] = metadata
         if self._secondary:
-            self._by_user.setdefault(metadata.user_id, set()).add(metadata.id)
-            self._by_state.setdefault(metadata.state, {})[metadata.id] = None
+            self._by_user.setdefault(metadata.user_id, {})[metadata.id] = metadata
+            self._by_state.setdefault(metadata.state, {})[metadata.id] = metadata
             for source in _sources(metadata):
                 order = self._orders.get(source)
                 if order is not None:
@@ -85,7 +89,7 @@ class SessionIndex:
         metadata = self._by_id[session_id]
         if self._secondary:
             _discard(self._by_state, metadata.state, session_id)
-            self._by_state.setdefault(state, {})[session_id] = None
+            self._by_state.setdefault(state, {})[session_id] = metadata
         metadata.state = state
 
     @property
@@ -107,8 +111,7 @@ class SessionIndex:
         """Moves the session behind the others of its state (as though it came into it
         now): a park has looked at it and left it (secondary indexes only)."""
         members = self._by_state[self._by_id[session_id].state]
-        del members[session_id]
-        members[session_id] = None
+        members[session_id] = members.pop(session_id)
 
     def ids_in(self, states: Iterable[SessionState]) -> list[str]:
         """The ids of the sessions in ``states`` now."""
@@ -215,7 +218,7 @@ class SessionIndex:
         if user_id is None:
             members: Iterable[SessionMetadata] = self._by_id.values()
         elif user_id in self._by_user:
-            members = (self._by_id[i] for i in self._by_user[user_id])
+            members = self._by_user[user_id].values()
         else:
             # Not kept: nothing would ever drop it (no session of the user leaves), and
             # a peer may list any number of users who have none.
@@ -241,15 +244,15 @@ class SessionIndex:
         its state select (every one without), and which of those two it covers."""
         if not self._secondary:
             return self._by_id.values(), set()
-        sets: list[tuple[Collection[str], str]] = []
+        sets: list[tuple[dict[str, SessionMetadata], str]] = []
         if query.user_id is not None:
-            sets.append((self._by_user.get(query.user_id, set()), "user_id"))
+            sets.append((self._by_user.get(query.user_id, {}), "user_id"))
         if query.state is not None:
             sets.append((self._by_state.get(query.state, {}), "state"))
         if not sets:
             return self._by_id.values(), set()
         smallest, field = min(sets, key=lambda pair: len(pair[0]))
-        return [self._by_id[session_id] for session_id in smallest], {field}
+        return smallest.values(), {field}
 
 
 def _sources(metadata: SessionMetadata) -> list[tuple[bool, str | None]]:
@@ -313,15 +316,10 @@ def _aware_key(key: datetime | int) -> datetime | int:
     return _aware(key) if isinstance(key, datetime) else key
 
 
-def _discard(
-    sets: dict[Any, set[str]] | dict[Any, dict[str, None]], key: Any, session_id: str
-) -> None:
+def _discard(sets: dict[Any, dict[str, SessionMetadata]], key: Any, session_id: str) -> None:
     members = sets.get(key)
     if members is not None:
-        if isinstance(members, dict):
-            members.pop(session_id, None)
-        else:
-            members.discard(session_id)
+        members.pop(session_id, None)
         if not members:
             del sets[key]
 
