@@ -6,19 +6,30 @@ message index, the index snapshot, or a WAL segment left by a crash) and opens a
 store over the copy, then reads and appends to ``s`` and closes. What a damaged file
 may cause is a damage report (the file kept aside, the session cut or gone): never an
 exception out of ``open``, a read, an append or ``close`` other than the session being
-missing (``SessionNotFound``), and never a read that returns what ``s`` never held.
+missing (``SessionNotFound``), never a read that returns what ``s`` never held, and
+never a task of the store left running once it is closed.
+
+What is fuzzed is the reading and recovery of a damaged file, not the medium: the
+stores live in memory (``/dev/shm``, where the host has it), one event loop (uvloop,
+the server's) serves every input, and a store opens at ``durability=os``, but for one
+input in eight (by its CRC-32): at ``fsync``, the default, whose appends go through the
+WAL and the sync helper. Each store at ``fsync`` on the disk, in a loop of its own, made
+it 3.5 to 54 inputs a second (the disk's load decides); see bench/RESULTS.md (h494).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import atheris
 import msgspec
+import uvloop
 from harness import ROOT, run
 
 with atheris.instrument_imports(include=["bamboo_session"]):
@@ -28,13 +39,31 @@ with atheris.instrument_imports(include=["bamboo_session"]):
     from bamboo_session.persistence.jsonl.layout import Layout
     from bamboo_session.protocol.models import AgentEvent, Message, Session
 
-# Under build/, made anew at each run: libFuzzer ends the process without unwinding.
-WORK = ROOT / "build" / "fuzz" / "jsonl-stores"
+
+def _work_dir() -> Path:
+    """Where the stores are made, anew at each run (libFuzzer ends the process without
+    unwinding): in memory when the host has it, one place per tree, else under build/."""
+    memory = Path("/dev/shm")
+    if memory.is_dir() and os.access(memory, os.W_OK):
+        tree = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+        return memory / f"bamboo-fuzz-{tree}" / "jsonl-stores"
+    return ROOT / "build" / "fuzz" / "jsonl-stores"
+
+
+WORK = _work_dir()
 TEMPLATE = WORK / "template"
 # Which file an input replaces: its first byte, modulo the count.
 TARGETS = ("sessions/s.json", "events/s.jsonl", "events/s.idx", "index/snapshot.msgpack")
 SEGMENT = "wal/0000000000000001.wal"
+# One input in this many opens its store at fsync, the others at os: chosen by its
+# CRC-32, so that an input always runs the same way, and the share stays what it is
+# however many of the corpus's inputs are kept for what fsync alone reaches.
+FSYNC_ONE_IN = 8
 HALF_LOG = 0  # set once the template is made
+# The template's files (path: bytes) and directories, written afresh for each input.
+TEMPLATE_FILES: dict[str, bytes] = {}
+TEMPLATE_DIRS: list[str] = []
+LOOP = uvloop.new_event_loop()
 
 
 async def _make_template() -> None:
@@ -46,8 +75,8 @@ async def _make_template() -> None:
     await storage.close()
 
 
-async def _open_and_use(base: Path) -> None:
-    storage = await JsonlStorage.open(JsonlStorageConfig(base))
+async def _open_and_use(config: JsonlStorageConfig) -> None:
+    storage = await JsonlStorage.open(config)
     try:
         await storage.list_sessions(SessionFilter())
         try:
@@ -67,12 +96,19 @@ async def _open_and_use(base: Path) -> None:
         await storage.close()
 
 
+def _fresh_copy(base: Path) -> None:
+    shutil.rmtree(base, ignore_errors=True)
+    for directory in TEMPLATE_DIRS:
+        (base / directory).mkdir(parents=True, exist_ok=True)
+    for name, content in TEMPLATE_FILES.items():
+        (base / name).write_bytes(content)
+
+
 def one_input(data: bytes) -> None:
     if not data:
         return
     base = WORK / "store"
-    shutil.rmtree(base, ignore_errors=True)
-    shutil.copytree(TEMPLATE, base)
+    _fresh_copy(base)
     choice = data[0] % (len(TARGETS) + 1)
     if choice == len(TARGETS):
         # A crash's image: a WAL segment, and a log that lost what it covers.
@@ -84,7 +120,11 @@ def one_input(data: bytes) -> None:
         if choice != 3:  # else the snapshot would answer for the session at start
             (base / "index/snapshot.msgpack").unlink(missing_ok=True)
         (base / TARGETS[choice]).write_bytes(data[1:])
-    asyncio.run(_open_and_use(base))
+    durability = "fsync" if zlib.crc32(data) % FSYNC_ONE_IN == 0 else "os"
+    LOOP.run_until_complete(_open_and_use(JsonlStorageConfig(base, durability=durability)))
+    # asyncio.run would have cancelled them quietly: a closed store leaves none.
+    left = [task for task in asyncio.all_tasks(LOOP) if not task.done()]
+    assert not left, left
 
 
 def _seeds() -> list[bytes]:
@@ -107,11 +147,21 @@ def _seeds() -> list[bytes]:
     return seeds
 
 
+def _keep_template() -> None:
+    for path in sorted(TEMPLATE.rglob("*")):
+        name = str(path.relative_to(TEMPLATE))
+        if path.is_dir():
+            TEMPLATE_DIRS.append(name)
+        else:
+            TEMPLATE_FILES[name] = path.read_bytes()
+
+
 if __name__ == "__main__":
     logging.disable(logging.CRITICAL)  # damage reports are expected: not the fuzzer's
     shutil.rmtree(WORK, ignore_errors=True)
-    asyncio.run(_make_template())
-    _lines = (TEMPLATE / "events/s.jsonl").read_bytes().splitlines(keepends=True)
+    LOOP.run_until_complete(_make_template())
+    _keep_template()
+    _lines = TEMPLATE_FILES["events/s.jsonl"].splitlines(keepends=True)
     HALF_LOG = len(b"".join(_lines[: len(_lines) // 2]))  # where the crash cut the log
     assert Layout(TEMPLATE).base.exists()
     words = ['"seq"', '"ts"', '"event"', '"key"', '"type"', '"message"', '"sid"', '"off"']
