@@ -60,6 +60,12 @@ SEGMENT = "wal/0000000000000001.wal"
 # however many of the corpus's inputs are kept for what fsync alone reaches.
 FSYNC_ONE_IN = 8
 HALF_LOG = 0  # set once the template is made
+# A checkpoint's stamp no file has, in the seeds' snapshot where the template's was:
+# each input's copy puts its own checkpoint's in its place, so that the open takes an
+# entry the input left whole (it trusts one only while the checkpoint's inode, size and
+# mtime are those it names, which no copy's were: no snapshot entry was ever taken).
+STAMP_STAND_IN = msgspec.msgpack.encode((2**63 - 3, 2**63 - 5, 2**63 - 7))
+SNAPSHOT = TARGETS[3]
 # The template's files (path: bytes) and directories, written afresh for each input.
 TEMPLATE_FILES: dict[str, bytes] = {}
 TEMPLATE_DIRS: list[str] = []
@@ -114,11 +120,16 @@ def one_input(data: bytes) -> None:
         # A crash's image: a WAL segment, and a log that lost what it covers.
         (base / "wal").mkdir(exist_ok=True)
         (base / SEGMENT).write_bytes(data[1:])
-        (base / "index/snapshot.msgpack").unlink(missing_ok=True)
+        (base / SNAPSHOT).unlink(missing_ok=True)
         os.truncate(base / "events/s.jsonl", HALF_LOG)
+    elif TARGETS[choice] == SNAPSHOT:
+        stamp = checkpoint.stamp_of(os.stat(base / "sessions/s.json"))
+        (base / SNAPSHOT).write_bytes(
+            data[1:].replace(STAMP_STAND_IN, msgspec.msgpack.encode(stamp))
+        )
     else:
-        if choice != 3:  # else the snapshot would answer for the session at start
-            (base / "index/snapshot.msgpack").unlink(missing_ok=True)
+        # Without the snapshot, which would answer for the session at start.
+        (base / SNAPSHOT).unlink(missing_ok=True)
         (base / TARGETS[choice]).write_bytes(data[1:])
     durability = "fsync" if zlib.crc32(data) % FSYNC_ONE_IN == 0 else "os"
     LOOP.run_until_complete(_open_and_use(JsonlStorageConfig(base, durability=durability)))
@@ -130,9 +141,8 @@ def one_input(data: bytes) -> None:
 def _seeds() -> list[bytes]:
     seeds = []
     for index, target in enumerate(TARGETS):
-        path = TEMPLATE / target
-        if path.exists():
-            seeds.append(bytes([index]) + path.read_bytes())
+        if target in TEMPLATE_FILES:
+            seeds.append(bytes([index]) + TEMPLATE_FILES[target])
     # The old checkpoint format too: it has no CRC, so damage can reach its decoding.
     found = checkpoint.read(TEMPLATE / "sessions/s.json")
     assert isinstance(found, checkpoint.Found)
@@ -154,6 +164,9 @@ def _keep_template() -> None:
             TEMPLATE_DIRS.append(name)
         else:
             TEMPLATE_FILES[name] = path.read_bytes()
+    stamp = msgspec.msgpack.encode(checkpoint.stamp_of(os.stat(TEMPLATE / "sessions/s.json")))
+    assert TEMPLATE_FILES[SNAPSHOT].count(stamp) == 1
+    TEMPLATE_FILES[SNAPSHOT] = TEMPLATE_FILES[SNAPSHOT].replace(stamp, STAMP_STAND_IN)
 
 
 if __name__ == "__main__":
