@@ -3,13 +3,6 @@
 ``list_sessions`` starts from the smallest candidate set its filter allows (one user's
 sessions, or one state's), checks the remaining predicates on each candidate, and orders
 only what matched: a selective query over 100,000 sessions touches a handful of entries.
-A page that is a small part of the matches is taken with a heap (``heapq.nsmallest``,
-``nlargest``: the same key and tie order as a sort, so the same page and cursor), in
-O(n log page): ``?limit=1`` by ``message_count`` over 100,000 sessions keeps 2 of them,
-it does not sort 100,000. By creation time, a listing whose filter the kept creation
-order answers (created_order.py) reads its page from that order instead; one it does
-not (a title, a time of activity) over every session of its source walks them as the
-other orders do, in the order they lie in memory, not in the kept order's.
 Without secondary indexes every query scans all sessions; results are the same.
 
 The index holds the storage's own ``SessionMetadata`` objects, which the storage mutates
@@ -175,23 +168,13 @@ class SessionIndex:
 
     def _in_created_order(self, query: SessionFilter) -> bool:
         """Whether ``query`` is read from a :class:`CreatedOrder`: sorted by creation,
-        from a user's sessions or all of them (a state's set is the other source), and
-        either nothing left to check but the creation times, or a range of them to
-        narrow the walk. A title or a time of activity over every session of the source
-        is checked in the order they lie in memory: the kept order visits them in
-        creation order, which after an open (sessions loaded in id order) is a cache
-        miss each, 6x the time over 100,000 (bench/RESULTS.md, h494)."""
+        from a user's sessions or all of them (a state's set is the other source)."""
         after = query.after
         return (
             self._secondary
             and query.sort_by is SortBy.CREATED_AT
             and query.state is None
             and (after is None or isinstance(after.key, datetime))
-            and (
-                (query.title_contains is None and query.active_after is None)
-                or query.created_after is not None
-                or query.created_before is not None
-            )
         )
 
     def _by_creation(
