@@ -6,7 +6,10 @@ Open consumes it (deletes it, durably, before anything is written), and takes an
 only while the session's files are exactly as the entry saw them (the checkpoint's
 inode, size and mtime; the log's size). So a stale snapshot can never hide a change. A
 read-only open reads it without deleting it. A snapshot of another version is ignored
-(the checkpoints are read instead).
+(the checkpoints are read instead), and so is one whose entries do not match their
+CRC-32 (version 3 on): an entry damaged on disk whose stamp still matched was taken as
+it read, a ``last_seq`` of 0 for a log of six events, and the next append took seq 1
+again, after seq 6 (found by tests/fuzz/fuzz_jsonl.py, h494).
 
 Everything here blocks; it runs in worker threads.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import zlib
 from typing import Final
 
 import msgspec
@@ -28,7 +32,7 @@ from .layout import TMP_SUFFIX, Layout
 
 log = logging.getLogger(__name__)
 
-VERSION: Final = 2
+VERSION: Final = 3
 
 
 class SnapshotEntry(msgspec.Struct, array_like=True):
@@ -41,7 +45,8 @@ class SnapshotEntry(msgspec.Struct, array_like=True):
 
 class _Snapshot(msgspec.Struct):
     version: int
-    entries: list[SnapshotEntry]
+    crc: int  # CRC-32 of the entries' encoding
+    entries: msgspec.Raw
 
 
 class _Version(msgspec.Struct):
@@ -50,6 +55,7 @@ class _Version(msgspec.Struct):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Snapshot)
+_entries_decoder = msgspec.msgpack.Decoder(list[SnapshotEntry])
 _version_decoder = msgspec.msgpack.Decoder(_Version)
 
 
@@ -57,7 +63,8 @@ def write(layout: Layout, entries: list[SnapshotEntry]) -> None:
     """Leaves the snapshot for the next open. One that cannot be written (a full disk,
     a directory turned read-only) costs only that open's speed, which then reads every
     checkpoint: said in a warning, not raised, so a close on a full disk ends cleanly."""
-    data = _encoder.encode(_Snapshot(VERSION, entries))
+    encoded = _encoder.encode(entries)
+    data = _encoder.encode(_Snapshot(VERSION, zlib.crc32(encoded), msgspec.Raw(encoded)))
     try:
         write_atomic(layout.snapshot, data, durable=True)
     except OSError as exc:
@@ -83,7 +90,10 @@ def consume(layout: Layout, read_only: bool) -> dict[str, SnapshotEntry]:
             log.info("ignoring the index snapshot of version %s: reading checkpoints", version)
             return {}
         snapshot = _decoder.decode(data)
+        if zlib.crc32(snapshot.entries) != snapshot.crc:
+            raise msgspec.DecodeError("its entries do not match their CRC-32")
+        entries = _entries_decoder.decode(snapshot.entries)
     except msgspec.DecodeError as exc:
         log.warning("ignoring the index snapshot %s: %s", layout.snapshot, exc)
         return {}
-    return {entry.metadata.id: entry for entry in snapshot.entries}
+    return {entry.metadata.id: entry for entry in entries}
