@@ -14,7 +14,7 @@ stores live in memory (``/dev/shm``, where the host has it), one event loop (uvl
 the server's) serves every input, and a store opens at ``durability=os``, but for one
 input in eight (by its CRC-32): at ``fsync``, the default, whose appends go through the
 WAL and the sync helper. Each store at ``fsync`` on the disk, in a loop of its own, made
-it 3.5 to 54 inputs a second (the disk's load decides); see bench/RESULTS.md (h494).
+it 3.5 to 57 inputs a second (the load decides), now 85 to 145 (bench/RESULTS.md, h494).
 """
 
 from __future__ import annotations
