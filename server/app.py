@@ -24,7 +24,6 @@ from bamboo_session.protocol.codec import CODECS_BY_SUBPROTOCOL, JSON, SUBPROTOC
 from bamboo_session.protocol.errors import CloseCode
 
 from .arriving_frames import MESSAGE_SLACK, ArrivingFrames
-from .sliced_reads import QueuedShare
 from .auth import AccessPolicy, authenticator_for, check_binding
 from .budget import NO_LIMIT
 from .config import ServerConfig
@@ -114,11 +113,6 @@ class BambooServer:
         # Messages still arriving: a sixteenth too, and one of the largest always fits.
         arriving = max(config.memory_budget // 16, config.max_frame_bytes + MESSAGE_SLACK)
         self.arriving_frames = ArrivingFrames(arriving if config.memory_budget > 0 else NO_LIMIT)
-        self.queued_share = (
-            QueuedShare(max(config.memory_budget // 16, config.max_frame_bytes))
-            if config.memory_budget > 0
-            else None
-        )
         self.memory_return = MemoryReturn()
         self.guard = RequestGuard(
             config.host,
@@ -192,7 +186,6 @@ class BambooServer:
                 on_read_wait=self.metrics.read_wait_seconds.inc,
                 unanswered_requests=self.unanswered_requests,
                 arriving_frames=self.arriving_frames,
-                queued_share=self.queued_share,
                 max_queue_bytes=config.max_queue_bytes,
             ),
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]

@@ -98,7 +98,6 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         unanswered_requests: UnansweredRequests | None = None,
         max_queue_bytes: int | None = None,
         arriving_frames: ArrivingFrames | None = None,
-        queued_share: Any = None,
         **kwargs: Any,
     ) -> None:
         # Whole data frames read without websockets' generator parser (whole_frames.py),
@@ -122,7 +121,6 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         self._pending = unanswered_requests
         self.max_queue_bytes = max_queue_bytes  # of frames read and not handled yet
         self.arrivals = arriving_frames  # the share of messages still arriving
-        self.queued_share = queued_share
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -325,13 +323,6 @@ class BambooConnection(WireEnd, ChargedArrivals, AnsweringConnection, RequestWai
         if self._answering is not None:
             self._answering.expire()
         self._stop_holding()
-        if self.queued_share is not None:
-            self.queued_share.paused.pop(self, None)
-            self.queued_share.used -= self._queued_bytes
-            self._queued_bytes = 0
-            self._queued_sizes.clear()
-            if self.queued_share.paused and self.queued_share.used < self.queued_share.limit:
-                self.queued_share.wake()
         try:
             super().connection_lost(exc)
         finally:

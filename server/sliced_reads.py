@@ -45,34 +45,6 @@ DEFLATE_PARSE_SLICE = 1024
 _websockets_data_received = Connection.data_received
 
 
-_PROBE = {"max_held": 0, "max_used": 0, "max_paused": 0}
-
-
-def _probe_held(share: "QueuedShare") -> None:
-    held = sum(len(c._held) for c in share.paused)
-    _PROBE["max_held"] = max(_PROBE["max_held"], held)
-    _PROBE["max_used"] = max(_PROBE["max_used"], share.used)
-    _PROBE["max_paused"] = max(_PROBE["max_paused"], len(share.paused))
-    with open("/tmp/h498_probe.txt", "w") as out:
-        out.write(repr(_PROBE))
-
-
-class QueuedShare:
-    """PROTOTYPE (h498): bytes of frames queued and not taken, all connections."""
-
-    __slots__ = ("limit", "paused", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.paused: dict[SlicedReads, None] = {}
-
-    def wake(self) -> None:
-        paused, self.paused = self.paused, {}
-        for connection in paused:
-            connection._resume_reading()
-
-
 class SlicedReads(ClosingBound):
     """websockets' server connection, read in slices (``_parse_slices``), each frame
     charged to ``_meter`` by the connection (``_debt``)."""
@@ -99,7 +71,6 @@ class SlicedReads(ClosingBound):
     _queued_sizes: list[int]
     _queued_bytes = 0
     bytes_read = 0  # from the socket since the upgrade: the keepalive's sign of life
-    queued_share: QueuedShare | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -119,19 +90,13 @@ class SlicedReads(ClosingBound):
         size = len(frame.data)
         self._queued_sizes.append(size)
         self._queued_bytes += size
-        if self.queued_share is not None:
-            self.queued_share.used += size
 
     def _frame_handed(self) -> None:
         """websockets calls it (as its ``maybe_resume``) as the handler takes a frame."""
         assembler = self.recv_messages
         frames = assembler.frames.queue  # SimpleQueue's deque: no __len__ call
         bound = self.max_queue_bytes
-        if (
-            not assembler.paused
-            and (bound is None or self._queued_bytes < bound)
-            and not self._queue_held
-        ):
+        if not assembler.paused and (bound is None or self._queued_bytes < bound):
             # Far from both bounds (most frames): nothing was full, so nothing is to
             # resume, and websockets' maybe_resume does nothing unpaused.
             self._frame_taken(frames)
@@ -153,7 +118,6 @@ class SlicedReads(ClosingBound):
         return bool(self.recv_messages.frames.queue)
 
     def _frame_taken(self, frames: deque[Frame]) -> None:
-        before = self._queued_bytes
         if not frames:
             # A recv cancelled mid-message puts its frames back uncounted: counted
             # afresh from an empty queue, never held for frames no longer there.
@@ -161,11 +125,6 @@ class SlicedReads(ClosingBound):
             self._queued_bytes = 0
         elif self._queued_sizes:
             self._queued_bytes -= self._queued_sizes.pop(0)
-        share = self.queued_share
-        if share is not None:
-            share.used -= before - self._queued_bytes
-            if share.paused and share.used < share.limit:
-                share.wake()
 
     def _parse_slices(self, data: bytes) -> None:
         """``data`` to the parser a slice at a time while the byte rate allows and
@@ -214,12 +173,6 @@ class SlicedReads(ClosingBound):
         the byte bound is queued alone."""
         bound = self.max_queue_bytes
         over_bytes = bound is not None and self._queued_bytes >= bound
-        share = self.queued_share
-        if share is not None and share.used >= share.limit and not self._close_sent:
-            if self._queued_sizes or not self.recv_messages.get_in_progress:
-                share.paused[self] = None
-                _probe_held(share)
-                return True
         return (self.recv_messages.paused or over_bytes) and not self._close_sent
 
     def _hold(self, rest: bytes) -> None:
