@@ -213,9 +213,9 @@ async def open_storage(
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and exc.name.startswith("bamboo_session"):
-            raise ValueError(f"store URL {url!r}: no {parsed.scheme} backend yet") from None
+            raise ValueError(f"store URL {parsed.text!r}: no {parsed.scheme} backend yet") from None
         raise ValueError(
-            f"store URL {url!r}: the {parsed.scheme} backend needs {exc.name!r} "
+            f"store URL {parsed.text!r}: the {parsed.scheme} backend needs {exc.name!r} "
             f"(pip install 'bamboo-session[{parsed.scheme}]')"
         ) from None
     opener: Opener = getattr(module, function)

@@ -59,12 +59,15 @@ def ignored_durability(url: str, durability: str | None) -> str | None:
 
 
 def with_redis_options(url: str, options: Mapping[str, int]) -> str:
-    """``url`` with ``options`` in its query (they win over the URL's own)."""
+    """``url`` with ``options`` in its query (they win over the URL's own); ValueError
+    where it names no Redis store, or one a URL parser would misread (a password's
+    unencoded ``?`` began the query, the password's start then shown as the URL)."""
     if not options:
         return url
+    scheme = parse_store_url(url).scheme  # refused, the password masked, before urlsplit
+    if scheme != "redis":
+        raise ValueError(f"--redis-* options need a redis:// store, not {scheme}://")
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() != "redis":
-        raise ValueError(f"--redis-* options need a redis:// store, not {parts.scheme}://")
     query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     query.update({name: str(value) for name, value in options.items()})
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))

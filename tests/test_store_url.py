@@ -141,3 +141,31 @@ def test_the_offline_tools_and_migrate_refuse_a_fragment(tmp_path: Path) -> None
         status, said = _run(*argv)
         assert status != 0 and "fragment" in said, said
         assert PASSWORD not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("password", [f"pa?{PASSWORD}", f"{PASSWORD}?x", f"pa[{PASSWORD}"])
+def test_serve_with_redis_flags_names_a_refused_url_without_an_odd_password(
+    tmp_path: Path, password: str
+) -> None:
+    # --redis-wait-replicas rewrote the URL through urlsplit first: the password's '?'
+    # began the query, urlencode turned the rest's '@' to %40, and the refusal of the
+    # "option" that made named the URL up to its '?': 'redis://u:Hunter2?...'. A '['
+    # was "Invalid IPv6 URL", the URL not named.
+    store = f"redis://u:{password}@127.0.0.1:9/0"
+    status, said = _run(*SERVE, "--store", store, "--redis-wait-replicas", "1")
+    assert status == 2, said
+    assert "store URL 'redis://u:***@127.0.0.1:9/0" in said and "percent-encoded" in said
+    assert PASSWORD not in said
+
+
+def test_a_store_whose_backend_is_not_installed_is_named_without_its_password() -> None:
+    # redis-py is an extra (bamboo-session[redis]): where it is not installed, serve and
+    # the tools said "store URL 'redis://u:Hunter2@...': the redis backend needs 'redis'".
+    store = f"redis://u:{PASSWORD}@127.0.0.1:9/0"
+    without_redis = "import sys; sys.modules['redis'] = None; "
+    command = "from bamboo_session.server.cli import main; sys.exit(main())"
+    for argv in (["serve", "--port", "0"], ["ls"]):
+        status, said = _run(sys.executable, "-c", without_redis + command, *argv, "--store", store)
+        assert status != 0, said
+        assert "store URL 'redis://u:***@127.0.0.1:9/0': the redis backend needs" in said
+        assert PASSWORD not in said
