@@ -21,11 +21,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
 from .process_setup import (
+    fill_closed_standard_streams,
     leave_rich_out,
     logs_as_json,
     raise_open_file_limit,
@@ -33,7 +34,7 @@ from .process_setup import (
 )
 from .serve_help import SERVE_HELP
 from .settings import CONFIG_VARIABLE, flag_name, load_config
-from .tools import add_tool_commands, ended_by_its_reader, stdout_gone
+from .tools import add_tool_commands, ended_by_its_reader, output_failed, stdout_gone
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -52,10 +53,20 @@ class ShowVersion(argparse.Action):
         parser.exit()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (and, as its class, every subcommand's), but for what it prints
+    on stdout (``--help``), whose write's error is raised: argparse drops it, and an
+    unbuffered ``--help >/dev/full`` exited 0, nothing written."""
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        if message and file is not None and file is sys.stdout:
+            file.write(message)
+            return
+        super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bamboo-session", description="Bamboo session server for AI agents."
-    )
+    parser = Parser(prog="bamboo-session", description="Bamboo session server for AI agents.")
     parser.add_argument(
         "--version", action=ShowVersion, help="show the version and the commit, and exit"
     )
@@ -273,6 +284,8 @@ def ended_by_argparse(exit: SystemExit) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         return ended_by_its_reader()
+    except OSError as exc:  # a full disk; a stdout closed
+        return output_failed(exc)
     printed = exit.code in (0, None)  # (argparse swallows a write's OSError, unbuffered)
     if printed and stdout_gone():
         return ended_by_its_reader()
@@ -284,6 +297,7 @@ def fail(reason: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    fill_closed_standard_streams()  # before any file or socket is opened
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -291,11 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ended_by_argparse(exit)
     except BrokenPipeError:  # --version's line, written at once (PYTHONUNBUFFERED)
         return ended_by_its_reader()
+    except OSError as exc:  # and refused otherwise (a full disk, a stdout closed)
+        return output_failed(exc)
     run: Command = args.run
     try:
         return run(args)
     except ValueError as exc:
         fail(str(exc))
         return 2
+    except OSError as exc:  # what migrate wrote on stdout, refused at its flush
+        return output_failed(exc)
     except KeyboardInterrupt:
         return 130

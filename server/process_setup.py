@@ -1,6 +1,7 @@
-"""What a process of the server or of a bench sets up once at its start: its open-file
-limit raised, the garbage collector settled, and rich left out of a server that logs
-JSON. Standard library only: bench drivers and workers import it at their start, where
+"""What a process of the server or of a bench sets up once at its start: its standard
+streams filled where it was started without them, its open-file limit raised, the
+garbage collector settled, and rich left out of a server that logs JSON. Standard
+library only: bench drivers and workers import it at their start, where
 the server's CLI (logging, the app, the client tools) cost each a third of a second of
 CPU for two functions.
 """
@@ -8,8 +9,38 @@ CPU for two functions.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
+
+
+def fill_closed_standard_streams() -> None:
+    """Opens the null device as each of stdin, stdout and stderr that the process was
+    started without (``>&-``): the next file or socket opened took its number otherwise,
+    and uvloop aborts when it closes a socket numbered 0 to 2 (``serve >&-`` died of
+    SIGABRT at its stop), while Python's ``sys.stdout`` was None (a tool's output, or
+    ``--version``, a traceback). Stdout's is opened read-only: a write to it fails as it
+    would have, "Bad file descriptor", which the command says (status 1) rather than
+    drop its output without a word."""
+    for number, name, flags in (
+        (0, "stdin", os.O_RDONLY),
+        (1, "stdout", os.O_RDONLY),
+        (2, "stderr", os.O_WRONLY),
+    ):
+        try:
+            os.fstat(number)
+            continue
+        except OSError:
+            pass
+        opened = os.open(os.devnull, flags)
+        if opened != number:
+            os.dup2(opened, number)
+            os.close(opened)
+        buffering = 1 if number == 2 else -1  # (stderr line by line, as Python's own)
+        mode = "r" if number == 0 else "w"
+        stream = open(number, mode, buffering=buffering, closefd=False)  # noqa: SIM115
+        setattr(sys, name, stream)
+
 
 # The most macOS grants a process whatever its hard limit says (OPEN_MAX).
 DARWIN_OPEN_MAX = 10240

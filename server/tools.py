@@ -116,6 +116,10 @@ def runner(command: AsyncCommand) -> Callable[[argparse.Namespace], int]:
             return ended_by_its_reader()
         except OSError as exc:
             fail(f"{exc.strerror or exc}" if not isinstance(exc, TimeoutError) else "timed out")
+            try:
+                sys.stdout.flush()
+            except OSError:  # stdout's own failure (a full disk): nothing more goes there
+                drop_unwritten_output()
         except KeyboardInterrupt:
             return 130
         return 1
@@ -137,10 +141,25 @@ def ended_by_its_reader() -> int:
     """A command whose output's reader left ends as the shell's own tools do, killed by
     SIGPIPE: status 141 and not a word (the reader asked for no more). What is still
     buffered goes to /dev/null, or the interpreter's exit would report it unwritten."""
+    drop_unwritten_output()
+    return 128 + signal.SIGPIPE
+
+
+def output_failed(exc: OSError) -> int:
+    """A write to stdout refused otherwise than by its reader leaving (a full disk, a
+    stdout closed): said in one line, status 1, and what is still buffered dropped."""
+    fail(f"cannot write the output: {exc.strerror or exc}")
+    drop_unwritten_output()
+    return 1
+
+
+def drop_unwritten_output() -> None:
+    """Points stdout at /dev/null, where what it still buffers goes: the interpreter's
+    exit would write it again, fail again and end the process with status 120 and a
+    message."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 128 + signal.SIGPIPE
 
 
 def fail(reason: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -328,3 +329,59 @@ def test_ls_says_where_the_expired_sessions_are(
     help_text = " ".join(capsys.readouterr().out.split())
     assert "no session is ever 'expired'" in help_text
     assert "'cleanup --dry-run' lists those" in help_text
+
+
+def _with_stdout(where: str, argv: list[str], unbuffered: bool) -> subprocess.Popen[str]:
+    """``bamboo-session ARGV`` started by a shell with its stdout closed (``>&-``) or on
+    a full disk (``>/dev/full``), stderr read."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    redirect = ">&-" if where == "closed" else ">/dev/full"
+    return subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            f'exec "$@" {redirect}',
+            "sh",
+            sys.executable,
+            "-m",
+            "bamboo_session.server",
+            *argv,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})},
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("where", ["closed", "full"])
+def test_output_that_cannot_be_written_is_said_in_one_line(tmp_path: Path, where: str) -> None:
+    """``--version >&-``, ``--help >/dev/full``, ``ls >&-``: one line on stderr and
+    status 1, as the shell's own tools (it was a traceback and 1, status 120 and a
+    message, or, for an unbuffered --help on a full disk, 0 with nothing written)."""
+    data = make_data_dir(tmp_path / "data")
+    reason = "Bad file descriptor" if where == "closed" else "No space left on device"
+    for argv in (["--version"], ["--help"], ["serve", "--help"], ["ls", "--data-dir", str(data)]):
+        for unbuffered in (False, True):
+            process = _with_stdout(where, argv, unbuffered)
+            _, err = process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 1, (argv, unbuffered, err)
+            assert err.startswith("bamboo-session: ") and err.endswith(f"{reason}\n"), err
+            assert err.count("\n") == 1, err
+    process = _with_stdout(where, ["--no-such-flag"], unbuffered=False)
+    assert process.communicate(timeout=TIMEOUT)[0] is None and process.returncode == 2
+
+
+def test_serve_with_its_stdout_closed_stops_cleanly(tmp_path: Path) -> None:
+    """``serve >&-``: its listening socket took the free number 1, and uvloop aborted
+    at the stop as it closed it (status 134, SIGABRT): stdin, stdout and stderr found
+    closed are opened on the null device before anything else."""
+    process = _with_stdout("closed", ["serve", "--port", "0", "--store", "memory://"], False)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "listening on" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    assert process.wait(TIMEOUT) == 0, rest
+    assert '"stopped"' in rest
