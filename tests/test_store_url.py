@@ -169,3 +169,16 @@ def test_a_store_whose_backend_is_not_installed_is_named_without_its_password() 
         assert status != 0, said
         assert "store URL 'redis://u:***@127.0.0.1:9/0': the redis backend needs" in said
         assert PASSWORD not in said
+
+
+@pytest.mark.parametrize("path", ["/zz", "/1/2", "/0/extra", "/%31"])
+def test_a_redis_path_that_is_no_database_number_is_refused(path: str) -> None:
+    # redis-py reads the path as the database's number and drops what is not one:
+    # redis://host/zz served database 0, and redis://host/1/2 database 12, unsaid.
+    store = f"redis://u:{PASSWORD}@127.0.0.1:9{path}"
+    for argv in ([*SERVE, "--store", store], [*SERVE[:-3], "ls", "--store", store]):
+        status, said = _run(*argv)
+        assert status != 0 and "its path names the database by number" in said, said
+        assert PASSWORD not in said
+    assert status == 1  # (the tools' status for a store they cannot open)
+    assert _run(*SERVE, "--store", store)[0] == 2

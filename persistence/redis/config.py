@@ -1,5 +1,7 @@
 """Settings of the Redis backend, read from its store URL:
-``redis://[user:password@]host:port/db?prefix=bamboo&wait_replicas=1&...``.
+``redis://[user:password@]host:port/db?prefix=bamboo&wait_replicas=1&...``, where
+``/db``, if any, is the database's number (a path that is not one is refused: redis-py
+read ``/zz`` as database 0 and ``/1/2`` as 12, without a word).
 
 - ``prefix`` (default ``bamboo``): the start of every key, so several stores share
   one Redis (tests use one per test). Letters, digits and ``_.:-``.
@@ -30,6 +32,7 @@ from typing import Literal
 from ..url import StoreOptions, StoreURL
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_DATABASE_PATH = re.compile(r"(/[0-9]{1,5})?/?")  # the path of redis://host:port/db
 PubSubMode = Literal["sharded", "classic"]
 
 
@@ -65,6 +68,12 @@ class RedisConfig:
                 "accept_lossy",
             }
         )
+        path = url.location.partition("/")[1:]
+        if not _DATABASE_PATH.fullmatch("".join(path)):
+            raise ValueError(
+                f"store URL {url.text!r}: its path names the database by number "
+                "(redis://host:6379/0), not by anything else"
+            )
         prefix = url.take("prefix", "bamboo") or ""
         if not _PREFIX.fullmatch(prefix):
             raise ValueError(
