@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import IO, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import ServerConfig, choices
 from .migrate_cli import add_migrate_command
@@ -35,6 +35,9 @@ from .process_setup import (
 from .serve_help import SERVE_HELP
 from .settings import CONFIG_VARIABLE, flag_name, load_config
 from .tools import add_tool_commands, ended_by_its_reader, output_failed, stdout_gone
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -58,7 +61,7 @@ class Parser(argparse.ArgumentParser):
     on stdout (``--help``), whose write's error is raised: argparse drops it, and an
     unbuffered ``--help >/dev/full`` exited 0, nothing written."""
 
-    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message and file is not None and file is sys.stdout:
             file.write(message)
             return
@@ -66,7 +69,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="bamboo-session", description="Bamboo session server for AI agents.")
+    parser: argparse.ArgumentParser = Parser(
+        prog="bamboo-session", description="Bamboo session server for AI agents."
+    )
     parser.add_argument(
         "--version", action=ShowVersion, help="show the version and the commit, and exit"
     )
