@@ -44,12 +44,13 @@ constraints:
 
 # An editable install's record (above) is of the commit it was installed at, which the
 # tree moves past at every pull: `make serve` records the tree's commit again first, so
-# that the listening line and /metrics name the code that runs (no record is written
-# where the tree is no git checkout, or git is missing: the last one stays).
+# that the listening line and /metrics name the code that runs: `unknown` where git
+# cannot describe the checkout (missing, or refusing it), not the stale record. A tree
+# that is no git checkout keeps its record (an sdist's).
 record-commit:
 	@if [ -e .git ]; then \
-		described=$$(git describe --always --dirty 2>/dev/null) && [ -n "$$described" ] \
-			&& echo "$$described" > bamboo_session/BUILD_COMMIT; \
+		described=$$(git describe --always --dirty 2>/dev/null); \
+		echo "$${described:-unknown}" > bamboo_session/BUILD_COMMIT; \
 	fi; true
 
 serve: $(STAMP) record-commit

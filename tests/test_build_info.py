@@ -167,6 +167,12 @@ def test_make_serve_records_the_commit_the_tree_is_at_before_it_starts(tmp_path:
     make_serve()
     assert record.read_text().strip().endswith("-dirty")
 
-    shutil.rmtree(checkout / ".git")  # an unpacked tree: its record stays as it is
+    (checkout / ".git").rename(checkout / "git-moved")
+    (checkout / ".git").write_text("")  # a checkout git cannot read: not the old record
     make_serve()
-    assert record.read_text().strip().endswith("-dirty")
+    assert record.read_text().strip() == "unknown"
+
+    record.write_text("abc1234\n")
+    (checkout / ".git").unlink()  # an unpacked tree: its record (an sdist's) stays
+    make_serve()
+    assert record.read_text().strip() == "abc1234"
