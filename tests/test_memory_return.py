@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from bamboo_session.server.memory_return import free_in_heap, return_free_memory
+from bench.queued_frames_memory import fill
 from tests.server_process import ServerProcess, assert_no_tracebacks
 
 PEERS = 120
@@ -28,18 +29,6 @@ def resident_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-async def _fill(server: ServerProcess, session_id: str) -> None:
-    async with connect(server.url(session_id), max_size=None) as ws:
-        await ws.send(json.dumps({"type": "hello", "create": True}))
-        await ws.recv()
-        for number in range(6):
-            event = {"type": "token", "content": "x" * 250_000}
-            await ws.send(json.dumps({"type": "event", "id": number, "event": event}))
-        acks = 0
-        while acks < 6:
-            acks += json.loads(await ws.recv())["type"] == "ack"
 
 
 async def _holding_peer(server: ServerProcess, session_id: str, ready: asyncio.Event) -> None:
@@ -68,7 +57,7 @@ async def test_the_memory_a_burst_of_peers_held_comes_back_after_they_close(
     with ServerProcess(tmp_path / "data", tmp_path / "server.log") as server:
         pid = server.proc.pid  # type: ignore[union-attr]
         sessions = [f"big{number}" for number in range(BIG_SESSIONS)]
-        await asyncio.gather(*(_fill(server, session_id) for session_id in sessions))
+        await asyncio.gather(*(fill(server.port, session_id) for session_id in sessions))
         before = resident_mib(pid)
         done = asyncio.Event()
         peers = [
