@@ -170,8 +170,10 @@ def _of_session(
 
 def _parse(data: bytes) -> Found | LegacyCheckpoint:
     size = len(data)
-    if size % 2 == 0 and data.startswith(_SLOT_START):
-        capacity = size // 2
+    # Either slot's start will do: a first slot whose opening bytes were damaged still
+    # leaves the second one whole (each slot's CRC vouches for it).
+    capacity = size // 2
+    if size % 2 == 0 and (data.startswith(_SLOT_START) or data.startswith(_SLOT_START, capacity)):
         first, second = _generation(data, 0), _generation(data, capacity)
         # The newest first; only the one taken is checked and decoded.
         for at, generation in (
