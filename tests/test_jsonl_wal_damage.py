@@ -53,6 +53,16 @@ def bad_checksum_then_two_records_of_one_session(lines: Lines) -> bytes:
     return b"".join([*first, flipped, *later])
 
 
+def bad_checksum_then_another_sessions_record(lines: Lines) -> bytes:
+    """s's last record fails its CRC (a flipped byte, not zeros), then one of t's: a
+    crash leaves zeros where it wrote nothing, so s's record was written whole and
+    damaged since; taken for a crash's, s's acknowledged seq 3 was cut from its log and
+    acknowledged again (r499's flips of a segment a kill -9 left)."""
+    first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+    flipped = record(lines, "s", 3).replace(b'"crc"', b'"crs"')
+    return b"".join([*first, flipped, record(lines, "t", 2)])
+
+
 @pytest.mark.parametrize(
     "segment",
     [
@@ -60,6 +70,7 @@ def bad_checksum_then_two_records_of_one_session(lines: Lines) -> bytes:
         hole_then_two_records_of_one_session,
         hole_then_a_deletion_then_lines,
         bad_checksum_then_two_records_of_one_session,
+        bad_checksum_then_another_sessions_record,
     ],
 )
 async def test_a_hole_a_later_commit_follows_is_damage_and_keeps_the_acknowledged_line(

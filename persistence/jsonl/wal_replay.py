@@ -2,7 +2,8 @@
 
 ``replay``, at open, before the index is built: the records of all remaining
 segments, in order. A line with zero bytes is ignored: pages a crash left unwritten in
-its last commit, never synced. If a later commit's record follows it (``_Holes``), or
+its last commit, never synced. If a later commit's record follows it, or any record
+follows a line without zeros that does not decode (``_Holes``), or
 a session's records then skip seqs (``_Pending``), it was damage instead, and the
 segments are kept aside. A later record of a session starting at seq s replaces
 whatever earlier records held from s on (a failed batch's seqs are reused by the next
@@ -36,7 +37,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final, NamedTuple
 
 import msgspec
 
@@ -78,6 +79,17 @@ class _Pending:
         self.last = first_seq + len(lines) - 1
 
 
+class _Lost(NamedTuple):
+    """A record lost: ``zeros`` where its line holds a zero byte (a page a crash left
+    unwritten), else a line that does not decode or fails its CRC."""
+
+    zeros: bool
+
+
+_UNWRITTEN: Final = _Lost(zeros=True)
+_GARBLED: Final = _Lost(zeros=False)
+
+
 @dataclass(slots=True)
 class _Holes:
     """Whether a lost record (zero bytes, or one that fails to decode or its CRC) is
@@ -87,21 +99,29 @@ class _Holes:
     segment's records (a segment rotates only once it is synced). So a record after
     the hole in a later segment, or a second record of lines of one session after it,
     or one after a deletion, comes from a later commit: the hole was synced once, then
-    damaged. A cancellation after it proves nothing (its commit's lines follow it)."""
+    damaged. A cancellation after it proves nothing (its commit's lines follow it).
+    A lost line without a zero byte is damage once any whole record follows it: what
+    a crash leaves unwritten reads as zeros, so it was written whole, then damaged (a
+    bit flipped in s's last record, t's after it: s's acknowledged last line was cut
+    and its seq acknowledged again, r499)."""
 
     first_in: int = 0  # the segment of the first hole
+    garbled: bool = False  # a lost line without a zero byte, since the first hole
     seen: set[str] = field(default_factory=set)  # sessions with a record after it
     deletion_seen: bool = False  # a commit writes its deletions after all its lines
     damage_in: int = 0  # the hole's segment, once a later commit proved it damage
 
-    def hole(self, segment: int) -> None:
+    def hole(self, segment: int, lost: _Lost) -> None:
         self.first_in = self.first_in or segment
+        self.garbled = self.garbled or not lost.zeros
 
     def record(self, segment: int, record: ReadRecord) -> None:
         if not self.first_in or self.damage_in:
             return
-        if segment > self.first_in or (
-            record.of_lines and (record.sid in self.seen or self.deletion_seen)
+        if (
+            self.garbled
+            or segment > self.first_in
+            or (record.of_lines and (record.sid in self.seen or self.deletion_seen))
         ):
             self.damage_in = self.first_in
         if record.deleted:
@@ -155,9 +175,9 @@ def discard_segments(layout: Layout, report: ReplayReport) -> None:
     fsync_dir(layout.wal)
 
 
-def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | None]:
-    """The segment's whole records, and None for each one lost: a line with zero bytes,
-    or one that does not decode or fails its CRC."""
+def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | _Lost]:
+    """The segment's whole records, and a :class:`_Lost` for each one lost: a line with
+    zero bytes, or one that does not decode or fails its CRC."""
     size = os.stat(path).st_size
     end = 0
     with open(path, "rb") as file:
@@ -172,21 +192,21 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | None]:
                 # a session whose records skip seqs (``_Pending``).
                 report.records_ignored += 1
                 log.info("WAL segment %s: ignoring a line with zero bytes at byte %d", path, start)
-                yield None
+                yield _UNWRITTEN
                 continue
             try:
                 record = decode_record(raw)
             except msgspec.DecodeError:
                 report.records_ignored += 1
                 log.error("WAL segment %s: a record before byte %d does not decode", path, end)
-                yield None  # damage if a later commit follows, as for a hole
+                yield _GARBLED  # damage if a whole record follows
                 continue
             if record.of_lines:
                 data = b"".join([bytes(line) + b"\n" for line in record.lines])
                 if not record.lines or zlib.crc32(data) != record.crc:
                     report.records_ignored += 1
                     log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
-                    yield None
+                    yield _GARBLED
                     continue
             yield record
         if size > end and not _zeros_from(file, end):
@@ -220,8 +240,8 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     for number, path in segments:
         report.segments += 1
         for record in _records(path, report):
-            if record is None:
-                holes.hole(number)
+            if isinstance(record, _Lost):
+                holes.hole(number, record)
                 continue
             holes.record(number, record)
             if record.deleted:
@@ -248,7 +268,8 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     if holes.damage_in:
         log.error(
             "WAL segment %d: a lost record (zero bytes, or one that does not decode) is "
-            "followed by a later commit's record: damaged, not cut short by a crash; log "
+            "followed by a later commit's record, or one that does not decode by any "
+            "record: damaged, not cut short by a crash; log "
             "lines past the WAL are kept, and the WAL segments are kept aside",
             holes.damage_in,
         )
