@@ -39,3 +39,35 @@ async def test_the_whole_second_slot_is_taken(tmp_path: Path, damage: bytes) -> 
         assert await storage.damaged_files() == []
     finally:
         await storage.close()
+
+
+async def test_a_file_cut_short_past_its_first_slot_reads_it(tmp_path: Path) -> None:
+    """A checkpoint file that lost its end (cut by hand, or by a copy that ran out of
+    room) keeps its first slot whole: its slots were taken to be half the file's size,
+    so none was found and the session was rebuilt from its log, its user gone."""
+    config = JsonlStorageConfig(tmp_path / "data")
+    storage = await JsonlStorage.open(config)
+    await storage.create_session(Session.new("s", user_id="u", title="plans", ttl=3600))
+    for n in range(3):
+        await storage.append_event("s", AgentEvent.token(f"t{n}"))
+    await storage.close()
+    path = tmp_path / "data/sessions/s.json"
+    data = path.read_bytes()
+    slot = len(data) // 2
+    path.write_bytes(data[: slot + 100])
+
+    storage = await JsonlStorage.open(config)
+    try:
+        metadata = await storage.get_metadata("s")
+        assert (metadata.user_id, metadata.title, metadata.ttl) == ("u", "plans", 3600)
+        assert await storage.last_seq("s") == 3
+        assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 4
+    finally:
+        await storage.close()
+    storage = await JsonlStorage.open(config)  # the file written whole again since
+    try:
+        assert (await storage.get_metadata("s")).user_id == "u"  # type: ignore[union-attr]
+        assert await storage.last_seq("s") == 4
+    finally:
+        await storage.close()
+    assert len(path.read_bytes()) == len(data)

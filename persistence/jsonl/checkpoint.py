@@ -169,28 +169,48 @@ def _of_session(
 
 
 def _parse(data: bytes) -> Found | LegacyCheckpoint:
-    size = len(data)
-    # Either slot's start will do: a first slot whose opening bytes were damaged still
-    # leaves the second one whole (each slot's CRC vouches for it).
-    capacity = size // 2
-    if size % 2 == 0 and (data.startswith(_SLOT_START) or data.startswith(_SLOT_START, capacity)):
-        first, second = _generation(data, 0), _generation(data, capacity)
-        # The newest first; only the one taken is checked and decoded.
-        for at, generation in (
-            ((capacity, second), (0, first)) if second > first else ((0, first), (capacity, second))
-        ):
-            payload = _payload(data, at, capacity, generation)
-            if payload is not None:
-                try:
-                    checkpoint = _checkpoint_decoder.decode(payload)
-                except msgspec.DecodeError:
-                    continue
-                return Found(checkpoint, generation, capacity, at // capacity)
+    for capacity in _capacities(data):
+        found = _newest_slot(data, capacity)
+        if found is not None:
+            return found
     try:
         return _legacy_decoder.decode(data)
     except msgspec.DecodeError:
         pass
     raise CheckpointDamaged("neither slot holds a valid checkpoint")
+
+
+def _capacities(data: bytes) -> list[int]:
+    """The slot sizes the file may have been written with: half its size; and where
+    its first line ends, which still holds when the file lost its end (a whole first
+    slot was set aside with the rest, and the session's user and title with it)."""
+    size = len(data)
+    found = [size // 2] if size % 2 == 0 else []
+    first_line = data.find(b"\n") + 1
+    if first_line >= MIN_SLOT and first_line % SLOT_ALIGN == 0 and first_line not in found:
+        found.append(first_line)
+    return found
+
+
+def _newest_slot(data: bytes, capacity: int) -> Found | None:
+    """The newest valid slot of slots of ``capacity`` bytes, if any."""
+    # Either slot's start will do: a first slot whose opening bytes were damaged still
+    # leaves the second one whole (each slot's CRC vouches for it).
+    if not (data.startswith(_SLOT_START) or data.startswith(_SLOT_START, capacity)):
+        return None
+    first, second = _generation(data, 0), _generation(data, capacity)
+    # The newest first; only the one taken is checked and decoded.
+    for at, generation in (
+        ((capacity, second), (0, first)) if second > first else ((0, first), (capacity, second))
+    ):
+        payload = _payload(data, at, capacity, generation)
+        if payload is not None:
+            try:
+                checkpoint = _checkpoint_decoder.decode(payload)
+            except msgspec.DecodeError:
+                continue
+            return Found(checkpoint, generation, capacity, at // capacity)
+    return None
 
 
 def _generation(data: bytes, at: int) -> int:
