@@ -242,3 +242,29 @@ async def test_a_session_whose_id_holds_the_damaged_mark_is_not_damage(tmp_path:
         assert await storage.clear_damaged() == []
     async with await JsonlStorage.open(JsonlStorageConfig(tmp_path)) as storage:
         assert await seqs(storage, "x.damaged-1") == [1]
+
+
+async def test_a_record_whose_session_id_was_damaged_keeps_the_acknowledged_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """s's last record names session ``c`` (a flipped bit: the id is outside the CRC),
+    then t's: no hole, and s's records end at seq 2, so its acknowledged seq 3 was cut
+    from its log as never acknowledged and the next append took seq 3 again. A
+    session's records are followed by its deletion's if it went; ``c`` has neither a
+    checkpoint nor one: damage, and the segments are kept aside (r499)."""
+
+    def another_id(lines: Lines) -> bytes:
+        first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+        renamed = record(lines, "s", 3).replace(b'"sid":"s"', b'"sid":"c"')
+        return b"".join([*first, renamed, record(lines, "t", 2)])
+
+    config = await crash_image_with(tmp_path, another_id)
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            assert await seqs(storage, "s") == [1, 2, 3]
+            assert (await storage.append_event("s", AgentEvent.token("next"))).seq == 4
+            assert await storage.get_metadata("c") is None
+            kept = await storage.damaged_files()
+    assert kept and segments(config) == []
+    errors = loud(caplog, logging.ERROR)
+    assert any("no checkpoint and no deletion after them ('c')" in m for m in errors), errors

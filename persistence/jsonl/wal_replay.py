@@ -3,8 +3,8 @@
 ``replay``, at open, before the index is built: the records of all remaining
 segments, in order. A line with zero bytes is ignored: pages a crash left unwritten in
 its last commit, never synced. If a later commit's record follows it, or any record
-follows a line without zeros that does not decode (``_Holes``), or
-a session's records then skip seqs (``_Pending``), it was damage instead, and the
+follows a line without zeros that does not decode (``wal_evidence.py``), or
+a session's records then skip seqs (``wal_evidence.py``), it was damage instead, and the
 segments are kept aside. A later record of a session starting at seq s replaces
 whatever earlier records held from s on (a failed batch's seqs are reused by the next
 one), and a deletion forgets the session's earlier records, unless a cancellation of it
@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple
+from typing import BinaryIO
 
 import msgspec
 
@@ -47,6 +47,7 @@ from .layout import Layout
 from .repair import cut_tail
 from .scan import READ_CHUNK, raw_lines, valid_lines
 from .wal import ReadRecord, decode_record
+from .wal_evidence import GARBLED, UNWRITTEN, Holes, Lost, Pending
 from .wal_fields import first_seq_held, fits_log
 
 log = logging.getLogger(__name__)
@@ -54,80 +55,6 @@ log = logging.getLogger(__name__)
 # Replayed logs held open at once for their syncs: a bound on descriptors, whatever
 # the number of sessions the segments cover.
 HELD_MAX = 64
-
-
-@dataclass(slots=True)
-class _Pending:
-    """What the segments hold for one session: seq -> (offset in the log, line)."""
-
-    lines: dict[int, tuple[int, bytes]] = field(default_factory=dict)
-    last: int = 0
-    # The first seq a record jumped to past ``last + 1``: a record lost before a later
-    # commit's. A crash cuts short only the last commit, which holds one record per
-    # session, so that is damage (a lost write, a sector read back as zeros).
-    skipped_to: int = 0
-
-    def add(self, first_seq: int, offset: int, lines: list[bytes]) -> None:
-        if self.lines and first_seq > self.last + 1 and not self.skipped_to:
-            self.skipped_to = first_seq
-        # A record from seq s on supersedes earlier records from s on.
-        for seq in range(first_seq, self.last + 1):
-            self.lines.pop(seq, None)
-        for i, line in enumerate(lines):
-            self.lines[first_seq + i] = (offset, line)
-            offset += len(line) + 1
-        self.last = first_seq + len(lines) - 1
-
-
-class _Lost(NamedTuple):
-    """A record lost: ``zeros`` where its line holds a zero byte (a page a crash left
-    unwritten), else a line that does not decode or fails its CRC."""
-
-    zeros: bool
-
-
-_UNWRITTEN: Final = _Lost(zeros=True)
-_GARBLED: Final = _Lost(zeros=False)
-
-
-@dataclass(slots=True)
-class _Holes:
-    """Whether a lost record (zero bytes, or one that fails to decode or its CRC) is
-    damage rather than a crash's unwritten or torn page.
-    A crash cuts short only the last commit, which holds its cancellations of failed
-    deletes, then one record of lines per session, then its deletions, and ends its
-    segment's records (a segment rotates only once it is synced). So a record after
-    the hole in a later segment, or a second record of lines of one session after it,
-    or one after a deletion, comes from a later commit: the hole was synced once, then
-    damaged. A cancellation after it proves nothing (its commit's lines follow it).
-    A lost line without a zero byte is damage once any whole record follows it: what
-    a crash leaves unwritten reads as zeros, so it was written whole, then damaged (a
-    bit flipped in s's last record, t's after it: s's acknowledged last line was cut
-    and its seq acknowledged again, r499)."""
-
-    first_in: int = 0  # the segment of the first hole
-    garbled: bool = False  # a lost line without a zero byte, since the first hole
-    seen: set[str] = field(default_factory=set)  # sessions with a record after it
-    deletion_seen: bool = False  # a commit writes its deletions after all its lines
-    damage_in: int = 0  # the hole's segment, once a later commit proved it damage
-
-    def hole(self, segment: int, lost: _Lost) -> None:
-        self.first_in = self.first_in or segment
-        self.garbled = self.garbled or not lost.zeros
-
-    def record(self, segment: int, record: ReadRecord) -> None:
-        if not self.first_in or self.damage_in:
-            return
-        if (
-            self.garbled
-            or segment > self.first_in
-            or (record.of_lines and (record.sid in self.seen or self.deletion_seen))
-        ):
-            self.damage_in = self.first_in
-        if record.deleted:
-            self.deletion_seen = True
-        elif record.of_lines:
-            self.seen.add(record.sid)
 
 
 @dataclass(slots=True)
@@ -175,8 +102,8 @@ def discard_segments(layout: Layout, report: ReplayReport) -> None:
     fsync_dir(layout.wal)
 
 
-def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | _Lost]:
-    """The segment's whole records, and a :class:`_Lost` for each one lost: a line with
+def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | Lost]:
+    """The segment's whole records, and a :class:`Lost` for each one lost: a line with
     zero bytes, or one that does not decode or fails its CRC."""
     size = os.stat(path).st_size
     end = 0
@@ -188,25 +115,25 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | _Lost]:
                 # or a file extended but not written, reads as zeros). What follows may
                 # be whole records of the same commit (other sessions' shares): replayed,
                 # as any whole record is. Zeros amid synced records are damage instead:
-                # they show as a later commit's record after them (``_Holes``), or as
-                # a session whose records skip seqs (``_Pending``).
+                # they show as a later commit's record after them (``wal_evidence.py``), or as
+                # a session whose records skip seqs (``wal_evidence.py``).
                 report.records_ignored += 1
                 log.info("WAL segment %s: ignoring a line with zero bytes at byte %d", path, start)
-                yield _UNWRITTEN
+                yield UNWRITTEN
                 continue
             try:
                 record = decode_record(raw)
             except msgspec.DecodeError:
                 report.records_ignored += 1
                 log.error("WAL segment %s: a record before byte %d does not decode", path, end)
-                yield _GARBLED  # damage if a whole record follows
+                yield GARBLED  # damage if a whole record follows
                 continue
             if record.of_lines:
                 data = b"".join([bytes(line) + b"\n" for line in record.lines])
                 if not record.lines or zlib.crc32(data) != record.crc:
                     report.records_ignored += 1
                     log.error("WAL segment %s: a record before byte %d fails its CRC", path, end)
-                    yield _GARBLED
+                    yield GARBLED
                     continue
             yield record
         if size > end and not _zeros_from(file, end):
@@ -232,15 +159,15 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     segments = layout.segments()
     if not segments:
         return report
-    pending: dict[str, _Pending] = {}
+    pending: dict[str, Pending] = {}
     # What a deletion took from ``pending``, until its cancellation puts it back (or a
     # record of a new session of the id shows it was not cancelled).
-    set_aside: dict[str, _Pending | None] = {}
-    holes = _Holes()
+    set_aside: dict[str, Pending | None] = {}
+    holes = Holes()
     for number, path in segments:
         report.segments += 1
         for record in _records(path, report):
-            if isinstance(record, _Lost):
+            if isinstance(record, Lost):
                 holes.hole(number, record)
                 continue
             holes.record(number, record)
@@ -259,7 +186,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             set_aside.pop(record.sid, None)
             entry = pending.get(record.sid)
             if entry is None:
-                entry = pending[record.sid] = _Pending()
+                entry = pending[record.sid] = Pending()
             lines_of = [bytes(line) for line in record.lines]
             seq = first_seq_held(record.sid, record.seq, lines_of[0])
             if seq != record.seq:
@@ -274,6 +201,18 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
             holes.damage_in,
         )
         report.segments_kept = True
+    # A session's records are followed by its deletion's, if it went: records of one
+    # with no checkpoint and none are of an id damaged outside their CRC, whose own
+    # session's lines then looked unacknowledged (r499: cut, and acknowledged again).
+    if orphans := sorted(set(pending) - has_checkpoint):
+        log.error(
+            "WAL records of sessions with no checkpoint and no deletion after them "
+            "(%s): damaged ids; log lines past the WAL are kept, and the WAL segments "
+            "are kept aside",
+            ", ".join(map(repr, orphans[:5])),
+        )
+        report.segments_kept = True
+    keep_tail = bool(holes.damage_in or orphans)
     held: list[tuple[str, int]] = []  # replayed logs' descriptors, to sync through
     try:  # (closed whatever happens: an open that fails may be tried again)
         for session_id in sorted(pending):
@@ -288,7 +227,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
                 )
                 report.segments_kept = True
             if session_id in has_checkpoint and entry.lines:
-                fd = _replay_session(layout, session_id, entry, report, bool(holes.damage_in))
+                fd = _replay_session(layout, session_id, entry, report, keep_tail)
                 if fd is not None:
                     held.append((session_id, fd))
                 if len(held) >= HELD_MAX:
@@ -314,7 +253,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
 
 
 def _replay_session(
-    layout: Layout, session_id: str, pending: _Pending, report: ReplayReport, keep_tail: bool
+    layout: Layout, session_id: str, pending: Pending, report: ReplayReport, keep_tail: bool
 ) -> int | None:
     """Cut and complete the session's log; the descriptor it was written through, open
     for the sync (none when there is no log and nothing to write)."""
