@@ -63,6 +63,15 @@ def bad_checksum_then_another_sessions_record(lines: Lines) -> bytes:
     return b"".join([*first, flipped, record(lines, "t", 2)])
 
 
+def the_last_two_records_joined(lines: Lines) -> bytes:
+    """The newline that ended s's last record flipped: it and t's, the segment's last,
+    read as one line that does not decode, with nothing after it. Not a crash's: it
+    holds no zero byte (r499: s's seq 3 was cut and acknowledged again)."""
+    first = [record(lines, "s", 1), record(lines, "t", 1), record(lines, "s", 2)]
+    joined = record(lines, "s", 3)[:-1] + b"\x0b" + record(lines, "t", 2)
+    return b"".join([*first, joined])
+
+
 @pytest.mark.parametrize(
     "segment",
     [
@@ -71,6 +80,7 @@ def bad_checksum_then_another_sessions_record(lines: Lines) -> bytes:
         hole_then_a_deletion_then_lines,
         bad_checksum_then_two_records_of_one_session,
         bad_checksum_then_another_sessions_record,
+        the_last_two_records_joined,
     ],
 )
 async def test_a_hole_a_later_commit_follows_is_damage_and_keeps_the_acknowledged_line(

@@ -60,28 +60,26 @@ class Holes:
     the hole in a later segment, or a second record of lines of one session after it,
     or one after a deletion, comes from a later commit: the hole was synced once, then
     damaged. A cancellation after it proves nothing (its commit's lines follow it).
-    A lost line without a zero byte is damage once any whole record follows it: what
-    a crash leaves unwritten reads as zeros, so it was written whole, then damaged (a
-    bit flipped in s's last record, t's after it: s's acknowledged last line was cut
-    and its seq acknowledged again, r499)."""
+    A whole line without a zero byte that is lost is damage, wherever it is: what a
+    crash leaves unwritten reads as zeros, so it was written whole, then damaged (a
+    bit flipped in s's last record, or in the newline that ends it: s's acknowledged
+    last line was cut as a torn commit's, and its seq acknowledged again, r499)."""
 
     first_in: int = 0  # the segment of the first hole
-    garbled: bool = False  # a lost line without a zero byte, since the first hole
     seen: set[str] = field(default_factory=set)  # sessions with a record after it
     deletion_seen: bool = False  # a commit writes its deletions after all its lines
     damage_in: int = 0  # the hole's segment, once a later commit proved it damage
 
     def hole(self, segment: int, lost: Lost) -> None:
         self.first_in = self.first_in or segment
-        self.garbled = self.garbled or not lost.zeros
+        if not lost.zeros:
+            self.damage_in = self.damage_in or segment
 
     def record(self, segment: int, record: ReadRecord) -> None:
         if not self.first_in or self.damage_in:
             return
-        if (
-            self.garbled
-            or segment > self.first_in
-            or (record.of_lines and (record.sid in self.seen or self.deletion_seen))
+        if segment > self.first_in or (
+            record.of_lines and (record.sid in self.seen or self.deletion_seen)
         ):
             self.damage_in = self.first_in
         if record.deleted:

@@ -2,8 +2,8 @@
 
 ``replay``, at open, before the index is built: the records of all remaining
 segments, in order. A line with zero bytes is ignored: pages a crash left unwritten in
-its last commit, never synced. If a later commit's record follows it, or any record
-follows a line without zeros that does not decode (``wal_evidence.py``), or
+its last commit, never synced. If a later commit's record follows it (``wal_evidence.py``),
+or a whole line without zeros does not decode or fails its CRC, or
 a session's records then skip seqs (``wal_evidence.py``), it was damage instead, and the
 segments are kept aside. A later record of a session starting at seq s replaces
 whatever earlier records held from s on (a failed batch's seqs are reused by the next
@@ -126,7 +126,7 @@ def _records(path: Path, report: ReplayReport) -> Iterator[ReadRecord | Lost]:
             except msgspec.DecodeError:
                 report.records_ignored += 1
                 log.error("WAL segment %s: a record before byte %d does not decode", path, end)
-                yield GARBLED  # damage if a whole record follows
+                yield GARBLED  # damage: a crash leaves zeros, not this
                 continue
             if record.of_lines:
                 data = b"".join([bytes(line) + b"\n" for line in record.lines])
@@ -195,8 +195,8 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     if holes.damage_in:
         log.error(
             "WAL segment %d: a lost record (zero bytes, or one that does not decode) is "
-            "followed by a later commit's record, or one that does not decode by any "
-            "record: damaged, not cut short by a crash; log "
+            "followed by a later commit's record, or a line without zeros does not decode: "
+            "damaged, not cut short by a crash; log "
             "lines past the WAL are kept, and the WAL segments are kept aside",
             holes.damage_in,
         )
