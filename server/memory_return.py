@@ -11,7 +11,12 @@ back). So every ``RETURN_EVERY`` seconds, when the heap holds more than
 ``RETURN_ABOVE`` bytes free (glibc's ``mallinfo2``), ``malloc_trim(0)`` returns its
 free pages, in a thread: it may take tens of milliseconds over a large heap, during
 which the loop's own mallocs of that arena wait, where a call on the loop would hold
-every connection that long. The same burst then ended at 60 MiB.
+every connection that long. The same burst then ended at 60 MiB. A loop that mallocs
+meanwhile (a busy one: frames, pages) waits about as long all the same:
+``bench/trim_lag.py`` over 400 MiB freed, the loop's worst lag 3.8 ms without a trim
+and 47 ms with one (trims of 38 to 77 ms), once a burst. The free bytes stay above the
+bound after a trim (its pages go back, its chunks stay free), so every later look
+trims again until the heap is used: 0.0 to 0.3 ms each over the same heap.
 
 With another C library (musl, macOS) or a glibc older than 2.33 (no ``mallinfo2``)
 nothing is done.
