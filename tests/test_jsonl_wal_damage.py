@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bamboo_session.persistence import JsonlStorage, JsonlStorageConfig
-from bamboo_session.persistence.jsonl import lifecycle, session_recovery, wal
+from bamboo_session.persistence.jsonl import checkpoint, lifecycle, session_recovery, wal
+from bamboo_session.persistence.jsonl.checkpoint import Checkpoint
 from bamboo_session.protocol.models import AgentEvent, SessionMetadata
 from tests.jsonl_support import segments
 from tests.support import attach, run_server
@@ -278,3 +279,27 @@ async def test_a_record_whose_session_id_was_damaged_keeps_the_acknowledged_line
     assert kept and segments(config) == []
     errors = loud(caplog, logging.ERROR)
     assert any("no checkpoint and no deletion after them ('c')" in m for m in errors), errors
+
+
+async def test_a_replacement_cut_short_before_its_deletion_was_recorded_is_no_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A create replacing the expired ``s`` wrote its ``.replacing`` checkpoint, and the
+    crash came before the old session's deletion reached the WAL: the open finishes the
+    replacement (the old files go first), so ``s``'s records are of no checkpoint and
+    have no deletion after them, yet they are no damage (the rule above)."""
+
+    def lines_of_both(lines: Lines) -> bytes:
+        order = [("s", 1), ("t", 1), ("s", 2), ("s", 3), ("t", 2)]
+        return b"".join([record(lines, session_id, seq) for session_id, seq in order])
+
+    config = await crash_image_with(tmp_path, lines_of_both)
+    new = Checkpoint(metadata=SessionMetadata(id="s", user_id="new", epoch="e2"))
+    checkpoint.create(config.layout.replacement("s"), new)
+    with caplog.at_level(logging.INFO):
+        async with await JsonlStorage.open(config) as storage:
+            metadata = await storage.get_metadata("s")
+            assert metadata is not None and (metadata.user_id, metadata.last_seq) == ("new", 0)
+            assert await seqs(storage, "t") == [1, 2]
+            assert await storage.damaged_files() == []
+    assert loud(caplog, logging.ERROR) == []

@@ -100,7 +100,7 @@ class _Recovery:
         replayed: wal_replay.ReplayReport | None = None
         if self.writable:
             # Before the logs are read: a log may lack acknowledged lines only the WAL holds.
-            replayed = wal_replay.replay(self.layout, checkpoint_ids)
+            replayed = wal_replay.replay(self.layout, checkpoint_ids, replaced)
             unrestored = replayed.unrestored
             deleted |= self._finish_recorded_deletes(replayed.deleted, checkpoint_ids)
             self.report.wal_segments = replayed.segments

@@ -151,10 +151,13 @@ def _zeros_from(file: BinaryIO, offset: int) -> bool:
     return True
 
 
-def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
+def replay(
+    layout: Layout, has_checkpoint: set[str], replaced: frozenset[str] | set[str] = frozenset()
+) -> ReplayReport:
     """Bring every session log up to what the remaining segments hold (then
     :func:`discard_segments` deletes them). ``has_checkpoint``: the sessions that exist
-    (a deleted one must not come back)."""
+    (a deleted one must not come back); ``replaced``: those whose replacement the open
+    finishes (the old one's files gone, maybe before its deletion was recorded)."""
     report = ReplayReport()
     segments = layout.segments()
     if not segments:
@@ -204,7 +207,7 @@ def replay(layout: Layout, has_checkpoint: set[str]) -> ReplayReport:
     # A session's records are followed by its deletion's, if it went: records of one
     # with no checkpoint and none are of an id damaged outside their CRC, whose own
     # session's lines then looked unacknowledged (r499: cut, and acknowledged again).
-    if orphans := sorted(set(pending) - has_checkpoint):
+    if orphans := sorted(set(pending) - has_checkpoint - replaced):
         log.error(
             "WAL records of sessions with no checkpoint and no deletion after them "
             "(%s): damaged ids; log lines past the WAL are kept, and the WAL segments "
