@@ -16,15 +16,21 @@ from bamboo_session.persistence.listing import SessionFilter
 from bamboo_session.protocol.models import AgentEvent, Session
 
 
-@pytest.mark.parametrize("damage", [b'{"gEn":"', b"\x00" * 8])
-async def test_the_whole_second_slot_is_taken(tmp_path: Path, damage: bytes) -> None:
+async def stored_session(tmp_path: Path) -> tuple[JsonlStorageConfig, Path]:
+    """A closed store with session ``s`` (user, title, TTL) and three events; its
+    config and the session's checkpoint file."""
     config = JsonlStorageConfig(tmp_path / "data")
     storage = await JsonlStorage.open(config)
     await storage.create_session(Session.new("s", user_id="u", title="plans", ttl=3600))
     for n in range(3):
         await storage.append_event("s", AgentEvent.token(f"t{n}"))
     await storage.close()
-    path = tmp_path / "data/sessions/s.json"
+    return config, tmp_path / "data/sessions/s.json"
+
+
+@pytest.mark.parametrize("damage", [b'{"gEn":"', b"\x00" * 8])
+async def test_the_whole_second_slot_is_taken(tmp_path: Path, damage: bytes) -> None:
+    config, path = await stored_session(tmp_path)
     data = path.read_bytes()
     assert data.startswith(b'{"gen":"')
     path.write_bytes(damage + data[len(damage) :])
@@ -45,13 +51,7 @@ async def test_a_file_cut_short_past_its_first_slot_reads_it(tmp_path: Path) -> 
     """A checkpoint file that lost its end (cut by hand, or by a copy that ran out of
     room) keeps its first slot whole: its slots were taken to be half the file's size,
     so none was found and the session was rebuilt from its log, its user gone."""
-    config = JsonlStorageConfig(tmp_path / "data")
-    storage = await JsonlStorage.open(config)
-    await storage.create_session(Session.new("s", user_id="u", title="plans", ttl=3600))
-    for n in range(3):
-        await storage.append_event("s", AgentEvent.token(f"t{n}"))
-    await storage.close()
-    path = tmp_path / "data/sessions/s.json"
+    config, path = await stored_session(tmp_path)
     data = path.read_bytes()
     slot = len(data) // 2
     path.write_bytes(data[: slot + 100])
